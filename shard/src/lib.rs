@@ -1,0 +1,58 @@
+//! # sluice-shard: the per-core engine
+//!
+//! A Sluice broker runs one glommio executor per core, each pinned to its
+//! core with its own io_uring rings. This crate is what each of those
+//! executors owns:
+//!
+//! - [`store::ShardStore`]: the partitions the shard owns. Ownership is a
+//!   stable function of (topic, partition, shard count)
+//!   ([`store::owner_shard`]); nothing else reads or writes those logs, so
+//!   partition state needs no locks and no atomics.
+//! - [`partition::Partition`]: one partition's log — segments written with
+//!   direct I/O from glommio's registered DMA buffers, group-committed appends,
+//!   reads by offset and by timestamp, retention, and crash recovery
+//!   ([`recovery`]).
+//! - [`cache::TailCache`]: a bounded per-shard cache of recently written
+//!   batches, so consumers at the tail are served from memory without a copy.
+//!
+//! Every type here is `!Send` and lives on one shard. Cross-shard routing is
+//! the broker's job; this crate never talks to another core.
+//!
+//! ## Threading, rings and memlock
+//!
+//! Each executor has its own io_uring rings; the DMA buffers it writes from
+//! are carved from a per-executor arena that glommio registers with the
+//! kernel, which needs locked memory (`RLIMIT_MEMLOCK`, or `CAP_IPC_LOCK`).
+//! The broker checks the limit at start-up and says what to change.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use sluice_shard::{config::LogConfig, partition::Durability, store::ShardStore};
+//! use sluice_protocol::{batch::BatchBuilder, ShardId};
+//!
+//! glommio::LocalExecutor::default().run(async {
+//!     let store = ShardStore::new(ShardId(0), "/tmp/sluice-doc".into(), 1 << 20);
+//!     let log = store.open_partition("events", 0, LogConfig::default(), 0).await.unwrap();
+//!     let mut batch = BatchBuilder::new(0);
+//!     batch.push(0, None, Some(b"hello"), &[]);
+//!     let at = log.append(batch.finish().into(), Durability::Flushed).await.unwrap();
+//!     let read = log.read(at.base_offset, 1 << 20).await.unwrap();
+//!     assert!(read.bytes > 0);
+//! });
+//! ```
+//!
+//! ## Durability
+//!
+//! A direct-I/O write bypasses the page cache: once it completes, the data is
+//! on the device and survives any crash of the process. `fdatasync` is added
+//! for `acks=all` (and by `flush.ms`) so the device's own cache is flushed too.
+
+pub mod cache;
+pub mod config;
+pub mod index;
+pub mod limits;
+pub mod partition;
+mod recovery;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,910 @@
+//! One partition's log: segments on direct I/O, group-committed appends,
+//! reads by offset and by time, retention, and crash recovery.
+//!
+//! A `Partition` is `!Send`: it lives on its owning shard and nothing else
+//! touches it. Appends are queued and written by one writer task per
+//! partition; every append queued while the previous write was in flight goes
+//! into the next single write and, when any of them asks for durability, one
+//! `fdatasync` (group commit). Offsets are assigned by the writer, so a failed
+//! write consumes none.
+//!
+//! What the offsets mean on a single node:
+//! - log end offset: one past the last batch whose direct-I/O write completed;
+//! - high watermark: the same (the data is on the device; a process crash
+//!   cannot lose it), and consumers read up to it;
+//! - log start offset: the base offset of the oldest retained segment.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::io::{BufferedFile, DmaFile, OpenOptions};
+use glommio::sync::{Semaphore, StaticPermit};
+use sluice_protocol::batch::{self, BatchError, BatchHeader};
+use sluice_protocol::ErrorCode;
+
+use crate::cache::{CacheKey, CachedBatch, TailCache, STAMPED_PREFIX_BYTES};
+use crate::config::LogConfig;
+use crate::index::{IndexEntry, SegmentIndex};
+use crate::limits::{
+    APPEND_QUEUE_DEPTH, BLOCK_BYTES, FETCH_PARTITION_BYTES_MAX, FETCH_READ_BYTES_MIN,
+    WRITE_BYTES_MAX,
+};
+use crate::stats;
+
+/// A failure of the disk or the file system (Kafka: KAFKA_STORAGE_ERROR).
+#[derive(Debug, Clone)]
+pub struct StorageError(pub String);
+
+impl StorageError {
+    pub(crate) fn io(op: &str, path: &Path, e: impl Into<io::Error>) -> Self {
+        StorageError(format!("{op} {}: {}", path.display(), e.into()))
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why an append was refused. Nothing of a refused append is written.
+#[derive(Debug, Clone)]
+pub enum AppendError {
+    /// A batch failed validation (CRC, length, count, magic).
+    Batch(BatchError),
+    /// A batch is larger than the topic's `max.message.bytes`.
+    TooLarge { bytes: usize, max: usize },
+    /// The write or the flush failed; retryable once the disk recovers.
+    Storage(StorageError),
+    /// The partition was deleted or the shard is stopping.
+    Closed,
+}
+
+impl AppendError {
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            AppendError::Batch(e) => e.error_code(),
+            AppendError::TooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+            AppendError::Storage(_) => ErrorCode::KAFKA_STORAGE_ERROR,
+            AppendError::Closed => ErrorCode::NOT_LEADER_OR_FOLLOWER,
+        }
+    }
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppendError::Batch(e) => write!(f, "invalid batch: {e}"),
+            AppendError::TooLarge { bytes, max } => {
+                write!(f, "batch of {bytes} bytes exceeds max.message.bytes {max}")
+            }
+            AppendError::Storage(e) => write!(f, "storage error: {e}"),
+            AppendError::Closed => f.write_str("partition closed"),
+        }
+    }
+}
+
+/// Why a read was refused.
+#[derive(Debug, Clone)]
+pub enum ReadError {
+    OffsetOutOfRange { offset: i64, log_start: i64, log_end: i64 },
+    Storage(StorageError),
+}
+
+impl ReadError {
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            ReadError::OffsetOutOfRange { .. } => ErrorCode::OFFSET_OUT_OF_RANGE,
+            ReadError::Storage(_) => ErrorCode::KAFKA_STORAGE_ERROR,
+        }
+    }
+}
+
+/// The exact offsets of a partition at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    pub log_start: i64,
+    pub high_watermark: i64,
+    pub log_end: i64,
+}
+
+/// What a successful append reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record of the first batch of the append.
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// Batches read from a partition, ready for a vectored write.
+#[derive(Debug, Default)]
+pub struct ReadBatches {
+    pub chunks: Vec<Bytes>,
+    pub bytes: usize,
+}
+
+/// How durable an append must be before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The direct-I/O write has completed (`acks=0`, `acks=1`).
+    Written,
+    /// The write is also flushed with `fdatasync` (`acks=all`).
+    Flushed,
+}
+
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Rc<DmaFile>,
+    /// Logical length: the end of the last valid batch.
+    pub(crate) size: u64,
+    /// Bytes of the last partial block, rewritten by the next write.
+    pub(crate) tail: Vec<u8>,
+    pub(crate) index: SegmentIndex,
+    pub(crate) bytes_since_index: u32,
+    pub(crate) max_timestamp: i64,
+    /// Offset of the last record, or `base_offset - 1` when empty.
+    pub(crate) last_offset: i64,
+    pub(crate) created: Instant,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    log_start: i64,
+    log_end: i64,
+    leader_epoch: i32,
+    config: LogConfig,
+    last_flush: Instant,
+    closed: bool,
+}
+
+struct PendingAppend {
+    batches: Vec<(Bytes, BatchHeader)>,
+    bytes: usize,
+    durability: Durability,
+    reply: oneshot::Sender<Result<Appended, AppendError>>,
+    _permit: StaticPermit,
+}
+
+/// One partition's log, owned by one shard (`!Send`).
+pub struct Partition {
+    pub topic: Rc<str>,
+    pub partition: u32,
+    dir: PathBuf,
+    cache_key: CacheKey,
+    cache: Rc<TailCache>,
+    state: RefCell<State>,
+    queue: RefCell<VecDeque<PendingAppend>>,
+    queue_slots: Rc<Semaphore>,
+    doorbell: LocalSender<()>,
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    appended_batches: Cell<u64>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, ext: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{ext}"))
+}
+
+fn align_down(v: u64) -> u64 {
+    v - v % BLOCK_BYTES as u64
+}
+
+fn align_up(v: usize) -> usize {
+    v.div_ceil(BLOCK_BYTES) * BLOCK_BYTES
+}
+
+impl Partition {
+    /// Opens (recovering) or creates the log in `dir` and starts its writer.
+    pub async fn open(
+        topic: Rc<str>,
+        partition: u32,
+        dir: PathBuf,
+        config: LogConfig,
+        leader_epoch: i32,
+        cache: Rc<TailCache>,
+        cache_key: CacheKey,
+    ) -> Result<Rc<Partition>, StorageError> {
+        std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
+        let segments = crate::recovery::recover_segments(&dir).await?;
+        let segments = match segments.is_empty() {
+            true => vec![Segment::create(&dir, 0).await?],
+            false => segments,
+        };
+        let log_start = segments.first().map_or(0, |s| s.base_offset);
+        let log_end = segments.last().map_or(0, |s| s.last_offset + 1);
+        let (doorbell, rx) = local_channel::new_bounded(1);
+        let p = Rc::new(Partition {
+            topic,
+            partition,
+            dir,
+            cache_key,
+            cache,
+            state: RefCell::new(State {
+                segments,
+                log_start,
+                log_end,
+                leader_epoch,
+                config,
+                last_flush: Instant::now(),
+                closed: false,
+            }),
+            queue: RefCell::new(VecDeque::new()),
+            queue_slots: Rc::new(Semaphore::new(APPEND_QUEUE_DEPTH as u64)),
+            doorbell,
+            waiters: RefCell::new(Vec::new()),
+            appended_batches: Cell::new(0),
+        });
+        glommio::spawn_local(writer_loop(Rc::downgrade(&p), rx)).detach();
+        Ok(p)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn offsets(&self) -> Offsets {
+        let s = self.state.borrow();
+        Offsets { log_start: s.log_start, high_watermark: s.log_end, log_end: s.log_end }
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.borrow().leader_epoch
+    }
+
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.state.borrow_mut().leader_epoch = epoch;
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.state.borrow().config.clone()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.state.borrow_mut().config = config;
+    }
+
+    /// Number of segments (for tests and metrics).
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Validates every batch of `records` (one or more batches back to back)
+    /// and appends them as one unit. Nothing is written unless all are valid.
+    pub async fn append(
+        &self,
+        records: Bytes,
+        durability: Durability,
+    ) -> Result<Appended, AppendError> {
+        let max = self.state.borrow().config.max_message_bytes;
+        let batches = validate_all(&records, max)?;
+        let bytes = records.len();
+        let permit = self
+            .queue_slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        if self.state.borrow().closed {
+            return Err(AppendError::Closed);
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend { batches, bytes, durability, reply, _permit: permit };
+        self.queue.borrow_mut().push_back(pending);
+        let _ = self.doorbell.try_send(());
+        answer.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// A future that completes at the next append (or when the partition closes).
+    pub fn append_waiter(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push(tx);
+        rx
+    }
+
+    fn wake_waiters(&self) {
+        for w in self.waiters.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Reads batches starting with the one that contains `offset`, up to
+    /// `max_bytes` (the first batch is returned whole even when larger).
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadBatches, ReadError> {
+        let max_bytes = max_bytes.min(FETCH_PARTITION_BYTES_MAX);
+        let offsets = self.offsets();
+        if offset < offsets.log_start || offset > offsets.log_end {
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start: offsets.log_start,
+                log_end: offsets.log_end,
+            });
+        }
+        if offset == offsets.log_end {
+            return Ok(ReadBatches::default());
+        }
+        if let Some(cached) = self.cache.read(self.cache_key, offset, max_bytes) {
+            stats::add_cache_reads(1);
+            let mut out = ReadBatches::default();
+            for b in cached {
+                out.bytes += b.len();
+                out.chunks.push(b.prefix);
+                out.chunks.push(b.body);
+            }
+            return Ok(out);
+        }
+        self.read_from_segments(offset, max_bytes, offsets.log_end).await
+    }
+
+    async fn read_from_segments(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        log_end: i64,
+    ) -> Result<ReadBatches, ReadError> {
+        let (file, path, seg_base, seg_size, start_pos) = {
+            let s = self.state.borrow();
+            let i = s.segments.partition_point(|seg| seg.base_offset <= offset).saturating_sub(1);
+            let seg = &s.segments[i];
+            let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
+            let (_, pos) = seg.index.lookup_offset(rel);
+            (seg.file.clone(), seg.path.clone(), seg.base_offset, seg.size, u64::from(pos))
+        };
+        let mut out = ReadBatches::default();
+        let mut pos = start_pos;
+        let want = max_bytes.max(FETCH_READ_BYTES_MIN);
+        while pos < seg_size {
+            let len = (seg_size - pos).min(want as u64) as usize;
+            let data = file
+                .read_at(pos, len)
+                .await
+                .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
+            let buf: &[u8] = &data;
+            let mut at = 0usize;
+            let mut need_more = None;
+            while at < buf.len() {
+                let header = match BatchHeader::parse(&buf[at..]) {
+                    Ok(h) => h,
+                    Err(_) if buf.len() - at < batch::BATCH_HEADER_BYTES => {
+                        need_more = Some(batch::BATCH_HEADER_BYTES);
+                        break;
+                    }
+                    Err(e) => {
+                        let msg = format!("bad batch at {} in {}: {e}", pos + at as u64, path.display());
+                        return Err(ReadError::Storage(StorageError(msg)));
+                    }
+                };
+                let total = header.total_bytes();
+                if header.base_offset >= log_end {
+                    return Ok(out);
+                }
+                if header.last_offset() < offset {
+                    if buf.len() - at < total {
+                        need_more = Some(0);
+                        break;
+                    }
+                    at += total;
+                    continue;
+                }
+                if !out.chunks.is_empty() && out.bytes + total > max_bytes {
+                    return Ok(out);
+                }
+                if buf.len() - at < total {
+                    need_more = Some(total);
+                    break;
+                }
+                // A cold read is copied out of the DMA buffer once; the
+                // zero-copy cold path (splice) replaces this.
+                out.chunks.push(Bytes::copy_from_slice(&buf[at..at + total]));
+                out.bytes += total;
+                stats::add_payload_copies(1);
+                at += total;
+            }
+            pos += at as u64;
+            match need_more {
+                Some(n) if at == 0 && n > len => {
+                    // The next batch is larger than one read: read it whole.
+                    let data = file
+                        .read_at(pos, n)
+                        .await
+                        .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
+                    out.chunks.push(Bytes::copy_from_slice(&data[..n.min(data.len())]));
+                    out.bytes += n;
+                    stats::add_payload_copies(1);
+                    pos += n as u64;
+                    if out.bytes >= max_bytes {
+                        return Ok(out);
+                    }
+                }
+                _ if at == 0 && need_more.is_some() => {
+                    let msg = format!("truncated batch at {pos} in {}", path.display());
+                    return Err(ReadError::Storage(StorageError(msg)));
+                }
+                _ => {}
+            }
+            if out.bytes >= max_bytes {
+                return Ok(out);
+            }
+        }
+        // The segment ended: continue in the next one if it exists.
+        if out.chunks.is_empty() {
+            let next_base = {
+                let s = self.state.borrow();
+                s.segments.iter().find(|seg| seg.base_offset > seg_base).map(|seg| seg.base_offset)
+            };
+            if let Some(next) = next_base {
+                return Box::pin(self.read_from_segments(next.max(offset), max_bytes, log_end))
+                    .await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offset of the first record whose timestamp is at least `timestamp`,
+    /// with that record's timestamp; `None` when every record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, ReadError> {
+        let found = {
+            let s = self.state.borrow();
+            s.segments.iter().find(|seg| seg.max_timestamp >= timestamp).map(|seg| {
+                let (_, pos) = seg.index.lookup_timestamp(timestamp);
+                (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size)
+            })
+        };
+        let Some((file, path, mut pos, size)) = found else {
+            return Ok(None);
+        };
+        while pos < size {
+            let len = (size - pos).min(FETCH_READ_BYTES_MIN as u64) as usize;
+            let data = file
+                .read_at(pos, len)
+                .await
+                .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
+            let header = BatchHeader::parse(&data)
+                .map_err(|e| ReadError::Storage(StorageError(format!("{}: {e}", path.display()))))?;
+            if header.max_timestamp >= timestamp {
+                let total = header.total_bytes();
+                let whole = match data.len() >= total {
+                    true => data[..total].to_vec(),
+                    false => file
+                        .read_at(pos, total)
+                        .await
+                        .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?
+                        .to_vec(),
+                };
+                return Ok(Some(first_record_at_or_after(&whole, &header, timestamp)));
+            }
+            pos += header.total_bytes() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole segments past `retention.ms` (by their newest record) or
+    /// beyond `retention.bytes`. The active segment is never deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> usize {
+        let doomed = {
+            let mut s = self.state.borrow_mut();
+            let count = retention_victims(&s.segments, &s.config, now_ms);
+            let doomed: Vec<Segment> = s.segments.drain(..count).collect();
+            if let Some(first) = s.segments.first() {
+                s.log_start = s.log_start.max(first.base_offset);
+            }
+            doomed
+        };
+        let n = doomed.len();
+        for seg in doomed {
+            tracing::info!(topic = %self.topic, partition = self.partition, base = seg.base_offset, "retention deletes segment");
+            seg.remove_files().await;
+        }
+        n
+    }
+
+    /// Stops accepting appends, waits for queued ones, writes the indexes and
+    /// flushes the active segment.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.state.borrow_mut().closed = true;
+        // Wait until the writer drained the queue.
+        let _ = self.queue_slots.acquire(APPEND_QUEUE_DEPTH as u64).await;
+        self.queue_slots.close();
+        let (file, path) = {
+            let s = self.state.borrow();
+            match s.segments.last() {
+                Some(seg) => (seg.file.clone(), seg.path.clone()),
+                None => return Ok(()),
+            }
+        };
+        file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &path, e))?;
+        let indexes: Vec<(i64, SegmentIndex)> = {
+            let s = self.state.borrow();
+            s.segments.iter().map(|seg| (seg.base_offset, seg.index.clone())).collect()
+        };
+        for (base, idx) in indexes {
+            write_index_files(&self.dir, base, &idx).await?;
+        }
+        self.cache.remove(self.cache_key);
+        self.wake_waiters();
+        Ok(())
+    }
+
+    /// Closes the log and removes its directory (topic deletion).
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        self.state.borrow_mut().closed = true;
+        self.queue_slots.close();
+        self.cache.remove(self.cache_key);
+        self.wake_waiters();
+        let segments: Vec<Segment> = self.state.borrow_mut().segments.drain(..).collect();
+        drop(segments);
+        std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io("remove", &self.dir, e))
+    }
+
+    /// Batches appended since the partition was opened.
+    pub fn appended_batches(&self) -> u64 {
+        self.appended_batches.get()
+    }
+}
+
+/// Validates a produce payload: one or more whole batches, each within `max`.
+fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>, AppendError> {
+    let mut out = Vec::new();
+    for item in batch::split(records) {
+        let (range, _) = item.map_err(AppendError::Batch)?;
+        let bytes = records.slice(range);
+        if bytes.len() > max {
+            return Err(AppendError::TooLarge { bytes: bytes.len(), max });
+        }
+        let header = batch::validate(&bytes).map_err(AppendError::Batch)?;
+        out.push((bytes, header));
+    }
+    if out.is_empty() {
+        return Err(AppendError::Batch(BatchError::Truncated { needed: 61, available: 0 }));
+    }
+    Ok(out)
+}
+
+/// The first record at or after `timestamp` in a batch whose max timestamp is
+/// at or after it. Compressed batches are not decoded: their base offset and
+/// max timestamp answer, as a conservative position to start reading from.
+fn first_record_at_or_after(batch_bytes: &[u8], header: &BatchHeader, timestamp: i64) -> (i64, i64) {
+    if let Ok(records) = batch::records(batch_bytes) {
+        for r in records.flatten() {
+            if r.timestamp >= timestamp {
+                return (r.offset, r.timestamp);
+            }
+        }
+    }
+    (header.base_offset, header.max_timestamp)
+}
+
+/// How many of the oldest segments retention deletes.
+fn retention_victims(segments: &[Segment], config: &LogConfig, now_ms: i64) -> usize {
+    let deletable = segments.len().saturating_sub(1);
+    let mut count = 0;
+    if config.retention_ms >= 0 {
+        while count < deletable
+            && segments[count].size > 0
+            && segments[count].max_timestamp < now_ms - config.retention_ms
+        {
+            count += 1;
+        }
+    }
+    if config.retention_bytes >= 0 {
+        let mut total: u64 = segments[count..].iter().map(|s| s.size).sum();
+        while count < deletable && total > config.retention_bytes as u64 {
+            total -= segments[count].size;
+            count += 1;
+        }
+    }
+    count
+}
+
+async fn write_index_files(dir: &Path, base: i64, idx: &SegmentIndex) -> Result<(), StorageError> {
+    for (ext, bytes) in [("index", idx.encode_offsets()), ("timeindex", idx.encode_times())] {
+        let path = segment_path(dir, base, ext);
+        let file =
+            BufferedFile::create(&path).await.map_err(|e| StorageError::io("create", &path, e))?;
+        if !bytes.is_empty() {
+            file.write_at(bytes, 0).await.map_err(|e| StorageError::io("write", &path, e))?;
+        }
+        file.close().await.map_err(|e| StorageError::io("close", &path, e))?;
+    }
+    Ok(())
+}
+
+impl Segment {
+    async fn create(dir: &Path, base_offset: i64) -> Result<Segment, StorageError> {
+        let path = segment_path(dir, base_offset, "log");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        for ext in ["index", "timeindex"] {
+            let _ = std::fs::remove_file(segment_path(dir, base_offset, ext));
+        }
+        Ok(Segment::new(base_offset, path, Rc::new(file)))
+    }
+
+    pub(crate) fn new(base_offset: i64, path: PathBuf, file: Rc<DmaFile>) -> Segment {
+        Segment {
+            base_offset,
+            path,
+            file,
+            size: 0,
+            tail: Vec::new(),
+            index: SegmentIndex::default(),
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            last_offset: base_offset - 1,
+            created: Instant::now(),
+        }
+    }
+
+    async fn remove_files(self) {
+        for ext in ["log", "index", "timeindex"] {
+            let path = segment_path(
+                self.path.parent().unwrap_or_else(|| Path::new(".")),
+                self.base_offset,
+                ext,
+            );
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove");
+                }
+            }
+        }
+    }
+
+    /// Records a batch just written at `position` in the in-memory index.
+    pub(crate) fn note_batch(&mut self, position: u64, header: &BatchHeader, interval: u32) {
+        let total = header.total_bytes() as u32;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        if position > 0 && self.bytes_since_index >= interval {
+            self.index.entries.push(IndexEntry {
+                rel_offset: (header.base_offset - self.base_offset) as u32,
+                position: position as u32,
+                max_timestamp: self.max_timestamp,
+            });
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index = self.bytes_since_index.saturating_add(total);
+        self.last_offset = header.last_offset();
+    }
+}
+
+/// The writer task: drains the queue, writes each group with one write and at
+/// most one flush, then answers every append of the group.
+async fn writer_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
+    while doorbell.recv().await.is_some() {
+        let Some(p) = partition.upgrade() else { return };
+        loop {
+            let group = take_group(&p);
+            if group.is_empty() {
+                break;
+            }
+            write_group(&p, group).await;
+        }
+    }
+}
+
+/// Takes queued appends, in order, up to one write's worth of bytes.
+fn take_group(p: &Partition) -> Vec<PendingAppend> {
+    let mut queue = p.queue.borrow_mut();
+    let mut group = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(front) = queue.front() {
+        if !group.is_empty() && bytes + front.bytes > WRITE_BYTES_MAX {
+            break;
+        }
+        bytes += front.bytes;
+        if let Some(item) = queue.pop_front() {
+            group.push(item);
+        }
+    }
+    group
+}
+
+async fn write_group(p: &Partition, group: Vec<PendingAppend>) {
+    let mut rest = group;
+    while !rest.is_empty() {
+        if let Err(e) = maybe_roll(p, rest[0].bytes).await {
+            fail_all(rest, &e);
+            return;
+        }
+        // Appends that fit in the active segment go in this write.
+        let room = {
+            let s = p.state.borrow();
+            let seg = s.segments.last().map_or(0, |seg| seg.size);
+            s.config.segment_bytes.saturating_sub(seg)
+        };
+        let mut take = 0;
+        let mut bytes = 0u64;
+        while take < rest.len() && (take == 0 || bytes + rest[take].bytes as u64 <= room) {
+            bytes += rest[take].bytes as u64;
+            take += 1;
+        }
+        let now: Vec<PendingAppend> = rest.drain(..take).collect();
+        write_to_active(p, now).await;
+    }
+}
+
+fn fail_all(group: Vec<PendingAppend>, e: &StorageError) {
+    for pending in group {
+        let _ = pending.reply.send(Err(AppendError::Storage(e.clone())));
+    }
+}
+
+/// Rolls to a new segment when the next append would overflow the active
+/// one, or when it is older than `segment.ms`.
+async fn maybe_roll(p: &Partition, next_bytes: usize) -> Result<(), StorageError> {
+    let (roll, base, old) = {
+        let s = p.state.borrow();
+        let Some(seg) = s.segments.last() else {
+            return Err(StorageError("partition has no segment".into()));
+        };
+        let full = seg.size > 0 && seg.size + next_bytes as u64 > s.config.segment_bytes;
+        let old = seg.size > 0
+            && seg.created.elapsed() > Duration::from_millis(s.config.segment_ms);
+        (full || old, s.log_end, (seg.base_offset, seg.index.clone(), seg.file.clone(), seg.path.clone()))
+    };
+    if !roll {
+        return Ok(());
+    }
+    let (old_base, old_index, old_file, old_path) = old;
+    old_file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &old_path, e))?;
+    write_index_files(&p.dir, old_base, &old_index).await?;
+    let seg = Segment::create(&p.dir, base).await?;
+    tracing::debug!(topic = %p.topic, partition = p.partition, base, "rolled segment");
+    p.state.borrow_mut().segments.push(seg);
+    Ok(())
+}
+
+/// One aligned direct-I/O write of `group` at the end of the active segment.
+async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
+    let (file, path, write_pos, tail, mut next_offset, epoch, interval) = {
+        let s = p.state.borrow();
+        let Some(seg) = s.segments.last() else { return };
+        (
+            seg.file.clone(),
+            seg.path.clone(),
+            align_down(seg.size),
+            seg.tail.clone(),
+            s.log_end,
+            s.leader_epoch,
+            s.config.index_interval_bytes,
+        )
+    };
+    let payload: usize = group.iter().map(|g| g.bytes).sum();
+    let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
+    let mut placed = Vec::with_capacity(group.len());
+    {
+        let out = buf.as_bytes_mut();
+        out[..tail.len()].copy_from_slice(&tail);
+        let mut at = tail.len();
+        for pending in &group {
+            let base = next_offset;
+            for (bytes, header) in &pending.batches {
+                let n = bytes.len();
+                // The one copy of the payload on the produce path.
+                out[at..at + n].copy_from_slice(bytes);
+                stats::add_payload_copies(1);
+                batch::stamp(&mut out[at..at + n], next_offset, epoch);
+                let mut stamped = *header;
+                stamped.base_offset = next_offset;
+                placed.push((write_pos + at as u64, stamped, bytes.clone()));
+                next_offset = stamped.last_offset() + 1;
+                at += n;
+            }
+            let _ = base;
+        }
+        out[at..].fill(0);
+    }
+    let end = write_pos + (tail.len() + payload) as u64;
+    let new_tail = {
+        let from = (align_down(end) - write_pos) as usize;
+        buf.as_bytes()[from..tail.len() + payload].to_vec()
+    };
+    let expected = buf.len();
+    let needs_flush = group.iter().any(|g| g.durability == Durability::Flushed) || {
+        let s = p.state.borrow();
+        s.config.flush_ms.is_some_and(|ms| s.last_flush.elapsed() >= Duration::from_millis(ms))
+    };
+    let written = file.write_at(buf, write_pos).await;
+    let result = match written {
+        Ok(n) if n == expected => Ok(()),
+        Ok(n) => Err(StorageError(format!("short write of {n}/{expected} bytes to {}", path.display()))),
+        Err(e) => Err(StorageError::io("write", &path, e)),
+    };
+    let result = match (result, needs_flush) {
+        (Ok(()), true) => file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &path, e)),
+        (r, _) => r,
+    };
+    if let Err(e) = result {
+        tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "append failed");
+        // Cut anything a partial write left behind the logical end.
+        let size = p.state.borrow().segments.last().map_or(0, |s| s.size);
+        let _ = file.truncate(size).await;
+        fail_all(group, &e);
+        return;
+    }
+    commit_group(p, group, placed, end, new_tail, needs_flush, interval);
+}
+
+/// Makes a completed write visible: offsets, index, cache, waiters, replies.
+fn commit_group(
+    p: &Partition,
+    group: Vec<PendingAppend>,
+    placed: Vec<(u64, BatchHeader, Bytes)>,
+    end: u64,
+    new_tail: Vec<u8>,
+    flushed: bool,
+    interval: u32,
+) {
+    let mut base_offsets = Vec::with_capacity(group.len());
+    let log_start = {
+        let mut s = p.state.borrow_mut();
+        let mut i = 0;
+        for pending in &group {
+            base_offsets.push(placed[i].1.base_offset);
+            i += pending.batches.len();
+        }
+        let Some(seg) = s.segments.last_mut() else { return };
+        for (pos, header, _) in &placed {
+            assert_eq!(header.base_offset, seg.last_offset + 1, "offsets must be contiguous");
+            seg.note_batch(*pos, header, interval);
+        }
+        seg.size = end;
+        seg.tail = new_tail;
+        let last = seg.last_offset;
+        s.log_end = last + 1;
+        if flushed {
+            s.last_flush = Instant::now();
+        }
+        s.log_start
+    };
+    let epoch = p.leader_epoch();
+    for (_, header, bytes) in placed {
+        let mut prefix = Vec::with_capacity(STAMPED_PREFIX_BYTES);
+        prefix.extend_from_slice(&header.base_offset.to_be_bytes());
+        prefix.extend_from_slice(&header.batch_length.to_be_bytes());
+        prefix.extend_from_slice(&epoch.to_be_bytes());
+        p.cache.insert(
+            p.cache_key,
+            CachedBatch {
+                base_offset: header.base_offset,
+                last_offset: header.last_offset(),
+                max_timestamp: header.max_timestamp,
+                prefix: Bytes::from(prefix),
+                body: bytes.slice(STAMPED_PREFIX_BYTES..),
+            },
+        );
+        p.appended_batches.set(p.appended_batches.get() + 1);
+    }
+    for (pending, base_offset) in group.into_iter().zip(base_offsets) {
+        let _ = pending.reply.send(Ok(Appended { base_offset, log_start_offset: log_start }));
+    }
+    p.wake_waiters();
+}
+
+

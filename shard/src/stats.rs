@@ -1,0 +1,35 @@
+//! Per-shard debug counters (thread-local: each shard counts its own).
+//!
+//! `payload_copies` counts every user-space copy of record bytes: one per
+//! batch on the produce path (socket buffer to the aligned write buffer) and
+//! one per batch served from a segment file by the copying read path. Tests
+//! assert it, so a new copy on a hot path shows up as a failing test.
+
+use std::cell::Cell;
+
+thread_local! {
+    static PAYLOAD_COPIES: Cell<u64> = const { Cell::new(0) };
+    static CACHE_READS: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_payload_copies(n: u64) {
+    PAYLOAD_COPIES.with(|c| c.set(c.get() + n));
+}
+
+pub fn add_cache_reads(n: u64) {
+    CACHE_READS.with(|c| c.set(c.get() + n));
+}
+
+/// Counters of the calling shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub payload_copies: u64,
+    pub cache_reads: u64,
+}
+
+pub fn snapshot() -> ShardCounters {
+    ShardCounters {
+        payload_copies: PAYLOAD_COPIES.with(Cell::get),
+        cache_reads: CACHE_READS.with(Cell::get),
+    }
+}
