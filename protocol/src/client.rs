@@ -37,8 +37,8 @@ use bytes::Bytes;
 use crate::native::{
     self, Acks, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest, FetchPartitionResponse,
     FetchRequest, ListOffsetsPartition, ListOffsetsPartitionResponse, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, ProducePartition, ProducePartitionResponse,
-    ProduceRequest, Request, Response, ResponseBody, TopicResult,
+    MetadataRequest, MetadataResponse, ProducePartition, ProducePartitionResponse, ProduceRequest,
+    Request, Response, ResponseBody, TopicResult,
 };
 use crate::ErrorCode;
 
@@ -107,7 +107,10 @@ impl Client {
             }
         }
         let e = last_error.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} resolves to nothing"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr} resolves to nothing"),
+            )
         });
         Err(ClientError::Io(e))
     }
@@ -143,7 +146,10 @@ impl Client {
         let response = self.recv()?;
         if !response.error.is_ok() {
             let message = response.message;
-            return Err(ClientError::Server { code: response.error, message });
+            return Err(ClientError::Server {
+                code: response.error,
+                message,
+            });
         }
         Ok(response.body)
     }
@@ -185,7 +191,9 @@ impl Client {
             native::decode_response(frame).map_err(|e| ClientError::Decode(e.to_string()))?;
         if response.correlation_id != expected {
             let got = response.correlation_id;
-            return Err(ClientError::Decode(format!("correlation id {got}, expected {expected}")));
+            return Err(ClientError::Decode(format!(
+                "correlation id {got}, expected {expected}"
+            )));
         }
         Ok(response)
     }
@@ -204,7 +212,11 @@ impl Client {
         timeout_ms: u32,
         partitions: Vec<ProducePartition>,
     ) -> Result<Vec<ProducePartitionResponse>, ClientError> {
-        let request = Request::Produce(ProduceRequest { acks, timeout_ms, partitions });
+        let request = Request::Produce(ProduceRequest {
+            acks,
+            timeout_ms,
+            partitions,
+        });
         match self.call(&request)? {
             ResponseBody::Produce(r) => Ok(r.partitions),
             _ => Err(ClientError::UnexpectedResponse),
@@ -305,4 +317,265 @@ pub(crate) fn read_frame(stream: &mut impl Read, max_frame_bytes: usize) -> io::
 const FRAME_READ_RESERVE_BYTES: usize = 64 * 1024;
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    //! The client against a fake server: a thread that decodes with
+    //! `decode_request` and answers with `encode_response`.
+
+    use std::collections::HashMap;
+    use std::net::{TcpListener, TcpStream};
+    use std::thread::{self, JoinHandle};
+
+    use super::*;
+    use crate::native::{FetchPartition, FetchResponse, ProduceResponse};
+
+    const TEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// What the fake server does with each request: answer it, or not.
+    type Behaviour = Box<dyn FnMut(&mut TcpStream, u32, Request) -> bool + Send>;
+
+    /// Serves one connection until `behaviour` says stop or the client goes.
+    fn fake_server(mut behaviour: Behaviour) -> (String, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let handle = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(TEST_TIMEOUT))
+                .expect("timeout");
+            while let Ok(frame) = read_frame(&mut stream, native::FRAME_BYTES_MAX_DEFAULT) {
+                let (id, request) = native::decode_request(frame).expect("valid request");
+                if !behaviour(&mut stream, id, request) {
+                    return;
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    fn reply(stream: &mut TcpStream, correlation_id: u32, body: ResponseBody) -> bool {
+        let response = Response {
+            correlation_id,
+            error: ErrorCode::NONE,
+            message: String::new(),
+            body,
+        };
+        write_all_chunks(stream, &native::encode_response(&response)).is_ok()
+    }
+
+    /// A log per partition: produce appends, fetch returns everything.
+    fn log_server() -> Behaviour {
+        let mut logs: HashMap<(String, u32), Vec<u8>> = HashMap::new();
+        Box::new(move |stream, id, request| {
+            let body = match request {
+                Request::Produce(r) => ResponseBody::Produce(append(&mut logs, r)),
+                Request::Fetch(r) => ResponseBody::Fetch(read(&logs, r)),
+                _ => ResponseBody::Metadata(MetadataResponse::default()),
+            };
+            reply(stream, id, body)
+        })
+    }
+
+    fn append(logs: &mut HashMap<(String, u32), Vec<u8>>, r: ProduceRequest) -> ProduceResponse {
+        let partitions = r.partitions.into_iter().map(|p| {
+            let log = logs.entry((p.topic.clone(), p.partition)).or_default();
+            let base_offset = log.len() as i64;
+            log.extend_from_slice(&p.records);
+            ProducePartitionResponse {
+                topic: p.topic,
+                partition: p.partition,
+                error: ErrorCode::NONE,
+                base_offset,
+                log_start_offset: 0,
+            }
+        });
+        ProduceResponse {
+            partitions: partitions.collect(),
+        }
+    }
+
+    fn read(logs: &HashMap<(String, u32), Vec<u8>>, r: FetchRequest) -> FetchResponse {
+        let partitions = r.partitions.into_iter().map(|p| {
+            let log = logs.get(&(p.topic.clone(), p.partition));
+            let (error, records) = match log {
+                Some(log) => (ErrorCode::NONE, vec![Bytes::copy_from_slice(log)]),
+                None => (ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, vec![]),
+            };
+            let end = log.map_or(0, |l| l.len() as i64);
+            FetchPartitionResponse {
+                topic: p.topic,
+                partition: p.partition,
+                error,
+                high_watermark: end,
+                log_start_offset: 0,
+                log_end_offset: end,
+                records,
+            }
+        });
+        FetchResponse {
+            partitions: partitions.collect(),
+        }
+    }
+
+    fn connect(addr: &str) -> Client {
+        let client = Client::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(TEST_TIMEOUT))
+            .expect("timeout");
+        client
+    }
+
+    fn fetch_all(topic: &str, partition: u32) -> FetchRequest {
+        let p = FetchPartition {
+            topic: topic.into(),
+            partition,
+            offset: 0,
+            max_bytes: 1 << 20,
+        };
+        FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+            partitions: vec![p],
+        }
+    }
+
+    #[test]
+    fn produce_then_fetch_round_trips_records() {
+        let (addr, server) = fake_server(log_server());
+        let mut client = connect(&addr);
+        for (i, records) in ["first", "second"].into_iter().enumerate() {
+            let records = Bytes::from(records);
+            let p = ProducePartition {
+                topic: "t".into(),
+                partition: 2,
+                records,
+            };
+            let results = client.produce(Acks::All, 1000, vec![p]).expect("produce");
+            assert_eq!(results.len(), 1);
+            assert_eq!(results[0].base_offset, [0, 5][i]);
+        }
+        let fetched = client.fetch(fetch_all("t", 2)).expect("fetch");
+        assert_eq!(fetched[0].records, vec![Bytes::from("firstsecond")]);
+        let missing = client.fetch(fetch_all("nope", 0)).expect("fetch");
+        assert_eq!(missing[0].error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn pipelined_responses_arrive_in_request_order() {
+        let (addr, server) = fake_server(log_server());
+        let mut client = connect(&addr);
+        let request = Request::Metadata(MetadataRequest::default());
+        let ids: Vec<u32> = (0..3)
+            .map(|_| client.send(&request).expect("send"))
+            .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        for id in ids {
+            assert_eq!(client.recv().expect("recv").correlation_id, id);
+        }
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn whole_request_error_is_a_server_error() {
+        let (addr, server) = fake_server(Box::new(|stream, id, _| {
+            let chunks = native::encode_error_response(id, ErrorCode::INVALID_REQUEST, "no");
+            write_all_chunks(stream, &chunks).is_ok()
+        }));
+        let mut client = connect(&addr);
+        match client.metadata(vec![]) {
+            Err(ClientError::Server { code, message }) => {
+                assert_eq!((code, message.as_str()), (ErrorCode::INVALID_REQUEST, "no"));
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn response_for_another_kind_of_request_is_unexpected() {
+        let (addr, server) = fake_server(log_server());
+        let mut client = connect(&addr);
+        let result = client.list_offsets(vec![]);
+        assert!(
+            matches!(result, Err(ClientError::UnexpectedResponse)),
+            "{result:?}"
+        );
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn server_closing_mid_response_is_an_io_error_not_a_hang() {
+        let (addr, server) = fake_server(Box::new(|stream, id, _| {
+            let response = Response::error(id, ErrorCode::NONE, "a message long enough");
+            let frame = native::encode_response(&response).concat();
+            let _ = stream.write_all(&frame[..frame.len() / 2]);
+            false
+        }));
+        let mut client = connect(&addr);
+        let result = client.metadata(vec![]);
+        assert!(
+            matches!(&result, Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof)
+        );
+        let again = client.metadata(vec![]);
+        assert!(
+            matches!(&again, Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::NotConnected)
+        );
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let (addr, server) = fake_server(Box::new(|_, _, _| true));
+        let mut client = connect(&addr);
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let result = client.metadata(vec![]);
+        assert!(matches!(result, Err(ClientError::Io(_))), "{result:?}");
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn response_over_the_frame_bound_is_an_error() {
+        let (addr, server) = fake_server(log_server());
+        let mut client = connect(&addr);
+        client.set_max_frame_bytes(native::FRAME_BYTES_MIN);
+        let result = client.metadata(vec![]);
+        assert!(
+            matches!(&result, Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::InvalidData)
+        );
+        drop(client);
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn write_all_chunks_survives_short_writes() {
+        /// Accepts at most 3 bytes a call.
+        struct Trickle(Vec<u8>);
+        impl Write for Trickle {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(3);
+                self.0.extend_from_slice(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let chunks = [
+            Bytes::from("hello"),
+            Bytes::new(),
+            Bytes::from("wo"),
+            Bytes::from("rld"),
+        ];
+        let mut sink = Trickle(Vec::new());
+        write_all_chunks(&mut sink, &chunks).expect("write");
+        assert_eq!(sink.0, b"helloworld");
+    }
+}

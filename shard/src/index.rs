@@ -253,7 +253,12 @@ mod tests {
         for cut in 1..log.len() {
             let (found, stop) = scan(&log[..cut], 0, 0);
             assert!(found.is_empty());
-            assert!(matches!(stop, ScanStop::NeedMore { position: 0, .. }), "cut {cut}: {stop:?}");
+            // A prefix of zeros (base offset 0 starts with eight) is
+            // indistinguishable from padding; either way the log ends there.
+            let zeros = log[..cut].iter().all(|b| *b == 0);
+            let ok = matches!(stop, ScanStop::NeedMore { position: 0, .. })
+                || (zeros && matches!(stop, ScanStop::Invalid { position: 0, .. }));
+            assert!(ok, "cut {cut}: {stop:?}");
         }
     }
 

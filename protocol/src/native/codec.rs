@@ -101,9 +101,15 @@ pub enum DecodeErrorKind {
     /// The length prefix is out of bounds.
     Frame(FrameError),
     /// The length prefix disagrees with the bytes given.
-    FrameLength { declared_bytes: usize, actual_bytes: usize },
+    FrameLength {
+        declared_bytes: usize,
+        actual_bytes: usize,
+    },
     /// `header_len` is too small or runs past the frame.
-    HeaderLength { header_bytes: usize, available_bytes: usize },
+    HeaderLength {
+        header_bytes: usize,
+        available_bytes: usize,
+    },
     /// The FlatBuffers verifier rejected the header.
     Header(InvalidFlatbuffer),
     /// The header has no body.
@@ -113,12 +119,18 @@ pub enum DecodeErrorKind {
     /// `acks` is not -1, 0 or 1.
     AcksUnknown { acks: i8 },
     /// The partitions' `records_len` do not add up to the payload's length.
-    PayloadLength { declared_bytes: u64, actual_bytes: usize },
+    PayloadLength {
+        declared_bytes: u64,
+        actual_bytes: usize,
+    },
 }
 
 impl DecodeError {
     pub(super) fn new(correlation_id: Option<u32>, kind: DecodeErrorKind) -> DecodeError {
-        DecodeError { correlation_id, kind }
+        DecodeError {
+            correlation_id,
+            kind,
+        }
     }
 
     /// The whole-request error a server answers this with (when it has a
@@ -137,11 +149,17 @@ impl fmt::Display for DecodeErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeErrorKind::Frame(e) => e.fmt(f),
-            DecodeErrorKind::FrameLength { declared_bytes, actual_bytes } => write!(
+            DecodeErrorKind::FrameLength {
+                declared_bytes,
+                actual_bytes,
+            } => write!(
                 f,
                 "frame prefix declares {declared_bytes} bytes but {actual_bytes} were given"
             ),
-            DecodeErrorKind::HeaderLength { header_bytes, available_bytes } => write!(
+            DecodeErrorKind::HeaderLength {
+                header_bytes,
+                available_bytes,
+            } => write!(
                 f,
                 "header of {header_bytes} bytes does not fit the frame's {available_bytes}"
             ),
@@ -149,7 +167,10 @@ impl fmt::Display for DecodeErrorKind {
             DecodeErrorKind::BodyMissing => f.write_str("header has no body"),
             DecodeErrorKind::BodyUnknown { tag } => write!(f, "unknown body type {tag}"),
             DecodeErrorKind::AcksUnknown { acks } => write!(f, "unknown acks {acks}"),
-            DecodeErrorKind::PayloadLength { declared_bytes, actual_bytes } => write!(
+            DecodeErrorKind::PayloadLength {
+                declared_bytes,
+                actual_bytes,
+            } => write!(
                 f,
                 "records_len add up to {declared_bytes} bytes but the payload has {actual_bytes}"
             ),
@@ -178,10 +199,16 @@ pub fn frame_len(prefix: &[u8], max_frame_bytes: usize) -> Result<Option<usize>,
     };
     let frame_bytes = FRAME_PREFIX_BYTES.saturating_add(u32::from_be_bytes(*field) as usize);
     if frame_bytes < FRAME_BYTES_MIN {
-        return Err(FrameError::TooSmall { frame_bytes, min: FRAME_BYTES_MIN });
+        return Err(FrameError::TooSmall {
+            frame_bytes,
+            min: FRAME_BYTES_MIN,
+        });
     }
     if frame_bytes > max_frame_bytes {
-        return Err(FrameError::TooLarge { frame_bytes, max: max_frame_bytes });
+        return Err(FrameError::TooLarge {
+            frame_bytes,
+            max: max_frame_bytes,
+        });
     }
     Ok(Some(frame_bytes))
 }
@@ -197,12 +224,18 @@ fn split_frame(frame: &Bytes) -> Result<Parts, DecodeErrorKind> {
     let total = frame_len(frame, FRAME_BYTES_MAX_FORMAT).map_err(DecodeErrorKind::Frame)?;
     let Some(total) = total else {
         let min = FRAME_BYTES_MIN;
-        let e = FrameError::TooSmall { frame_bytes: frame.len(), min };
+        let e = FrameError::TooSmall {
+            frame_bytes: frame.len(),
+            min,
+        };
         return Err(DecodeErrorKind::Frame(e));
     };
     if total != frame.len() {
         let (declared_bytes, actual_bytes) = (total, frame.len());
-        return Err(DecodeErrorKind::FrameLength { declared_bytes, actual_bytes });
+        return Err(DecodeErrorKind::FrameLength {
+            declared_bytes,
+            actual_bytes,
+        });
     }
     // frame_len ensured total >= FRAME_BYTES_MIN, so the field is there.
     let header_start = FRAME_PREFIX_BYTES + HEADER_LEN_BYTES;
@@ -210,7 +243,10 @@ fn split_frame(frame: &Bytes) -> Result<Parts, DecodeErrorKind> {
     let header_bytes = field.map_or(0, |f| u32::from_be_bytes(*f) as usize);
     let available_bytes = frame.len() - header_start;
     if header_bytes < HEADER_BYTES_MIN || header_bytes > available_bytes {
-        return Err(DecodeErrorKind::HeaderLength { header_bytes, available_bytes });
+        return Err(DecodeErrorKind::HeaderLength {
+            header_bytes,
+            available_bytes,
+        });
     }
     let header_end = header_start + header_bytes;
     Ok(Parts {
@@ -307,8 +343,15 @@ pub fn encode_error_response(correlation_id: u32, error: ErrorCode, message: &st
 fn frame_chunks(header: &[u8], records: Vec<Bytes>) -> Vec<Bytes> {
     let payload_bytes: usize = records.iter().map(Bytes::len).sum();
     let frame_bytes = FRAME_PREFIX_BYTES + HEADER_LEN_BYTES + header.len() + payload_bytes;
-    assert!(frame_bytes <= FRAME_BYTES_MAX_FORMAT, "frame of {frame_bytes} bytes");
-    assert!(header.len() >= HEADER_BYTES_MIN, "header of {} bytes", header.len());
+    assert!(
+        frame_bytes <= FRAME_BYTES_MAX_FORMAT,
+        "frame of {frame_bytes} bytes"
+    );
+    assert!(
+        header.len() >= HEADER_BYTES_MIN,
+        "header of {} bytes",
+        header.len()
+    );
     let frame_len = u32::try_from(frame_bytes - FRAME_PREFIX_BYTES).unwrap_or(u32::MAX);
     let header_len = u32::try_from(header.len()).unwrap_or(u32::MAX);
     let mut first = Vec::with_capacity(FRAME_PREFIX_BYTES + HEADER_LEN_BYTES + header.len());

@@ -15,18 +15,23 @@ use crate::ErrorCode;
 
 type TableVec<'a, T> = Option<Vector<'a, ForwardsUOffset<T>>>;
 
-pub(super) fn request(header: &fb::Request<'_>, payload: Bytes) -> Result<Request, DecodeErrorKind> {
+pub(super) fn request(
+    header: &fb::Request<'_>,
+    payload: Bytes,
+) -> Result<Request, DecodeErrorKind> {
     let body_type = header.body_type();
     if body_type == fb::RequestBody::ProduceRequest {
-        let body = header.body_as_produce_request().ok_or(DecodeErrorKind::BodyMissing)?;
+        let body = header
+            .body_as_produce_request()
+            .ok_or(DecodeErrorKind::BodyMissing)?;
         return produce_request(&body, payload).map(Request::Produce);
     }
     payload_empty(&payload)?;
     let missing = DecodeErrorKind::BodyMissing;
     let request = match body_type {
-        fb::RequestBody::FetchRequest => {
-            Request::Fetch(fetch_request(&header.body_as_fetch_request().ok_or(missing)?))
-        }
+        fb::RequestBody::FetchRequest => Request::Fetch(fetch_request(
+            &header.body_as_fetch_request().ok_or(missing)?,
+        )),
         fb::RequestBody::ListOffsetsRequest => {
             let body = header.body_as_list_offsets_request().ok_or(missing)?;
             Request::ListOffsets(list_offsets_request(&body))
@@ -37,11 +42,15 @@ pub(super) fn request(header: &fb::Request<'_>, payload: Bytes) -> Result<Reques
         }
         fb::RequestBody::DeleteTopicsRequest => {
             let body = header.body_as_delete_topics_request().ok_or(missing)?;
-            Request::DeleteTopics(DeleteTopicsRequest { names: strings(body.names()) })
+            Request::DeleteTopics(DeleteTopicsRequest {
+                names: strings(body.names()),
+            })
         }
         fb::RequestBody::MetadataRequest => {
             let body = header.body_as_metadata_request().ok_or(missing)?;
-            Request::Metadata(MetadataRequest { topics: strings(body.topics()) })
+            Request::Metadata(MetadataRequest {
+                topics: strings(body.topics()),
+            })
         }
         fb::RequestBody::NONE => return Err(missing),
         unknown => return Err(DecodeErrorKind::BodyUnknown { tag: unknown.0 }),
@@ -54,7 +63,9 @@ pub(super) fn response(
     payload: Bytes,
 ) -> Result<Response, DecodeErrorKind> {
     let body = if header.body_type() == fb::ResponseBody::FetchResponse {
-        let body = header.body_as_fetch_response().ok_or(DecodeErrorKind::BodyMissing)?;
+        let body = header
+            .body_as_fetch_response()
+            .ok_or(DecodeErrorKind::BodyMissing)?;
         ResponseBody::Fetch(fetch_response(&body, payload)?)
     } else {
         payload_empty(&payload)?;
@@ -72,24 +83,28 @@ pub(super) fn response(
 fn response_body(header: &fb::Response<'_>) -> Result<ResponseBody, DecodeErrorKind> {
     let missing = DecodeErrorKind::BodyMissing;
     let body = match header.body_type() {
-        fb::ResponseBody::ProduceResponse => {
-            ResponseBody::Produce(produce_response(&header.body_as_produce_response().ok_or(missing)?))
-        }
+        fb::ResponseBody::ProduceResponse => ResponseBody::Produce(produce_response(
+            &header.body_as_produce_response().ok_or(missing)?,
+        )),
         fb::ResponseBody::ListOffsetsResponse => {
             let body = header.body_as_list_offsets_response().ok_or(missing)?;
             ResponseBody::ListOffsets(list_offsets_response(&body))
         }
         fb::ResponseBody::CreateTopicsResponse => {
             let body = header.body_as_create_topics_response().ok_or(missing)?;
-            ResponseBody::CreateTopics(CreateTopicsResponse { topics: topic_results(body.topics()) })
+            ResponseBody::CreateTopics(CreateTopicsResponse {
+                topics: topic_results(body.topics()),
+            })
         }
         fb::ResponseBody::DeleteTopicsResponse => {
             let body = header.body_as_delete_topics_response().ok_or(missing)?;
-            ResponseBody::DeleteTopics(DeleteTopicsResponse { topics: topic_results(body.topics()) })
+            ResponseBody::DeleteTopics(DeleteTopicsResponse {
+                topics: topic_results(body.topics()),
+            })
         }
-        fb::ResponseBody::MetadataResponse => {
-            ResponseBody::Metadata(metadata_response(&header.body_as_metadata_response().ok_or(missing)?))
-        }
+        fb::ResponseBody::MetadataResponse => ResponseBody::Metadata(metadata_response(
+            &header.body_as_metadata_response().ok_or(missing)?,
+        )),
         fb::ResponseBody::NONE => ResponseBody::Error,
         unknown => return Err(DecodeErrorKind::BodyUnknown { tag: unknown.0 }),
     };
@@ -103,7 +118,8 @@ fn list<'a, T, U>(v: Option<Vector<'a, T>>, convert: impl FnMut(T::Inner) -> U) 
 where
     T: Follow<'a> + 'a,
 {
-    v.map(|v| v.iter().map(convert).collect()).unwrap_or_default()
+    v.map(|v| v.iter().map(convert).collect())
+        .unwrap_or_default()
 }
 
 fn strings(v: TableVec<'_, &str>) -> Vec<String> {
@@ -118,7 +134,10 @@ fn payload_empty(payload: &Bytes) -> Result<(), DecodeErrorKind> {
     if payload.is_empty() {
         return Ok(());
     }
-    Err(DecodeErrorKind::PayloadLength { declared_bytes: 0, actual_bytes: payload.len() })
+    Err(DecodeErrorKind::PayloadLength {
+        declared_bytes: 0,
+        actual_bytes: payload.len(),
+    })
 }
 
 /// Hands out consecutive slices of a payload whose length has been checked
@@ -134,7 +153,10 @@ impl Payload {
         let declared_bytes: u64 = lens.map(u64::from).sum();
         if declared_bytes != bytes.len() as u64 {
             let actual_bytes = bytes.len();
-            return Err(DecodeErrorKind::PayloadLength { declared_bytes, actual_bytes });
+            return Err(DecodeErrorKind::PayloadLength {
+                declared_bytes,
+                actual_bytes,
+            });
         }
         Ok(Payload { bytes, position: 0 })
     }
@@ -142,7 +164,10 @@ impl Payload {
     /// The next `len` bytes, uncopied. Clamped to the payload, though
     /// [`Payload::new`] has made that unnecessary.
     fn take(&mut self, len: u32) -> Bytes {
-        let end = self.position.saturating_add(len as usize).min(self.bytes.len());
+        let end = self
+            .position
+            .saturating_add(len as usize)
+            .min(self.bytes.len());
         let chunk = self.bytes.slice(self.position..end);
         self.position = end;
         chunk
@@ -162,14 +187,22 @@ fn produce_request(
     r: &fb::ProduceRequest<'_>,
     payload: Bytes,
 ) -> Result<ProduceRequest, DecodeErrorKind> {
-    let lens = r.partitions().into_iter().flatten().map(|p| p.records_len());
+    let lens = r
+        .partitions()
+        .into_iter()
+        .flatten()
+        .map(|p| p.records_len());
     let mut payload = Payload::new(payload, lens)?;
     let partitions = list(r.partitions(), |p| ProducePartition {
         topic: p.topic().to_owned(),
         partition: p.partition(),
         records: payload.take(p.records_len()),
     });
-    Ok(ProduceRequest { acks: acks(r.acks())?, timeout_ms: r.timeout_ms(), partitions })
+    Ok(ProduceRequest {
+        acks: acks(r.acks())?,
+        timeout_ms: r.timeout_ms(),
+        partitions,
+    })
 }
 
 fn produce_response(r: &fb::ProduceResponse<'_>) -> ProduceResponse {
@@ -202,7 +235,11 @@ fn fetch_response(
     r: &fb::FetchResponse<'_>,
     payload: Bytes,
 ) -> Result<FetchResponse, DecodeErrorKind> {
-    let lens = r.partitions().into_iter().flatten().map(|p| p.records_len());
+    let lens = r
+        .partitions()
+        .into_iter()
+        .flatten()
+        .map(|p| p.records_len());
     let mut payload = Payload::new(payload, lens)?;
     let partitions = list(r.partitions(), |p| {
         let records = payload.take(p.records_len());
@@ -213,7 +250,11 @@ fn fetch_response(
             high_watermark: p.high_watermark(),
             log_start_offset: p.log_start_offset(),
             log_end_offset: p.log_end_offset(),
-            records: if records.is_empty() { Vec::new() } else { vec![records] },
+            records: if records.is_empty() {
+                Vec::new()
+            } else {
+                vec![records]
+            },
         }
     });
     Ok(FetchResponse { partitions })

@@ -17,23 +17,37 @@ pub(super) fn request(fbb: &mut Fbb<'_>, correlation_id: u32, request: &Request)
     let (body_type, body) = match request {
         Request::Produce(r) => {
             records.extend(r.partitions.iter().map(|p| p.records.clone()));
-            (fb::RequestBody::ProduceRequest, produce_request(fbb, r).as_union_value())
+            (
+                fb::RequestBody::ProduceRequest,
+                produce_request(fbb, r).as_union_value(),
+            )
         }
-        Request::Fetch(r) => (fb::RequestBody::FetchRequest, fetch_request(fbb, r).as_union_value()),
-        Request::ListOffsets(r) => {
-            (fb::RequestBody::ListOffsetsRequest, list_offsets_request(fbb, r).as_union_value())
-        }
-        Request::CreateTopics(r) => {
-            (fb::RequestBody::CreateTopicsRequest, create_topics_request(fbb, r).as_union_value())
-        }
-        Request::DeleteTopics(r) => {
-            (fb::RequestBody::DeleteTopicsRequest, delete_topics_request(fbb, r).as_union_value())
-        }
-        Request::Metadata(r) => {
-            (fb::RequestBody::MetadataRequest, metadata_request(fbb, r).as_union_value())
-        }
+        Request::Fetch(r) => (
+            fb::RequestBody::FetchRequest,
+            fetch_request(fbb, r).as_union_value(),
+        ),
+        Request::ListOffsets(r) => (
+            fb::RequestBody::ListOffsetsRequest,
+            list_offsets_request(fbb, r).as_union_value(),
+        ),
+        Request::CreateTopics(r) => (
+            fb::RequestBody::CreateTopicsRequest,
+            create_topics_request(fbb, r).as_union_value(),
+        ),
+        Request::DeleteTopics(r) => (
+            fb::RequestBody::DeleteTopicsRequest,
+            delete_topics_request(fbb, r).as_union_value(),
+        ),
+        Request::Metadata(r) => (
+            fb::RequestBody::MetadataRequest,
+            metadata_request(fbb, r).as_union_value(),
+        ),
     };
-    let args = fb::RequestArgs { correlation_id, body_type, body: Some(body) };
+    let args = fb::RequestArgs {
+        correlation_id,
+        body_type,
+        body: Some(body),
+    };
     let root = fb::Request::create(fbb, &args);
     fbb.finish(root, None);
     records
@@ -65,33 +79,45 @@ fn response_body(
     records: &mut Vec<Bytes>,
 ) -> Option<(fb::ResponseBody, WIPOffset<UnionWIPOffset>)> {
     let built = match body {
-        ResponseBody::Produce(r) => {
-            (fb::ResponseBody::ProduceResponse, produce_response(fbb, r).as_union_value())
-        }
+        ResponseBody::Produce(r) => (
+            fb::ResponseBody::ProduceResponse,
+            produce_response(fbb, r).as_union_value(),
+        ),
         ResponseBody::Fetch(r) => {
             for p in &r.partitions {
                 records.extend(p.records.iter().cloned());
             }
-            (fb::ResponseBody::FetchResponse, fetch_response(fbb, r).as_union_value())
+            (
+                fb::ResponseBody::FetchResponse,
+                fetch_response(fbb, r).as_union_value(),
+            )
         }
-        ResponseBody::ListOffsets(r) => {
-            (fb::ResponseBody::ListOffsetsResponse, list_offsets_response(fbb, r).as_union_value())
-        }
+        ResponseBody::ListOffsets(r) => (
+            fb::ResponseBody::ListOffsetsResponse,
+            list_offsets_response(fbb, r).as_union_value(),
+        ),
         ResponseBody::CreateTopics(r) => {
             let topics = Some(topic_results(fbb, &r.topics));
             let args = fb::CreateTopicsResponseArgs { topics };
             let body = fb::CreateTopicsResponse::create(fbb, &args);
-            (fb::ResponseBody::CreateTopicsResponse, body.as_union_value())
+            (
+                fb::ResponseBody::CreateTopicsResponse,
+                body.as_union_value(),
+            )
         }
         ResponseBody::DeleteTopics(r) => {
             let topics = Some(topic_results(fbb, &r.topics));
             let args = fb::DeleteTopicsResponseArgs { topics };
             let body = fb::DeleteTopicsResponse::create(fbb, &args);
-            (fb::ResponseBody::DeleteTopicsResponse, body.as_union_value())
+            (
+                fb::ResponseBody::DeleteTopicsResponse,
+                body.as_union_value(),
+            )
         }
-        ResponseBody::Metadata(r) => {
-            (fb::ResponseBody::MetadataResponse, metadata_response(fbb, r).as_union_value())
-        }
+        ResponseBody::Metadata(r) => (
+            fb::ResponseBody::MetadataResponse,
+            metadata_response(fbb, r).as_union_value(),
+        ),
         ResponseBody::Error => return None,
     };
     Some(built)
@@ -174,7 +200,9 @@ fn produce_response<'a>(
         };
         fb::ProducePartitionResponse::create(fbb, &args)
     });
-    let args = fb::ProduceResponseArgs { partitions: Some(partitions) };
+    let args = fb::ProduceResponseArgs {
+        partitions: Some(partitions),
+    };
     fb::ProduceResponse::create(fbb, &args)
 }
 
@@ -212,7 +240,9 @@ fn fetch_response<'a>(fbb: &mut Fbb<'a>, r: &FetchResponse) -> WIPOffset<fb::Fet
         };
         fb::FetchPartitionResponse::create(fbb, &args)
     });
-    let args = fb::FetchResponseArgs { partitions: Some(partitions) };
+    let args = fb::FetchResponseArgs {
+        partitions: Some(partitions),
+    };
     fb::FetchResponse::create(fbb, &args)
 }
 
@@ -229,7 +259,9 @@ fn list_offsets_request<'a>(
         };
         fb::ListOffsetsPartition::create(fbb, &args)
     });
-    let args = fb::ListOffsetsRequestArgs { partitions: Some(partitions) };
+    let args = fb::ListOffsetsRequestArgs {
+        partitions: Some(partitions),
+    };
     fb::ListOffsetsRequest::create(fbb, &args)
 }
 
@@ -248,7 +280,9 @@ fn list_offsets_response<'a>(
         };
         fb::ListOffsetsPartitionResponse::create(fbb, &args)
     });
-    let args = fb::ListOffsetsResponseArgs { partitions: Some(partitions) };
+    let args = fb::ListOffsetsResponseArgs {
+        partitions: Some(partitions),
+    };
     fb::ListOffsetsResponse::create(fbb, &args)
 }
 
@@ -259,18 +293,31 @@ fn create_topics_request<'a>(
     let topics = table_vec(fbb, &r.topics, |fbb, t| {
         let name = Some(fbb.create_string(&t.name));
         let configs = Some(configs(fbb, &t.configs));
-        let args = fb::CreateTopicArgs { name, partitions: t.partitions, configs };
+        let args = fb::CreateTopicArgs {
+            name,
+            partitions: t.partitions,
+            configs,
+        };
         fb::CreateTopic::create(fbb, &args)
     });
-    let args = fb::CreateTopicsRequestArgs { topics: Some(topics) };
+    let args = fb::CreateTopicsRequestArgs {
+        topics: Some(topics),
+    };
     fb::CreateTopicsRequest::create(fbb, &args)
 }
 
-fn topic_results<'a>(fbb: &mut Fbb<'a>, results: &[TopicResult]) -> TableVec<'a, fb::TopicResult<'a>> {
+fn topic_results<'a>(
+    fbb: &mut Fbb<'a>,
+    results: &[TopicResult],
+) -> TableVec<'a, fb::TopicResult<'a>> {
     table_vec(fbb, results, |fbb, t| {
         let name = Some(fbb.create_string(&t.name));
         let message = optional_string(fbb, &t.message);
-        let args = fb::TopicResultArgs { name, error: t.error.0, message };
+        let args = fb::TopicResultArgs {
+            name,
+            error: t.error.0,
+            message,
+        };
         fb::TopicResult::create(fbb, &args)
     })
 }
@@ -297,7 +344,11 @@ fn metadata_response<'a>(
 ) -> WIPOffset<fb::MetadataResponse<'a>> {
     let shards = table_vec(fbb, &r.shards, |fbb, s| {
         let host = Some(fbb.create_string(&s.host));
-        let args = fb::ShardAddressArgs { shard: s.shard, host, port: s.port };
+        let args = fb::ShardAddressArgs {
+            shard: s.shard,
+            host,
+            port: s.port,
+        };
         fb::ShardAddress::create(fbb, &args)
     });
     let topics = table_vec(fbb, &r.topics, topic_metadata);

@@ -243,6 +243,11 @@ impl Response {
     /// A response that fails the whole request, with no body.
     #[must_use]
     pub fn error(correlation_id: u32, error: ErrorCode, message: &str) -> Response {
-        Response { correlation_id, error, message: message.to_owned(), body: ResponseBody::Error }
+        Response {
+            correlation_id,
+            error,
+            message: message.to_owned(),
+            body: ResponseBody::Error,
+        }
     }
 }

@@ -66,6 +66,7 @@ use generated::sluice::native as fb;
 pub use codec::{
     decode_request, decode_response, encode_error_response, encode_request, encode_response,
     frame_len, DecodeError, DecodeErrorKind, FrameError, FRAME_BYTES_MAX_DEFAULT,
-    FRAME_BYTES_MIN, FRAME_PREFIX_BYTES, HEADER_BYTES_MIN, HEADER_LEN_BYTES,
+    FRAME_BYTES_MAX_FORMAT, FRAME_BYTES_MIN, FRAME_PREFIX_BYTES, HEADER_BYTES_MIN,
+    HEADER_LEN_BYTES,
 };
 pub use message::*;

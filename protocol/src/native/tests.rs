@@ -26,16 +26,37 @@ fn produce_request() -> Request {
         acks: Acks::All,
         timeout_ms: 1500,
         partitions: vec![
-            ProducePartition { topic: "a".into(), partition: 0, records: Bytes::from("xyz") },
-            ProducePartition { topic: "b".into(), partition: 7, records: Bytes::new() },
-            ProducePartition { topic: "a".into(), partition: 1, records: Bytes::from("0123") },
+            ProducePartition {
+                topic: "a".into(),
+                partition: 0,
+                records: Bytes::from("xyz"),
+            },
+            ProducePartition {
+                topic: "b".into(),
+                partition: 7,
+                records: Bytes::new(),
+            },
+            ProducePartition {
+                topic: "a".into(),
+                partition: 1,
+                records: Bytes::from("0123"),
+            },
         ],
     })
 }
 
 fn sample_requests() -> Vec<Request> {
-    let fetch = FetchPartition { topic: "t".into(), partition: 3, offset: 42, max_bytes: 1 << 20 };
-    let list = ListOffsetsPartition { topic: "t".into(), partition: 1, timestamp: -2 };
+    let fetch = FetchPartition {
+        topic: "t".into(),
+        partition: 3,
+        offset: 42,
+        max_bytes: 1 << 20,
+    };
+    let list = ListOffsetsPartition {
+        topic: "t".into(),
+        partition: 1,
+        timestamp: -2,
+    };
     let create = CreateTopic {
         name: "orders".into(),
         partitions: 12,
@@ -43,18 +64,29 @@ fn sample_requests() -> Vec<Request> {
     };
     vec![
         produce_request(),
-        Request::Produce(ProduceRequest { acks: Acks::None, ..ProduceRequest::default() }),
+        Request::Produce(ProduceRequest {
+            acks: Acks::None,
+            ..ProduceRequest::default()
+        }),
         Request::Fetch(FetchRequest {
             max_wait_ms: 500,
             min_bytes: 1,
             max_bytes: 50 << 20,
             partitions: vec![fetch],
         }),
-        Request::ListOffsets(ListOffsetsRequest { partitions: vec![list] }),
-        Request::CreateTopics(CreateTopicsRequest { topics: vec![create] }),
-        Request::DeleteTopics(DeleteTopicsRequest { names: vec!["x".into(), "y".into()] }),
+        Request::ListOffsets(ListOffsetsRequest {
+            partitions: vec![list],
+        }),
+        Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![create],
+        }),
+        Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec!["x".into(), "y".into()],
+        }),
         Request::Metadata(MetadataRequest::default()),
-        Request::Metadata(MetadataRequest { topics: vec!["orders".into()] }),
+        Request::Metadata(MetadataRequest {
+            topics: vec!["orders".into()],
+        }),
     ]
 }
 
@@ -88,7 +120,11 @@ fn metadata_response() -> ResponseBody {
         node_id: 1,
         bootstrap_host: "localhost".into(),
         bootstrap_port: 9192,
-        shards: vec![ShardAddress { shard: 3, host: "10.0.0.1".into(), port: 9195 }],
+        shards: vec![ShardAddress {
+            shard: 3,
+            host: "10.0.0.1".into(),
+            port: 9195,
+        }],
         topics: vec![TopicMetadata {
             name: "t".into(),
             error: ErrorCode::NONE,
@@ -119,11 +155,18 @@ fn sample_bodies() -> Vec<ResponseBody> {
         message: message.into(),
     };
     vec![
-        ResponseBody::Produce(ProduceResponse { partitions: vec![produced] }),
+        ResponseBody::Produce(ProduceResponse {
+            partitions: vec![produced],
+        }),
         fetch_response(),
-        ResponseBody::ListOffsets(ListOffsetsResponse { partitions: vec![listed] }),
+        ResponseBody::ListOffsets(ListOffsetsResponse {
+            partitions: vec![listed],
+        }),
         ResponseBody::CreateTopics(CreateTopicsResponse {
-            topics: vec![result(ErrorCode::TOPIC_ALREADY_EXISTS, "exists"), result(ErrorCode::NONE, "")],
+            topics: vec![
+                result(ErrorCode::TOPIC_ALREADY_EXISTS, "exists"),
+                result(ErrorCode::NONE, ""),
+            ],
         }),
         ResponseBody::DeleteTopics(DeleteTopicsResponse {
             topics: vec![result(ErrorCode::NONE, "")],
@@ -144,7 +187,11 @@ fn sample_responses() -> Vec<Response> {
             body,
         })
         .collect();
-    responses.push(Response::error(99, ErrorCode::INVALID_REQUEST, "bad header"));
+    responses.push(Response::error(
+        99,
+        ErrorCode::INVALID_REQUEST,
+        "bad header",
+    ));
     responses
 }
 
@@ -155,16 +202,24 @@ fn normalise(response: &Response) -> Response {
     if let ResponseBody::Fetch(fetch) = &mut response.body {
         for p in &mut fetch.partitions {
             let joined = concat(&p.records);
-            p.records = if joined.is_empty() { vec![] } else { vec![joined] };
+            p.records = if joined.is_empty() {
+                vec![]
+            } else {
+                vec![joined]
+            };
         }
     }
     response
 }
 
 fn sample_frames() -> Vec<Bytes> {
-    let requests = sample_requests().iter().map(|r| concat(&encode_request(5, r))).collect::<Vec<_>>();
-    let responses = sample_responses().iter().map(|r| concat(&encode_response(r)));
-    requests.into_iter().chain(responses).collect()
+    let requests = sample_requests()
+        .into_iter()
+        .map(|r| concat(&encode_request(5, &r)));
+    let responses = sample_responses()
+        .into_iter()
+        .map(|r| concat(&encode_response(&r)));
+    requests.chain(responses).collect()
 }
 
 #[test]
@@ -223,9 +278,15 @@ fn encoded_records_are_the_callers_chunks_not_copies() {
         body: fetch_response(),
     };
     let chunks = encode_response(&response);
-    let ResponseBody::Fetch(fetch) = &response.body else { unreachable!() };
-    let given: Vec<&Bytes> =
-        fetch.partitions.iter().flat_map(|p| &p.records).filter(|c| !c.is_empty()).collect();
+    let ResponseBody::Fetch(fetch) = &response.body else {
+        unreachable!()
+    };
+    let given: Vec<&Bytes> = fetch
+        .partitions
+        .iter()
+        .flat_map(|p| &p.records)
+        .filter(|c| !c.is_empty())
+        .collect();
     assert_eq!(chunks.len(), 1 + given.len());
     for (sent, given) in chunks[1..].iter().zip(given) {
         assert_eq!(sent.as_ptr(), given.as_ptr());
@@ -263,27 +324,42 @@ fn every_truncated_header_with_consistent_lengths_is_an_error_or_a_value() {
 fn frame_len_waits_for_the_whole_prefix() {
     assert_eq!(frame_len(&[], FRAME_BYTES_MAX_DEFAULT), Ok(None));
     assert_eq!(frame_len(&[0, 0, 1], FRAME_BYTES_MAX_DEFAULT), Ok(None));
-    assert_eq!(frame_len(&[0, 0, 1, 0], FRAME_BYTES_MAX_DEFAULT), Ok(Some(256 + 4)));
-    assert_eq!(frame_len(&[0, 0, 1, 0, 9, 9], FRAME_BYTES_MAX_DEFAULT), Ok(Some(260)));
+    assert_eq!(
+        frame_len(&[0, 0, 1, 0], FRAME_BYTES_MAX_DEFAULT),
+        Ok(Some(256 + 4))
+    );
+    assert_eq!(
+        frame_len(&[0, 0, 1, 0, 9, 9], FRAME_BYTES_MAX_DEFAULT),
+        Ok(Some(260))
+    );
 }
 
 #[test]
 fn frame_len_rejects_absurd_lengths() {
     let min = FRAME_BYTES_MIN;
     let too_small = ((min - FRAME_PREFIX_BYTES - 1) as u32).to_be_bytes();
-    let e = FrameError::TooSmall { frame_bytes: min - 1, min };
+    let e = FrameError::TooSmall {
+        frame_bytes: min - 1,
+        min,
+    };
     assert_eq!(frame_len(&too_small, FRAME_BYTES_MAX_DEFAULT), Err(e));
     assert!(frame_len(&[0, 0, 0, 0], FRAME_BYTES_MAX_DEFAULT).is_err());
     let smallest = ((min - FRAME_PREFIX_BYTES) as u32).to_be_bytes();
     assert_eq!(frame_len(&smallest, FRAME_BYTES_MAX_DEFAULT), Ok(Some(min)));
 
     let huge = u32::MAX.to_be_bytes();
-    let e = FrameError::TooLarge { frame_bytes: FRAME_BYTES_MAX_FORMAT, max: 1000 };
+    let e = FrameError::TooLarge {
+        frame_bytes: FRAME_BYTES_MAX_FORMAT,
+        max: 1000,
+    };
     assert_eq!(frame_len(&huge, 1000), Err(e));
     let at_max = ((1000 - FRAME_PREFIX_BYTES) as u32).to_be_bytes();
     assert_eq!(frame_len(&at_max, 1000), Ok(Some(1000)));
     let over_max = ((1001 - FRAME_PREFIX_BYTES) as u32).to_be_bytes();
-    assert!(matches!(frame_len(&over_max, 1000), Err(FrameError::TooLarge { .. })));
+    assert!(matches!(
+        frame_len(&over_max, 1000),
+        Err(FrameError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -292,7 +368,10 @@ fn frame_whose_prefix_disagrees_with_its_length_is_an_error() {
     let mut longer = frame.to_vec();
     longer.push(0);
     let e = decode_request(Bytes::from(longer)).err();
-    assert!(matches!(e.map(|e| e.kind), Some(DecodeErrorKind::FrameLength { .. })));
+    assert!(matches!(
+        e.map(|e| e.kind),
+        Some(DecodeErrorKind::FrameLength { .. })
+    ));
 }
 
 #[test]
@@ -300,12 +379,18 @@ fn header_len_past_the_frame_is_an_error() {
     let mut frame = concat(&encode_request(3, &produce_request())).to_vec();
     frame[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
     let e = decode_request(Bytes::from(frame)).err();
-    assert!(matches!(e.map(|e| e.kind), Some(DecodeErrorKind::HeaderLength { .. })));
+    assert!(matches!(
+        e.map(|e| e.kind),
+        Some(DecodeErrorKind::HeaderLength { .. })
+    ));
 }
 
 fn header_and_payload(frame: &Bytes) -> (Bytes, Bytes) {
     let header_len = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
-    (frame.slice(8..8 + header_len), frame.slice(8 + header_len..))
+    (
+        frame.slice(8..8 + header_len),
+        frame.slice(8 + header_len..),
+    )
 }
 
 #[test]
@@ -316,7 +401,10 @@ fn produce_payload_longer_or_shorter_than_records_len_is_an_error() {
     for bad in [&payload[..payload.len() - 1], &longer[..], &[][..]] {
         let e = decode_request(frame_from_parts(&header, bad)).err();
         let e = e.map(|e| (e.correlation_id, e.kind));
-        assert!(matches!(e, Some((Some(4), DecodeErrorKind::PayloadLength { .. }))), "{e:?}");
+        assert!(
+            matches!(e, Some((Some(4), DecodeErrorKind::PayloadLength { .. }))),
+            "{e:?}"
+        );
     }
 }
 
@@ -333,7 +421,10 @@ fn fetch_payload_longer_or_shorter_than_records_len_is_an_error() {
     longer.push(1);
     for bad in [&payload[..payload.len() - 1], &longer[..]] {
         let e = decode_response(frame_from_parts(&header, bad)).err();
-        assert!(matches!(e.map(|e| e.kind), Some(DecodeErrorKind::PayloadLength { .. })));
+        assert!(matches!(
+            e.map(|e| e.kind),
+            Some(DecodeErrorKind::PayloadLength { .. })
+        ));
     }
 }
 
@@ -342,7 +433,10 @@ fn payload_on_a_request_without_records_is_an_error() {
     let request = Request::Metadata(MetadataRequest::default());
     let (header, _) = header_and_payload(&concat(&encode_request(2, &request)));
     let e = decode_request(frame_from_parts(&header, b"junk")).err();
-    assert!(matches!(e.map(|e| e.kind), Some(DecodeErrorKind::PayloadLength { .. })));
+    assert!(matches!(
+        e.map(|e| e.kind),
+        Some(DecodeErrorKind::PayloadLength { .. })
+    ));
 }
 
 fn finish_request(fbb: &mut FlatBufferBuilder<'_>, body_type: fb::RequestBody, body: bool) {
@@ -350,7 +444,14 @@ fn finish_request(fbb: &mut FlatBufferBuilder<'_>, body_type: fb::RequestBody, b
         let args = fb::MetadataRequestArgs { topics: None };
         fb::MetadataRequest::create(fbb, &args).as_union_value()
     });
-    let root = fb::Request::create(fbb, &fb::RequestArgs { correlation_id: 77, body_type, body });
+    let root = fb::Request::create(
+        fbb,
+        &fb::RequestArgs {
+            correlation_id: 77,
+            body_type,
+            body,
+        },
+    );
     fbb.finish(root, None);
 }
 
@@ -360,52 +461,99 @@ fn unknown_body_type_is_unsupported_with_its_correlation_id() {
     finish_request(&mut fbb, fb::RequestBody(200), true);
     let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
     let e = e.map(|e| (e.correlation_id, e.error_code(), e.kind));
-    let want = (Some(77), ErrorCode::UNSUPPORTED_VERSION, DecodeErrorKind::BodyUnknown { tag: 200 });
+    let want = (
+        Some(77),
+        ErrorCode::UNSUPPORTED_VERSION,
+        DecodeErrorKind::BodyUnknown { tag: 200 },
+    );
     assert_eq!(e, Some(want));
 }
 
 #[test]
 fn missing_body_is_invalid_with_its_correlation_id() {
-    for (body_type, body) in [(fb::RequestBody::NONE, false), (fb::RequestBody::MetadataRequest, false)] {
-        let mut fbb = FlatBufferBuilder::new();
-        finish_request(&mut fbb, body_type, body);
-        let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
-        let e = e.map(|e| (e.correlation_id, e.error_code(), e.kind));
-        let want = (Some(77), ErrorCode::INVALID_REQUEST, DecodeErrorKind::BodyMissing);
-        assert_eq!(e, Some(want));
-    }
+    let mut fbb = FlatBufferBuilder::new();
+    finish_request(&mut fbb, fb::RequestBody::NONE, false);
+    let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
+    let e = e.map(|e| (e.correlation_id, e.error_code(), e.kind));
+    let want = (
+        Some(77),
+        ErrorCode::INVALID_REQUEST,
+        DecodeErrorKind::BodyMissing,
+    );
+    assert_eq!(e, Some(want));
+}
+
+/// A body type without its body fails verification; the id survives.
+#[test]
+fn body_type_without_body_is_invalid_with_its_correlation_id() {
+    let mut fbb = FlatBufferBuilder::new();
+    finish_request(&mut fbb, fb::RequestBody::MetadataRequest, false);
+    let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
+    let e = e.map(|e| (e.correlation_id, e.error_code()));
+    assert_eq!(e, Some((Some(77), ErrorCode::INVALID_REQUEST)));
 }
 
 #[test]
 fn unknown_acks_is_invalid_required_acks() {
     let mut fbb = FlatBufferBuilder::new();
-    let args = fb::ProduceRequestArgs { acks: fb::Acks(5), timeout_ms: 0, partitions: None };
+    let args = fb::ProduceRequestArgs {
+        acks: fb::Acks(5),
+        timeout_ms: 0,
+        partitions: None,
+    };
     let body = fb::ProduceRequest::create(&mut fbb, &args).as_union_value();
     let body_type = fb::RequestBody::ProduceRequest;
-    let args = fb::RequestArgs { correlation_id: 12, body_type, body: Some(body) };
+    let args = fb::RequestArgs {
+        correlation_id: 12,
+        body_type,
+        body: Some(body),
+    };
     let root = fb::Request::create(&mut fbb, &args);
     fbb.finish(root, None);
     let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
-    assert_eq!(e.as_ref().map(DecodeError::error_code), Some(ErrorCode::INVALID_REQUIRED_ACKS));
+    assert_eq!(
+        e.as_ref().map(DecodeError::error_code),
+        Some(ErrorCode::INVALID_REQUIRED_ACKS)
+    );
     assert_eq!(e.and_then(|e| e.correlation_id), Some(12));
 }
 
-/// A body that fails verification (here a missing required topic) still
+/// A body that fails verification (here a topic that is not UTF-8) still
 /// gives the correlation id, so the server can answer INVALID_REQUEST.
 #[test]
 fn header_failing_verification_still_gives_its_correlation_id() {
     let mut fbb = FlatBufferBuilder::new();
-    let partition = fb::ProducePartitionArgs { topic: None, partition: 0, records_len: 0 };
+    let not_utf8 = fbb.create_vector(&[0xffu8, 0xfe, 0]);
+    let topic = Some(flatbuffers::WIPOffset::new(not_utf8.value()));
+    let partition = fb::ProducePartitionArgs {
+        topic,
+        partition: 0,
+        records_len: 0,
+    };
     let partition = fb::ProducePartition::create(&mut fbb, &partition);
     let partitions = Some(fbb.create_vector(&[partition]));
-    let args = fb::ProduceRequestArgs { acks: fb::Acks::Leader, timeout_ms: 0, partitions };
+    let args = fb::ProduceRequestArgs {
+        acks: fb::Acks::Leader,
+        timeout_ms: 0,
+        partitions,
+    };
     let body = fb::ProduceRequest::create(&mut fbb, &args).as_union_value();
     let body_type = fb::RequestBody::ProduceRequest;
-    let args = fb::RequestArgs { correlation_id: 31, body_type, body: Some(body) };
+    let args = fb::RequestArgs {
+        correlation_id: 31,
+        body_type,
+        body: Some(body),
+    };
     let root = fb::Request::create(&mut fbb, &args);
     fbb.finish(root, None);
     let e = decode_request(frame_from_parts(fbb.finished_data(), b"")).err();
-    assert!(matches!(e, Some(DecodeError { correlation_id: Some(31), kind: DecodeErrorKind::Header(_) })));
+    assert!(matches!(
+        e,
+        Some(DecodeError {
+            correlation_id: Some(31),
+            kind: DecodeErrorKind::Header(_)
+        })
+    ));
 }
 
 /// A header whose vector points many times at one long string would decode
@@ -418,21 +566,35 @@ fn header_of_shared_references_cannot_amplify_allocation() {
     let topics = Some(fbb.create_vector(&vec![long; 10_000]));
     let body = fb::MetadataRequest::create(&mut fbb, &fb::MetadataRequestArgs { topics });
     let body_type = fb::RequestBody::MetadataRequest;
-    let args = fb::RequestArgs { correlation_id: 1, body_type, body: Some(body.as_union_value()) };
+    let args = fb::RequestArgs {
+        correlation_id: 1,
+        body_type,
+        body: Some(body.as_union_value()),
+    };
     let root = fb::Request::create(&mut fbb, &args);
     fbb.finish(root, None);
     let header = fbb.finished_data();
     assert!(header.len() < 100_000, "the header itself is small");
     let e = decode_request(frame_from_parts(header, b"")).err();
     let kind = e.map(|e| e.kind);
-    assert_eq!(kind, Some(DecodeErrorKind::Header(InvalidFlatbuffer::ApparentSizeTooLarge)));
+    assert_eq!(
+        kind,
+        Some(DecodeErrorKind::Header(
+            InvalidFlatbuffer::ApparentSizeTooLarge
+        ))
+    );
 }
 
 /// Many small tables, legitimately sharing one vtable, stay under the bound.
 #[test]
 fn large_valid_metadata_response_round_trips() {
     let partitions: Vec<PartitionMetadata> = (0..20_000)
-        .map(|partition| PartitionMetadata { partition, shard: 0, leader_epoch: 0, error: ErrorCode::NONE })
+        .map(|partition| PartitionMetadata {
+            partition,
+            shard: 0,
+            leader_epoch: 0,
+            error: ErrorCode::NONE,
+        })
         .collect();
     let topic = TopicMetadata {
         name: "t".into(),
@@ -440,8 +602,16 @@ fn large_valid_metadata_response_round_trips() {
         partitions,
         configs: vec![],
     };
-    let body = ResponseBody::Metadata(MetadataResponse { topics: vec![topic], ..MetadataResponse::default() });
-    let response = Response { correlation_id: 1, error: ErrorCode::NONE, message: String::new(), body };
+    let body = ResponseBody::Metadata(MetadataResponse {
+        topics: vec![topic],
+        ..MetadataResponse::default()
+    });
+    let response = Response {
+        correlation_id: 1,
+        error: ErrorCode::NONE,
+        message: String::new(),
+        body,
+    };
     let frame = concat(&encode_response(&response));
     assert_eq!(decode_response(frame), Ok(response));
 }
@@ -455,38 +625,64 @@ fn arb_acks() -> impl Strategy<Value = Acks> {
 }
 
 fn arb_produce() -> impl Strategy<Value = Request> {
-    let partition = (".{0,12}", any::<u32>(), arb_bytes(64))
-        .prop_map(|(topic, partition, records)| ProducePartition { topic, partition, records });
-    (arb_acks(), any::<u32>(), proptest::collection::vec(partition, 0..6)).prop_map(
-        |(acks, timeout_ms, partitions)| {
-            Request::Produce(ProduceRequest { acks, timeout_ms, partitions })
-        },
+    let partition =
+        (".{0,12}", any::<u32>(), arb_bytes(64)).prop_map(|(topic, partition, records)| {
+            ProducePartition {
+                topic,
+                partition,
+                records,
+            }
+        });
+    (
+        arb_acks(),
+        any::<u32>(),
+        proptest::collection::vec(partition, 0..6),
     )
+        .prop_map(|(acks, timeout_ms, partitions)| {
+            Request::Produce(ProduceRequest {
+                acks,
+                timeout_ms,
+                partitions,
+            })
+        })
 }
 
 fn arb_fetch_response() -> impl Strategy<Value = Response> {
     let chunks = proptest::collection::vec(arb_bytes(32), 0..3);
-    let partition = (".{0,12}", any::<u32>(), any::<i16>(), any::<[i64; 3]>(), chunks).prop_map(
-        |(topic, partition, error, [high_watermark, log_start_offset, log_end_offset], records)| {
-            FetchPartitionResponse {
+    let partition = (
+        ".{0,12}",
+        any::<u32>(),
+        any::<i16>(),
+        any::<[i64; 3]>(),
+        chunks,
+    )
+        .prop_map(
+            |(
                 topic,
                 partition,
-                error: ErrorCode(error),
-                high_watermark,
-                log_start_offset,
-                log_end_offset,
+                error,
+                [high_watermark, log_start_offset, log_end_offset],
                 records,
-            }
-        },
-    );
-    (any::<u32>(), proptest::collection::vec(partition, 0..6)).prop_map(|(correlation_id, partitions)| {
-        Response {
+            )| {
+                FetchPartitionResponse {
+                    topic,
+                    partition,
+                    error: ErrorCode(error),
+                    high_watermark,
+                    log_start_offset,
+                    log_end_offset,
+                    records,
+                }
+            },
+        );
+    (any::<u32>(), proptest::collection::vec(partition, 0..6)).prop_map(
+        |(correlation_id, partitions)| Response {
             correlation_id,
             error: ErrorCode::NONE,
             message: String::new(),
             body: ResponseBody::Fetch(FetchResponse { partitions }),
-        }
-    })
+        },
+    )
 }
 
 proptest! {
