@@ -116,13 +116,19 @@ impl Compression {
     /// The codec named by `attributes`, or `UnknownCompression` for ids 5-7.
     pub fn from_attributes(attributes: i16) -> Result<Compression, BatchError> {
         let id = (attributes & COMPRESSION_MASK) as u8;
+        Compression::from_id(id).ok_or(BatchError::UnknownCompression(id))
+    }
+
+    /// The codec with Kafka's id `id`, if there is one.
+    #[must_use]
+    pub fn from_id(id: u8) -> Option<Compression> {
         match id {
-            0 => Ok(Compression::None),
-            1 => Ok(Compression::Gzip),
-            2 => Ok(Compression::Snappy),
-            3 => Ok(Compression::Lz4),
-            4 => Ok(Compression::Zstd),
-            _ => Err(BatchError::UnknownCompression(id)),
+            0 => Some(Compression::None),
+            1 => Some(Compression::Gzip),
+            2 => Some(Compression::Snappy),
+            3 => Some(Compression::Lz4),
+            4 => Some(Compression::Zstd),
+            _ => None,
         }
     }
 
@@ -392,13 +398,13 @@ impl fmt::Display for BatchError {
                 )
             }
             BatchError::MalformedRecord(what) => write!(f, "malformed record: {what}"),
-            BatchError::UnknownCompression(id) => match Compression::from_attributes(*id as i16) {
-                Ok(codec) => write!(
+            BatchError::UnknownCompression(id) => match Compression::from_id(*id) {
+                Some(codec) => write!(
                     f,
                     "batch is {}-compressed; only uncompressed batches can be decoded here",
                     codec.name()
                 ),
-                Err(_) => write!(f, "unknown compression codec id {id}"),
+                None => write!(f, "unknown compression codec id {id}"),
             },
             BatchError::TooLarge { bytes, max } => {
                 write!(f, "batch of {bytes} bytes exceeds the limit of {max}")
@@ -452,8 +458,8 @@ pub fn validate_with_max(buf: &[u8], bytes_max: usize) -> Result<BatchHeader, Ba
         });
     }
     let found = match header.compression()? {
-        Compression::None => count_records(&buf[RECORDS_AT..])?,
-        _ => header.records_count,
+        Compression::None => Some(count_records(&buf[RECORDS_AT..])?),
+        _ => None,
     };
     check_counts(&header, found)
 }
@@ -476,20 +482,15 @@ fn count_records(section: &[u8]) -> Result<i32, BatchError> {
     Ok(index)
 }
 
-fn check_counts(header: &BatchHeader, found: i32) -> Result<BatchHeader, BatchError> {
+/// Checks `recordsCount` and `lastOffsetDelta` against the records `found` (`None` for a
+/// compressed batch, whose records are not counted).
+fn check_counts(header: &BatchHeader, found: Option<i32>) -> Result<BatchHeader, BatchError> {
     let declared = header.records_count;
-    if declared < 1 {
-        let found = if header.attributes & COMPRESSION_MASK == 0 {
-            found
-        } else {
-            0
-        };
+    if declared < 1 || found.is_some_and(|found| found != declared) {
+        let found = found.unwrap_or(0);
         return Err(BatchError::BadRecordCount { declared, found });
     }
-    if declared != found {
-        return Err(BatchError::BadRecordCount { declared, found });
-    }
-    let expected = found - 1;
+    let expected = declared - 1;
     if header.last_offset_delta != expected {
         let declared = header.last_offset_delta;
         return Err(BatchError::BadLastOffsetDelta { declared, expected });
