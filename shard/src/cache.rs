@@ -138,7 +138,11 @@ impl Inner {
         self.used_bytes -= len;
         if let Some(q) = self.partitions.get_mut(&key) {
             let front = q.pop_front();
-            assert_eq!(front.map(|b| b.base_offset), Some(base), "tail cache order broken");
+            assert_eq!(
+                front.map(|b| b.base_offset),
+                Some(base),
+                "tail cache order broken"
+            );
             if q.is_empty() {
                 self.partitions.remove(&key);
             }
@@ -167,9 +171,16 @@ mod tests {
         cache.insert(1, batch(5, 5, 100));
         cache.insert(1, batch(10, 5, 100));
         let got = cache.read(1, 7, 1000).expect("cached");
-        assert_eq!(got.iter().map(|b| b.base_offset).collect::<Vec<_>>(), vec![5, 10]);
+        assert_eq!(
+            got.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+            vec![5, 10]
+        );
         let one = cache.read(1, 7, 10).expect("cached");
-        assert_eq!(one.len(), 1, "the first batch is returned even when larger than max");
+        assert_eq!(
+            one.len(),
+            1,
+            "the first batch is returned even when larger than max"
+        );
         assert!(cache.read(1, 15, 1000).expect("cached").is_empty());
         assert!(cache.read(2, 0, 1000).is_none());
     }

@@ -5,8 +5,8 @@
 //! nothing.
 
 use crate::limits::{
-    BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    BATCH_BYTES_MAX, INDEX_INTERVAL_BYTES_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
 };
 
 /// How a partition's log is rolled, retained and flushed.
@@ -72,7 +72,12 @@ impl LogConfig {
     /// Applies one `key=value` override on top of `self`.
     pub fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let bad = |what: &str| ConfigError(format!("{key}={value}: {what}"));
-        let int = || value.trim().parse::<i64>().map_err(|_| bad("not an integer"));
+        let int = || {
+            value
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| bad("not an integer"))
+        };
         match key {
             "segment.bytes" => {
                 let v = int()?;
@@ -84,9 +89,13 @@ impl LogConfig {
                 self.segment_bytes = v as u64;
             }
             "segment.ms" => self.segment_ms = positive(int()?).ok_or_else(|| bad("must be > 0"))?,
-            "retention.ms" => self.retention_ms = at_least_minus_one(int()?).ok_or_else(|| bad("must be >= -1"))?,
+            "retention.ms" => {
+                self.retention_ms =
+                    at_least_minus_one(int()?).ok_or_else(|| bad("must be >= -1"))?
+            }
             "retention.bytes" => {
-                self.retention_bytes = at_least_minus_one(int()?).ok_or_else(|| bad("must be >= -1"))?
+                self.retention_bytes =
+                    at_least_minus_one(int()?).ok_or_else(|| bad("must be >= -1"))?
             }
             "max.message.bytes" => {
                 let v = int()?;
@@ -105,14 +114,24 @@ impl LogConfig {
             "flush.ms" => {
                 let v = int()?;
                 // Kafka's default for flush.ms is Long.MAX_VALUE: never by time.
-                self.flush_ms = if v <= 0 || v == i64::MAX { None } else { Some(v as u64) };
+                self.flush_ms = if v <= 0 || v == i64::MAX {
+                    None
+                } else {
+                    Some(v as u64)
+                };
             }
             "cleanup.policy" => {
                 if value != "delete" {
-                    return Err(bad("only cleanup.policy=delete is supported by this broker"));
+                    return Err(bad(
+                        "only cleanup.policy=delete is supported by this broker",
+                    ));
                 }
             }
-            _ => return Err(ConfigError(format!("unknown topic configuration key {key:?}"))),
+            _ => {
+                return Err(ConfigError(format!(
+                    "unknown topic configuration key {key:?}"
+                )))
+            }
         }
         Ok(())
     }
@@ -153,6 +172,8 @@ mod tests {
         assert!(base.with_overrides([("segment.bytes", "12")]).is_err());
         assert!(base.with_overrides([("retention.ms", "abc")]).is_err());
         assert!(base.with_overrides([("no.such.key", "1")]).is_err());
-        assert!(base.with_overrides([("cleanup.policy", "compact")]).is_err());
+        assert!(base
+            .with_overrides([("cleanup.policy", "compact")])
+            .is_err());
     }
 }

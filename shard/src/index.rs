@@ -45,7 +45,9 @@ impl SegmentIndex {
     /// The position to start scanning from to find the first batch whose
     /// max timestamp is at least `timestamp`: every batch before it is older.
     pub fn lookup_timestamp(&self, timestamp: i64) -> (u32, u32) {
-        let i = self.entries.partition_point(|e| e.max_timestamp < timestamp);
+        let i = self
+            .entries
+            .partition_point(|e| e.max_timestamp < timestamp);
         match i {
             0 => (0, 0),
             _ => (self.entries[i - 1].rel_offset, self.entries[i - 1].position),
@@ -91,7 +93,10 @@ impl SegmentIndex {
             return None;
         }
         let mut entries: Vec<IndexEntry> = Vec::with_capacity(n);
-        for (o, t) in offsets.chunks_exact(OFFSET_ENTRY_BYTES).zip(times.chunks_exact(TIME_ENTRY_BYTES)) {
+        for (o, t) in offsets
+            .chunks_exact(OFFSET_ENTRY_BYTES)
+            .zip(times.chunks_exact(TIME_ENTRY_BYTES))
+        {
             let e = IndexEntry {
                 rel_offset: be_u32(&o[0..4]),
                 position: be_u32(&o[4..8]),
@@ -162,23 +167,46 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
             return (found, ScanStop::End);
         }
         if rest.len() < BATCH_HEADER_BYTES {
-            return (found, need_more_or_invalid(rest, position, BATCH_HEADER_BYTES));
+            return (
+                found,
+                need_more_or_invalid(rest, position, BATCH_HEADER_BYTES),
+            );
         }
         let header = match BatchHeader::parse(rest) {
             Ok(h) => h,
-            Err(e) => return (found, ScanStop::Invalid { position, reason: e.to_string() }),
+            Err(e) => {
+                return (
+                    found,
+                    ScanStop::Invalid {
+                        position,
+                        reason: e.to_string(),
+                    },
+                )
+            }
         };
         let total = header.total_bytes();
         if header.base_offset != next || header.last_offset_delta < 0 {
-            let reason = format!("batch at offset {} where {} was expected", header.base_offset, next);
+            let reason = format!(
+                "batch at offset {} where {} was expected",
+                header.base_offset, next
+            );
             return (found, ScanStop::Invalid { position, reason });
         }
         if rest.len() < total {
-            return (found, ScanStop::NeedMore { position, needed: total });
+            return (
+                found,
+                ScanStop::NeedMore {
+                    position,
+                    needed: total,
+                },
+            );
         }
         let computed = batch::compute_crc(&rest[..total]);
         if computed != header.crc {
-            let reason = format!("crc mismatch (stored {:#x}, computed {computed:#x})", header.crc);
+            let reason = format!(
+                "crc mismatch (stored {:#x}, computed {computed:#x})",
+                header.crc
+            );
             return (found, ScanStop::Invalid { position, reason });
         }
         found.push(ScannedBatch { position, header });
@@ -191,7 +219,10 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
 /// padding/garbage. Zeros mean padding; anything else is read again whole.
 fn need_more_or_invalid(rest: &[u8], position: u64, needed: usize) -> ScanStop {
     if rest.iter().all(|b| *b == 0) {
-        ScanStop::Invalid { position, reason: "zero padding".into() }
+        ScanStop::Invalid {
+            position,
+            reason: "zero padding".into(),
+        }
     } else {
         ScanStop::NeedMore { position, needed }
     }
@@ -238,7 +269,9 @@ mod tests {
         log.extend(second);
         let (found, stop) = scan(&log, 0, 0);
         assert_eq!(found.len(), 1);
-        assert!(matches!(stop, ScanStop::Invalid { position, .. } if position == first.len() as u64));
+        assert!(
+            matches!(stop, ScanStop::Invalid { position, .. } if position == first.len() as u64)
+        );
 
         let mut gap = batch_at(0, 2, 5);
         gap.extend(batch_at(7, 1, 5));
@@ -266,15 +299,31 @@ mod tests {
     fn index_round_trips_and_rejects_inconsistency() {
         let idx = SegmentIndex {
             entries: vec![
-                IndexEntry { rel_offset: 5, position: 4100, max_timestamp: 10 },
-                IndexEntry { rel_offset: 9, position: 8300, max_timestamp: 12 },
+                IndexEntry {
+                    rel_offset: 5,
+                    position: 4100,
+                    max_timestamp: 10,
+                },
+                IndexEntry {
+                    rel_offset: 9,
+                    position: 8300,
+                    max_timestamp: 12,
+                },
             ],
         };
         let (o, t) = (idx.encode_offsets(), idx.encode_times());
         assert_eq!(SegmentIndex::decode(&o, &t, 9000), Some(idx.clone()));
-        assert_eq!(SegmentIndex::decode(&o, &t, 8300), None, "entry past the end");
+        assert_eq!(
+            SegmentIndex::decode(&o, &t, 8300),
+            None,
+            "entry past the end"
+        );
         assert_eq!(SegmentIndex::decode(&o[..7], &t, 9000), None);
-        assert_eq!(SegmentIndex::decode(&o[..8], &t, 9000), None, "files disagree");
+        assert_eq!(
+            SegmentIndex::decode(&o[..8], &t, 9000),
+            None,
+            "files disagree"
+        );
         assert_eq!(idx.lookup_offset(4), (0, 0));
         assert_eq!(idx.lookup_offset(7), (5, 4100));
         assert_eq!(idx.lookup_offset(100), (9, 8300));

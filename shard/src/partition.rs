@@ -94,7 +94,11 @@ impl std::fmt::Display for AppendError {
 /// Why a read was refused.
 #[derive(Debug, Clone)]
 pub enum ReadError {
-    OffsetOutOfRange { offset: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     Storage(StorageError),
 }
 
@@ -258,7 +262,11 @@ impl Partition {
 
     pub fn offsets(&self) -> Offsets {
         let s = self.state.borrow();
-        Offsets { log_start: s.log_start, high_watermark: s.log_end, log_end: s.log_end }
+        Offsets {
+            log_start: s.log_start,
+            high_watermark: s.log_end,
+            log_end: s.log_end,
+        }
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -306,7 +314,13 @@ impl Partition {
             return Err(AppendError::Closed);
         }
         let (reply, answer) = oneshot::channel();
-        let pending = PendingAppend { batches, bytes, durability, reply, _permit: permit };
+        let pending = PendingAppend {
+            batches,
+            bytes,
+            durability,
+            reply,
+            _permit: permit,
+        };
         self.queue.borrow_mut().push_back(pending);
         let _ = self.doorbell.try_send(());
         answer.await.unwrap_or(Err(AppendError::Closed))
@@ -315,7 +329,11 @@ impl Partition {
     /// A future that completes at the next append (or when the partition closes).
     pub fn append_waiter(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.borrow_mut().push(tx);
+        let mut waiters = self.waiters.borrow_mut();
+        // Waiters whose fetch gave up (timed out) are dropped here, so a
+        // partition that sees no appends holds no more than the live ones.
+        waiters.retain(|w| !w.is_canceled());
+        waiters.push(tx);
         rx
     }
 
@@ -350,7 +368,8 @@ impl Partition {
             }
             return Ok(out);
         }
-        self.read_from_segments(offset, max_bytes, offsets.log_end).await
+        self.read_from_segments(offset, max_bytes, offsets.log_end)
+            .await
     }
 
     async fn read_from_segments(
@@ -361,11 +380,20 @@ impl Partition {
     ) -> Result<ReadBatches, ReadError> {
         let (file, path, seg_base, seg_size, start_pos) = {
             let s = self.state.borrow();
-            let i = s.segments.partition_point(|seg| seg.base_offset <= offset).saturating_sub(1);
+            let i = s
+                .segments
+                .partition_point(|seg| seg.base_offset <= offset)
+                .saturating_sub(1);
             let seg = &s.segments[i];
             let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
             let (_, pos) = seg.index.lookup_offset(rel);
-            (seg.file.clone(), seg.path.clone(), seg.base_offset, seg.size, u64::from(pos))
+            (
+                seg.file.clone(),
+                seg.path.clone(),
+                seg.base_offset,
+                seg.size,
+                u64::from(pos),
+            )
         };
         let mut out = ReadBatches::default();
         let mut pos = start_pos;
@@ -387,7 +415,11 @@ impl Partition {
                         break;
                     }
                     Err(e) => {
-                        let msg = format!("bad batch at {} in {}: {e}", pos + at as u64, path.display());
+                        let msg = format!(
+                            "bad batch at {} in {}: {e}",
+                            pos + at as u64,
+                            path.display()
+                        );
                         return Err(ReadError::Storage(StorageError(msg)));
                     }
                 };
@@ -412,7 +444,8 @@ impl Partition {
                 }
                 // A cold read is copied out of the DMA buffer once; the
                 // zero-copy cold path (splice) replaces this.
-                out.chunks.push(Bytes::copy_from_slice(&buf[at..at + total]));
+                out.chunks
+                    .push(Bytes::copy_from_slice(&buf[at..at + total]));
                 out.bytes += total;
                 stats::add_payload_copies(1);
                 at += total;
@@ -425,7 +458,8 @@ impl Partition {
                         .read_at(pos, n)
                         .await
                         .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
-                    out.chunks.push(Bytes::copy_from_slice(&data[..n.min(data.len())]));
+                    out.chunks
+                        .push(Bytes::copy_from_slice(&data[..n.min(data.len())]));
                     out.bytes += n;
                     stats::add_payload_copies(1);
                     pos += n as u64;
@@ -447,7 +481,10 @@ impl Partition {
         if out.chunks.is_empty() {
             let next_base = {
                 let s = self.state.borrow();
-                s.segments.iter().find(|seg| seg.base_offset > seg_base).map(|seg| seg.base_offset)
+                s.segments
+                    .iter()
+                    .find(|seg| seg.base_offset > seg_base)
+                    .map(|seg| seg.base_offset)
             };
             if let Some(next) = next_base {
                 return Box::pin(self.read_from_segments(next.max(offset), max_bytes, log_end))
@@ -465,10 +502,13 @@ impl Partition {
     ) -> Result<Option<(i64, i64)>, ReadError> {
         let found = {
             let s = self.state.borrow();
-            s.segments.iter().find(|seg| seg.max_timestamp >= timestamp).map(|seg| {
-                let (_, pos) = seg.index.lookup_timestamp(timestamp);
-                (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size)
-            })
+            s.segments
+                .iter()
+                .find(|seg| seg.max_timestamp >= timestamp)
+                .map(|seg| {
+                    let (_, pos) = seg.index.lookup_timestamp(timestamp);
+                    (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size)
+                })
         };
         let Some((file, path, mut pos, size)) = found else {
             return Ok(None);
@@ -479,8 +519,9 @@ impl Partition {
                 .read_at(pos, len)
                 .await
                 .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
-            let header = BatchHeader::parse(&data)
-                .map_err(|e| ReadError::Storage(StorageError(format!("{}: {e}", path.display()))))?;
+            let header = BatchHeader::parse(&data).map_err(|e| {
+                ReadError::Storage(StorageError(format!("{}: {e}", path.display())))
+            })?;
             if header.max_timestamp >= timestamp {
                 let total = header.total_bytes();
                 let whole = match data.len() >= total {
@@ -532,10 +573,15 @@ impl Partition {
                 None => return Ok(()),
             }
         };
-        file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &path, e))?;
+        file.fdatasync()
+            .await
+            .map_err(|e| StorageError::io("fdatasync", &path, e))?;
         let indexes: Vec<(i64, SegmentIndex)> = {
             let s = self.state.borrow();
-            s.segments.iter().map(|seg| (seg.base_offset, seg.index.clone())).collect()
+            s.segments
+                .iter()
+                .map(|seg| (seg.base_offset, seg.index.clone()))
+                .collect()
         };
         for (base, idx) in indexes {
             write_index_files(&self.dir, base, &idx).await?;
@@ -569,13 +615,19 @@ fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>
         let (range, _) = item.map_err(AppendError::Batch)?;
         let bytes = records.slice(range);
         if bytes.len() > max {
-            return Err(AppendError::TooLarge { bytes: bytes.len(), max });
+            return Err(AppendError::TooLarge {
+                bytes: bytes.len(),
+                max,
+            });
         }
         let header = batch::validate(&bytes).map_err(AppendError::Batch)?;
         out.push((bytes, header));
     }
     if out.is_empty() {
-        return Err(AppendError::Batch(BatchError::Truncated { needed: 61, available: 0 }));
+        return Err(AppendError::Batch(BatchError::Truncated {
+            needed: 61,
+            available: 0,
+        }));
     }
     Ok(out)
 }
@@ -583,7 +635,11 @@ fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>
 /// The first record at or after `timestamp` in a batch whose max timestamp is
 /// at or after it. Compressed batches are not decoded: their base offset and
 /// max timestamp answer, as a conservative position to start reading from.
-fn first_record_at_or_after(batch_bytes: &[u8], header: &BatchHeader, timestamp: i64) -> (i64, i64) {
+fn first_record_at_or_after(
+    batch_bytes: &[u8],
+    header: &BatchHeader,
+    timestamp: i64,
+) -> (i64, i64) {
     if let Ok(records) = batch::records(batch_bytes) {
         for r in records.flatten() {
             if r.timestamp >= timestamp {
@@ -617,14 +673,22 @@ fn retention_victims(segments: &[Segment], config: &LogConfig, now_ms: i64) -> u
 }
 
 async fn write_index_files(dir: &Path, base: i64, idx: &SegmentIndex) -> Result<(), StorageError> {
-    for (ext, bytes) in [("index", idx.encode_offsets()), ("timeindex", idx.encode_times())] {
+    for (ext, bytes) in [
+        ("index", idx.encode_offsets()),
+        ("timeindex", idx.encode_times()),
+    ] {
         let path = segment_path(dir, base, ext);
-        let file =
-            BufferedFile::create(&path).await.map_err(|e| StorageError::io("create", &path, e))?;
+        let file = BufferedFile::create(&path)
+            .await
+            .map_err(|e| StorageError::io("create", &path, e))?;
         if !bytes.is_empty() {
-            file.write_at(bytes, 0).await.map_err(|e| StorageError::io("write", &path, e))?;
+            file.write_at(bytes, 0)
+                .await
+                .map_err(|e| StorageError::io("write", &path, e))?;
         }
-        file.close().await.map_err(|e| StorageError::io("close", &path, e))?;
+        file.close()
+            .await
+            .map_err(|e| StorageError::io("close", &path, e))?;
     }
     Ok(())
 }
@@ -764,15 +828,27 @@ async fn maybe_roll(p: &Partition, next_bytes: usize) -> Result<(), StorageError
             return Err(StorageError("partition has no segment".into()));
         };
         let full = seg.size > 0 && seg.size + next_bytes as u64 > s.config.segment_bytes;
-        let old = seg.size > 0
-            && seg.created.elapsed() > Duration::from_millis(s.config.segment_ms);
-        (full || old, s.log_end, (seg.base_offset, seg.index.clone(), seg.file.clone(), seg.path.clone()))
+        let old =
+            seg.size > 0 && seg.created.elapsed() > Duration::from_millis(s.config.segment_ms);
+        (
+            full || old,
+            s.log_end,
+            (
+                seg.base_offset,
+                seg.index.clone(),
+                seg.file.clone(),
+                seg.path.clone(),
+            ),
+        )
     };
     if !roll {
         return Ok(());
     }
     let (old_base, old_index, old_file, old_path) = old;
-    old_file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &old_path, e))?;
+    old_file
+        .fdatasync()
+        .await
+        .map_err(|e| StorageError::io("fdatasync", &old_path, e))?;
     write_index_files(&p.dir, old_base, &old_index).await?;
     let seg = Segment::create(&p.dir, base).await?;
     tracing::debug!(topic = %p.topic, partition = p.partition, base, "rolled segment");
@@ -828,16 +904,24 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     let expected = buf.len();
     let needs_flush = group.iter().any(|g| g.durability == Durability::Flushed) || {
         let s = p.state.borrow();
-        s.config.flush_ms.is_some_and(|ms| s.last_flush.elapsed() >= Duration::from_millis(ms))
+        s.config
+            .flush_ms
+            .is_some_and(|ms| s.last_flush.elapsed() >= Duration::from_millis(ms))
     };
     let written = file.write_at(buf, write_pos).await;
     let result = match written {
         Ok(n) if n == expected => Ok(()),
-        Ok(n) => Err(StorageError(format!("short write of {n}/{expected} bytes to {}", path.display()))),
+        Ok(n) => Err(StorageError(format!(
+            "short write of {n}/{expected} bytes to {}",
+            path.display()
+        ))),
         Err(e) => Err(StorageError::io("write", &path, e)),
     };
     let result = match (result, needs_flush) {
-        (Ok(()), true) => file.fdatasync().await.map_err(|e| StorageError::io("fdatasync", &path, e)),
+        (Ok(()), true) => file
+            .fdatasync()
+            .await
+            .map_err(|e| StorageError::io("fdatasync", &path, e)),
         (r, _) => r,
     };
     if let Err(e) = result {
@@ -869,9 +953,15 @@ fn commit_group(
             base_offsets.push(placed[i].1.base_offset);
             i += pending.batches.len();
         }
-        let Some(seg) = s.segments.last_mut() else { return };
+        let Some(seg) = s.segments.last_mut() else {
+            return;
+        };
         for (pos, header, _) in &placed {
-            assert_eq!(header.base_offset, seg.last_offset + 1, "offsets must be contiguous");
+            assert_eq!(
+                header.base_offset,
+                seg.last_offset + 1,
+                "offsets must be contiguous"
+            );
             seg.note_batch(*pos, header, interval);
         }
         seg.size = end;
@@ -902,9 +992,10 @@ fn commit_group(
         p.appended_batches.set(p.appended_batches.get() + 1);
     }
     for (pending, base_offset) in group.into_iter().zip(base_offsets) {
-        let _ = pending.reply.send(Ok(Appended { base_offset, log_start_offset: log_start }));
+        let _ = pending.reply.send(Ok(Appended {
+            base_offset,
+            log_start_offset: log_start,
+        }));
     }
     p.wake_waiters();
 }
-
-

@@ -89,7 +89,10 @@ async fn recover_one(dir: &Path, base: i64) -> Result<(Segment, bool), StorageEr
         .await
         .map_err(|e| StorageError::io("open", &path, e))?;
     let file = Rc::new(file);
-    let file_size = file.file_size().await.map_err(|e| StorageError::io("stat", &path, e))?;
+    let file_size = file
+        .file_size()
+        .await
+        .map_err(|e| StorageError::io("stat", &path, e))?;
     let index = load_index(dir, base, file_size);
     let mut seg = Segment::new(base, path.clone(), file.clone());
     let start = match index.as_ref().and_then(|i| i.last()) {
@@ -115,7 +118,9 @@ async fn recover_one(dir: &Path, base: i64) -> Result<(Segment, bool), StorageEr
         );
     }
     if file_size != seg.size {
-        file.truncate(seg.size).await.map_err(|e| StorageError::io("truncate", &path, e))?;
+        file.truncate(seg.size)
+            .await
+            .map_err(|e| StorageError::io("truncate", &path, e))?;
     }
     seg.tail = read_tail(&file, &path, seg.size).await?;
     Ok((seg, !outcome.torn))
@@ -144,7 +149,10 @@ async fn scan_segment(
         Some(e) => {
             seg.max_timestamp = e.max_timestamp;
             seg.last_offset = seg.base_offset + i64::from(e.rel_offset) - 1;
-            (u64::from(e.position), seg.base_offset + i64::from(e.rel_offset))
+            (
+                u64::from(e.position),
+                seg.base_offset + i64::from(e.rel_offset),
+            )
         }
         None => (0, seg.base_offset),
     };
@@ -153,11 +161,18 @@ async fn scan_segment(
     let mut want = SCAN_READ_BYTES;
     loop {
         if pos >= file_size {
-            return Ok(ScanOutcome { torn: false, found_none_at_start: false, reason: String::new() });
+            return Ok(ScanOutcome {
+                torn: false,
+                found_none_at_start: false,
+                reason: String::new(),
+            });
         }
         let len = (file_size - pos).min(want as u64) as usize;
-        let data =
-            seg.file.read_at(pos, len).await.map_err(|e| StorageError::io("read", &seg.path, e))?;
+        let data = seg
+            .file
+            .read_at(pos, len)
+            .await
+            .map_err(|e| StorageError::io("read", &seg.path, e))?;
         let (found, stop) = scan(&data[..len.min(data.len())], pos, expected);
         for b in &found {
             seg.note_batch(b.position, &b.header, INDEX_INTERVAL_BYTES_DEFAULT);
@@ -205,9 +220,15 @@ async fn read_tail(file: &DmaFile, path: &PathBuf, size: u64) -> Result<Vec<u8>,
         return Ok(Vec::new());
     }
     let from = size - partial as u64;
-    let data = file.read_at(from, partial).await.map_err(|e| StorageError::io("read", path, e))?;
+    let data = file
+        .read_at(from, partial)
+        .await
+        .map_err(|e| StorageError::io("read", path, e))?;
     if data.len() < partial {
-        return Err(StorageError(format!("short read of the tail of {}", path.display())));
+        return Err(StorageError(format!(
+            "short read of the tail of {}",
+            path.display()
+        )));
     }
     Ok(data[..partial].to_vec())
 }

@@ -15,7 +15,10 @@ use crate::partition::{now_ms, Partition, StorageError};
 /// partition, never on the shard count, so a restart with a different
 /// `--shards` finds every partition.
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
-    data_dir.join("topics").join(topic).join(partition.to_string())
+    data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string())
 }
 
 /// The shard that owns a partition: a stable function of the topic, the
@@ -70,14 +73,27 @@ impl ShardStore {
         self.next_cache_key.set(key + 1);
         let topic: Rc<str> = Rc::from(topic);
         let dir = partition_dir(&self.data_dir, &topic, partition);
-        let p = Partition::open(topic.clone(), partition, dir, config, leader_epoch, self.cache.clone(), key)
-            .await?;
-        self.partitions.borrow_mut().insert((topic, partition), p.clone());
+        let p = Partition::open(
+            topic.clone(),
+            partition,
+            dir,
+            config,
+            leader_epoch,
+            self.cache.clone(),
+            key,
+        )
+        .await?;
+        self.partitions
+            .borrow_mut()
+            .insert((topic, partition), p.clone());
         Ok(p)
     }
 
     pub fn get(&self, topic: &str, partition: u32) -> Option<Rc<Partition>> {
-        self.partitions.borrow().get(&(Rc::from(topic), partition)).cloned()
+        self.partitions
+            .borrow()
+            .get(&(Rc::from(topic), partition))
+            .cloned()
     }
 
     pub fn partitions(&self) -> Vec<Rc<Partition>> {
@@ -86,7 +102,10 @@ impl ShardStore {
 
     /// Deletes a partition and its files.
     pub async fn delete_partition(&self, topic: &str, partition: u32) -> Result<(), StorageError> {
-        let p = self.partitions.borrow_mut().remove(&(Rc::from(topic), partition));
+        let p = self
+            .partitions
+            .borrow_mut()
+            .remove(&(Rc::from(topic), partition));
         match p {
             Some(p) => p.delete().await,
             None => Ok(()),
@@ -131,9 +150,13 @@ mod tests {
     #[test]
     fn ownership_is_stable_and_spreads_partitions() {
         for shards in 1..8 {
-            let owners: Vec<u32> = (0..64).map(|p| owner_shard("orders", p, shards).0).collect();
+            let owners: Vec<u32> = (0..64)
+                .map(|p| owner_shard("orders", p, shards).0)
+                .collect();
             assert!(owners.iter().all(|s| *s < shards));
-            let again: Vec<u32> = (0..64).map(|p| owner_shard("orders", p, shards).0).collect();
+            let again: Vec<u32> = (0..64)
+                .map(|p| owner_shard("orders", p, shards).0)
+                .collect();
             assert_eq!(owners, again);
             for s in 0..shards {
                 assert!(owners.contains(&s), "shard {s} of {shards} owns nothing");
@@ -154,7 +177,10 @@ mod tests {
 /// misreads the device and later direct-I/O reads fail with EOPNOTSUPP.
 /// Probing with a real block of data first avoids that.
 pub async fn warm_up_direct_io(dir: &Path) -> Result<(), StorageError> {
-    let path = dir.join(format!(".direct-io-probe-{}", std::process::id()));
+    // One file per executor thread: shards of one process probe at once.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".direct-io-probe-{}-{n}", std::process::id()));
     std::fs::write(&path, vec![0u8; crate::limits::BLOCK_BYTES])
         .map_err(|e| StorageError::io("write", &path, e))?;
     let file = glommio::io::DmaFile::open(&path)
@@ -163,5 +189,6 @@ pub async fn warm_up_direct_io(dir: &Path) -> Result<(), StorageError> {
     let read = file.read_at(0, crate::limits::BLOCK_BYTES).await;
     let _ = file.close().await;
     let _ = std::fs::remove_file(&path);
-    read.map(|_| ()).map_err(|e| StorageError::io("direct-I/O read", &path, e))
+    read.map(|_| ())
+        .map_err(|e| StorageError::io("direct-I/O read", &path, e))
 }

@@ -29,7 +29,12 @@ fn make_batch(first: u64, records: u64, ts: i64) -> Bytes {
     for i in first..first + records {
         let v = format!("value-{i:08}");
         let k = format!("key-{i}");
-        b.push(ts + (i - first) as i64, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        b.push(
+            ts + (i - first) as i64,
+            Some(k.as_bytes()),
+            Some(v.as_bytes()),
+            &[],
+        );
     }
     Bytes::from(b.finish())
 }
@@ -83,7 +88,9 @@ fn append_then_read_every_offset_from_cache_and_disk() {
         let mut next = 0u64;
         for i in 0..200 {
             let n = 1 + (i % 7);
-            let at = p.append(make_batch(next, n, 1000 + i as i64), Durability::Written).await;
+            let at = p
+                .append(make_batch(next, n, 1000 + i as i64), Durability::Written)
+                .await;
             assert_eq!(at.expect("append").base_offset, next as i64);
             next += n;
         }
@@ -97,7 +104,12 @@ fn append_then_read_every_offset_from_cache_and_disk() {
             assert!(vals.iter().any(|(o, _)| *o == offset), "offset {offset}");
             assert!(vals[0].0 <= offset);
             let want = format!("value-{offset:08}");
-            assert_eq!(vals.iter().find(|(o, _)| *o == offset).map(|(_, v)| v.clone()), Some(want));
+            assert_eq!(
+                vals.iter()
+                    .find(|(o, _)| *o == offset)
+                    .map(|(_, v)| v.clone()),
+                Some(want)
+            );
         }
         // Reading everything returns every record in order, exactly once.
         let mut offset = 0i64;
@@ -120,7 +132,12 @@ fn append_then_read_every_offset_from_cache_and_disk() {
         }
         let past = p.read(next as i64 + 1, 100).await;
         assert!(matches!(past, Err(ReadError::OffsetOutOfRange { .. })));
-        assert!(p.read(next as i64, 100).await.expect("at end").chunks.is_empty());
+        assert!(p
+            .read(next as i64, 100)
+            .await
+            .expect("at end")
+            .chunks
+            .is_empty());
         store.close_all().await.expect("close");
     });
 }
@@ -132,7 +149,9 @@ fn restart_finds_every_record_and_rebuilds_missing_indexes() {
     run(move || async move {
         let (store, p) = open(&path, small_segments()).await;
         for i in 0..40u64 {
-            p.append(make_batch(i * 3, 3, 5000), Durability::Flushed).await.expect("append");
+            p.append(make_batch(i * 3, 3, 5000), Durability::Flushed)
+                .await
+                .expect("append");
         }
         store.close_all().await.expect("close");
         drop((store, p));
@@ -145,7 +164,10 @@ fn restart_finds_every_record_and_rebuilds_missing_indexes() {
         assert_eq!(vals.first().map(|v| v.0), Some(57));
         assert_eq!(vals.last().map(|v| v.0), Some(119));
         // Appends continue at the right offset after recovery.
-        let at = p.append(make_batch(120, 2, 6000), Durability::Flushed).await.expect("append");
+        let at = p
+            .append(make_batch(120, 2, 6000), Durability::Flushed)
+            .await
+            .expect("append");
         assert_eq!(at.base_offset, 120);
         store.close_all().await.expect("close");
     });
@@ -160,16 +182,24 @@ fn recover_after(damage: impl FnOnce(&Path) + Send + 'static) -> Vec<(i64, Strin
     run(move || async move {
         let (store, p) = open(&path, LogConfig::default()).await;
         for i in 0..10u64 {
-            p.append(make_batch(i * 2, 2, 100), Durability::Flushed).await.expect("append");
+            p.append(make_batch(i * 2, 2, 100), Durability::Flushed)
+                .await
+                .expect("append");
         }
         // No clean close: the indexes are never written, as after a crash.
         drop((store, p));
         damage(&partition_dir(&path, "t", 0).join(format!("{:020}.log", 0)));
         let (store, p) = open(&path, LogConfig::default()).await;
         let end = p.offsets().log_end;
-        let got = if end > 0 { p.read(0, 1 << 20).await.expect("read").chunks } else { vec![] };
+        let got = if end > 0 {
+            p.read(0, 1 << 20).await.expect("read").chunks
+        } else {
+            vec![]
+        };
         // The log accepts appends right after what recovery kept.
-        let at = p.append(make_batch(end as u64, 1, 200), Durability::Flushed).await;
+        let at = p
+            .append(make_batch(end as u64, 1, 200), Durability::Flushed)
+            .await;
         assert_eq!(at.expect("append after recovery").base_offset, end);
         store.close_all().await.expect("close");
         tx.send(values(&got)).expect("send");
@@ -185,7 +215,10 @@ fn batch_len() -> u64 {
 fn recovery_truncates_a_torn_tail() {
     let len = batch_len();
     let kept = recover_after(move |log| {
-        let f = std::fs::OpenOptions::new().write(true).open(log).expect("open");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(log)
+            .expect("open");
         // Cut the last batch in half, as a crash in mid-write would.
         f.set_len(9 * len + len / 2).expect("truncate");
     });
@@ -205,7 +238,10 @@ fn recovery_truncates_at_a_corrupt_batch() {
     });
     assert_eq!(kept.len(), 12, "batches before the corrupt one survive");
     for (i, (o, v)) in kept.iter().enumerate() {
-        assert_eq!((*o, v.as_str()), (i as i64, format!("value-{i:08}").as_str()));
+        assert_eq!(
+            (*o, v.as_str()),
+            (i as i64, format!("value-{i:08}").as_str())
+        );
     }
 }
 
@@ -228,7 +264,9 @@ fn retention_deletes_whole_segments_by_size_and_by_age() {
         config.retention_bytes = 40 * 1024;
         let (store, p) = open(&path, config.clone()).await;
         for i in 0..400u64 {
-            p.append(make_batch(i * 4, 4, 1_000), Durability::Written).await.expect("append");
+            p.append(make_batch(i * 4, 4, 1_000), Durability::Written)
+                .await
+                .expect("append");
         }
         let before = p.segment_count();
         assert!(p.size_bytes() > 40 * 1024);
@@ -238,8 +276,14 @@ fn retention_deletes_whole_segments_by_size_and_by_age() {
         assert!(p.size_bytes() <= 40 * 1024 + config.segment_bytes);
         let start = p.offsets().log_start;
         assert!(start > 0);
-        assert!(matches!(p.read(start - 1, 100).await, Err(ReadError::OffsetOutOfRange { .. })));
-        assert_eq!(values(&p.read(start, 100).await.expect("read").chunks)[0].0, start);
+        assert!(matches!(
+            p.read(start - 1, 100).await,
+            Err(ReadError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            values(&p.read(start, 100).await.expect("read").chunks)[0].0,
+            start
+        );
 
         // By age: every record carries timestamp ~1000 ms after the epoch, so
         // with a one-hour retention every segment but the active one goes.
@@ -261,16 +305,31 @@ fn offsets_by_timestamp_find_the_first_record_at_or_after() {
         let (store, p) = open(&path, small_segments()).await;
         for i in 0..100u64 {
             // Records i*5 .. i*5+4 have timestamps 10_000 + i*10 + 0..4.
-            p.append(make_batch(i * 5, 5, 10_000 + i as i64 * 10), Durability::Written)
-                .await
-                .expect("append");
+            p.append(
+                make_batch(i * 5, 5, 10_000 + i as i64 * 10),
+                Durability::Written,
+            )
+            .await
+            .expect("append");
         }
-        let at = p.offset_for_timestamp(10_000 + 37 * 10 + 2).await.expect("lookup");
+        let at = p
+            .offset_for_timestamp(10_000 + 37 * 10 + 2)
+            .await
+            .expect("lookup");
         assert_eq!(at, Some((37 * 5 + 2, 10_000 + 37 * 10 + 2)));
-        let at = p.offset_for_timestamp(10_000 + 37 * 10 + 7).await.expect("lookup");
+        let at = p
+            .offset_for_timestamp(10_000 + 37 * 10 + 7)
+            .await
+            .expect("lookup");
         assert_eq!(at, Some((38 * 5, 10_000 + 38 * 10)));
-        assert_eq!(p.offset_for_timestamp(0).await.expect("lookup"), Some((0, 10_000)));
-        assert_eq!(p.offset_for_timestamp(99_999_999).await.expect("lookup"), None);
+        assert_eq!(
+            p.offset_for_timestamp(0).await.expect("lookup"),
+            Some((0, 10_000))
+        );
+        assert_eq!(
+            p.offset_for_timestamp(99_999_999).await.expect("lookup"),
+            None
+        );
         store.close_all().await.expect("close");
     });
 }
@@ -287,16 +346,37 @@ fn invalid_batches_are_refused_and_nothing_is_written() {
         bad[last] ^= 1;
         let mut both = good.to_vec();
         both.extend_from_slice(&bad);
-        for input in [Bytes::from(bad), Bytes::from(both), good.slice(..good.len() - 1)] {
-            let err = p.append(input, Durability::Written).await.expect_err("refused");
-            assert_eq!(err.error_code(), sluice_protocol::ErrorCode::CORRUPT_MESSAGE, "{err}");
+        for input in [
+            Bytes::from(bad),
+            Bytes::from(both),
+            good.slice(..good.len() - 1),
+        ] {
+            let err = p
+                .append(input, Durability::Written)
+                .await
+                .expect_err("refused");
+            assert_eq!(
+                err.error_code(),
+                sluice_protocol::ErrorCode::CORRUPT_MESSAGE,
+                "{err}"
+            );
         }
-        assert_eq!(p.offsets().log_end, 0, "nothing appended from a rejected request");
+        assert_eq!(
+            p.offsets().log_end,
+            0,
+            "nothing appended from a rejected request"
+        );
         let mut small = LogConfig::default();
         small.max_message_bytes = 64;
         p.set_config(small);
-        let err = p.append(good, Durability::Written).await.expect_err("too large");
-        assert_eq!(err.error_code(), sluice_protocol::ErrorCode::MESSAGE_TOO_LARGE);
+        let err = p
+            .append(good, Durability::Written)
+            .await
+            .expect_err("too large");
+        assert_eq!(
+            err.error_code(),
+            sluice_protocol::ErrorCode::MESSAGE_TOO_LARGE
+        );
         store.close_all().await.expect("close");
     });
 }
@@ -309,14 +389,19 @@ fn produce_copies_each_payload_once_and_tail_reads_copy_nothing() {
         let (store, p) = open(&path, LogConfig::default()).await;
         let before = sluice_shard::stats::snapshot();
         for i in 0..20u64 {
-            p.append(make_batch(i, 1, 1), Durability::Written).await.expect("append");
+            p.append(make_batch(i, 1, 1), Durability::Written)
+                .await
+                .expect("append");
         }
         let after_produce = sluice_shard::stats::snapshot();
         assert_eq!(after_produce.payload_copies - before.payload_copies, 20);
         let got = p.read(0, 1 << 20).await.expect("read");
         assert_eq!(values(&got.chunks).len(), 20);
         let after_read = sluice_shard::stats::snapshot();
-        assert_eq!(after_read.payload_copies, after_produce.payload_copies, "tail read copies");
+        assert_eq!(
+            after_read.payload_copies, after_produce.payload_copies,
+            "tail read copies"
+        );
         assert_eq!(after_read.cache_reads - after_produce.cache_reads, 1);
         store.close_all().await.expect("close");
     });

@@ -1,0 +1,466 @@
+//! Native protocol request handlers: split each request by owning shard, do
+//! local parts in place, send the rest over the mesh, gather the answers in
+//! request order. A failure for one partition is that partition's error code,
+//! never a failure of the whole request.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use sluice_protocol::native::{
+    Acks, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse, ListOffsetsPartition,
+    ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse,
+    Request, Response, ResponseBody, ShardAddress, TopicMetadata, TopicResult,
+};
+use sluice_protocol::ErrorCode;
+use sluice_shard::partition::Durability;
+
+use crate::router::{ProducePart, ShardMsg};
+use crate::shard::Shard;
+
+/// Longest long poll a fetch may ask for.
+pub const FETCH_MAX_WAIT_MS_MAX: u32 = 30_000;
+
+/// Answers one request; `None` for an `acks=0` produce (no response is sent).
+pub async fn handle(shard: Rc<Shard>, correlation_id: u32, request: Request) -> Option<Response> {
+    let body = match request {
+        Request::Produce(r) => {
+            let silent = r.acks == Acks::None;
+            let body = ResponseBody::Produce(produce(&shard, r).await);
+            if silent {
+                return None;
+            }
+            body
+        }
+        Request::Fetch(r) => ResponseBody::Fetch(fetch(&shard, r).await),
+        Request::ListOffsets(r) => ResponseBody::ListOffsets(list_offsets(&shard, r).await),
+        Request::CreateTopics(r) => ResponseBody::CreateTopics(create_topics(&shard, r).await),
+        Request::DeleteTopics(r) => ResponseBody::DeleteTopics(delete_topics(&shard, r).await),
+        Request::Metadata(r) => ResponseBody::Metadata(metadata(&shard, r)),
+    };
+    Some(Response {
+        correlation_id,
+        error: ErrorCode::NONE,
+        message: String::new(),
+        body,
+    })
+}
+
+/// Indexes of `items` grouped by owning shard, in request order.
+fn by_owner<T>(
+    shard: &Shard,
+    items: &[T],
+    key: impl Fn(&T) -> (&str, u32),
+) -> BTreeMap<u32, Vec<usize>> {
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let (topic, partition) = key(item);
+        groups
+            .entry(shard.owner(topic, partition))
+            .or_default()
+            .push(i);
+    }
+    groups
+}
+
+/// Puts per-group answers back in request order; a group whose owner failed
+/// to answer gets `missing` for each of its items.
+fn reassemble<T>(
+    n: usize,
+    groups: Vec<(Vec<usize>, Option<Vec<T>>)>,
+    missing: impl Fn(usize) -> T,
+) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for (indexes, answers) in groups {
+        match answers {
+            Some(answers) if answers.len() == indexes.len() => {
+                for (i, a) in indexes.into_iter().zip(answers) {
+                    slots[i] = Some(a);
+                }
+            }
+            _ => {
+                for i in indexes {
+                    slots[i] = Some(missing(i));
+                }
+            }
+        }
+    }
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.unwrap_or_else(|| missing(i)))
+        .collect()
+}
+
+async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
+    let durability = match req.acks {
+        Acks::All => Durability::Flushed,
+        Acks::Leader | Acks::None => Durability::Written,
+    };
+    let keys: Vec<(String, u32)> = req
+        .partitions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    let groups = by_owner(shard, &req.partitions, |p| (p.topic.as_str(), p.partition));
+    let mut parts: Vec<Option<ProducePart>> = req
+        .partitions
+        .into_iter()
+        .map(|p| {
+            Some(ProducePart {
+                topic: p.topic,
+                partition: p.partition,
+                records: p.records,
+            })
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (owner, indexes) in groups {
+        let group: Vec<ProducePart> = indexes.iter().filter_map(|i| parts[*i].take()).collect();
+        let shard = shard.clone();
+        let task = glommio::spawn_local(async move {
+            if owner == shard.id {
+                return Some(shard.local_produce(durability, group).await);
+            }
+            let (reply, answer) = oneshot::channel();
+            let sent = shard
+                .send(
+                    owner,
+                    ShardMsg::Produce {
+                        durability,
+                        parts: group,
+                        reply,
+                    },
+                )
+                .await;
+            if sent {
+                answer.await.ok()
+            } else {
+                None
+            }
+        });
+        tasks.push((indexes, task));
+    }
+    let mut groups = Vec::with_capacity(tasks.len());
+    for (indexes, task) in tasks {
+        groups.push((indexes, task.await));
+    }
+    let partitions = reassemble(keys.len(), groups, |i| ProducePartitionResponse {
+        topic: keys[i].0.clone(),
+        partition: keys[i].1,
+        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+        base_offset: -1,
+        log_start_offset: -1,
+    });
+    ProduceResponse { partitions }
+}
+
+/// Fetches without waiting, from every owner at once.
+async fn fetch_once(shard: &Rc<Shard>, parts: &[FetchPartition]) -> Vec<FetchPartitionResponse> {
+    let groups = by_owner(shard, parts, |p| (p.topic.as_str(), p.partition));
+    let mut tasks = Vec::new();
+    for (owner, indexes) in groups {
+        let group: Vec<FetchPartition> = indexes.iter().map(|i| parts[*i].clone()).collect();
+        let shard = shard.clone();
+        let task = glommio::spawn_local(async move {
+            if owner == shard.id {
+                return Some(shard.local_fetch(group).await);
+            }
+            let (reply, answer) = oneshot::channel();
+            if shard
+                .send(
+                    owner,
+                    ShardMsg::Fetch {
+                        parts: group,
+                        reply,
+                    },
+                )
+                .await
+            {
+                answer.await.ok()
+            } else {
+                None
+            }
+        });
+        tasks.push((indexes, task));
+    }
+    let mut groups = Vec::with_capacity(tasks.len());
+    for (indexes, task) in tasks {
+        groups.push((indexes, task.await));
+    }
+    reassemble(parts.len(), groups, |i| FetchPartitionResponse {
+        topic: parts[i].topic.clone(),
+        partition: parts[i].partition,
+        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+        high_watermark: -1,
+        log_start_offset: -1,
+        log_end_offset: -1,
+        records: Vec::new(),
+    })
+}
+
+/// A fetch: returns at once when `min_bytes` are there (or on any error),
+/// otherwise waits for appends until `max_wait_ms`, then answers with what
+/// there is. `max_bytes` bounds the response, but the first non-empty
+/// partition is always returned whole (Kafka's rule, so a consumer can make
+/// progress past a batch larger than its limit).
+async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse {
+    let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
+    let deadline = Instant::now() + wait;
+    loop {
+        let results = fetch_once(shard, &req.partitions).await;
+        let bytes: usize = results.iter().map(|r| r.records_len()).sum();
+        let failed = results.iter().any(|r| !r.error.is_ok());
+        let now = Instant::now();
+        if bytes >= req.min_bytes as usize
+            || bytes > 0 && req.min_bytes == 0
+            || failed
+            || now >= deadline
+        {
+            return FetchResponse {
+                partitions: limit_total(results, req.max_bytes as usize),
+            };
+        }
+        let seen: Vec<(String, u32, i64)> = results
+            .iter()
+            .zip(&req.partitions)
+            .map(|(r, p)| (p.topic.clone(), p.partition, r.log_end_offset.max(p.offset)))
+            .collect();
+        wait_for_append(shard, seen, deadline - now).await;
+    }
+}
+
+fn limit_total(
+    mut results: Vec<FetchPartitionResponse>,
+    max_bytes: usize,
+) -> Vec<FetchPartitionResponse> {
+    let mut total = 0usize;
+    for r in results.iter_mut() {
+        let len = r.records_len();
+        if len == 0 {
+            continue;
+        }
+        if total > 0 && total + len > max_bytes {
+            r.records.clear();
+            continue;
+        }
+        total += len;
+    }
+    results
+}
+
+/// Waits until any partition grows past what was seen, or `timeout`.
+async fn wait_for_append(shard: &Rc<Shard>, seen: Vec<(String, u32, i64)>, timeout: Duration) {
+    let groups = by_owner(shard, &seen, |s| (s.0.as_str(), s.1));
+    let (done, first) = glommio::channels::local_channel::new_bounded::<()>(groups.len().max(1));
+    let done = Rc::new(done);
+    for (owner, indexes) in groups {
+        let group: Vec<(String, u32, i64)> = indexes.iter().map(|i| seen[*i].clone()).collect();
+        let shard = shard.clone();
+        let done = done.clone();
+        glommio::spawn_local(async move {
+            if owner == shard.id {
+                shard.local_watch(group, timeout).await;
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let msg = ShardMsg::WatchAppend {
+                    parts: group,
+                    timeout,
+                    reply,
+                };
+                if shard.send(owner, msg).await {
+                    let _ = answer.await;
+                }
+            }
+            let _ = done.try_send(());
+        })
+        .detach();
+    }
+    drop(done);
+    let _ = glommio::timer::timeout(timeout, async {
+        first.recv().await;
+        Ok(())
+    })
+    .await;
+}
+
+async fn list_offsets(shard: &Rc<Shard>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let parts = req.partitions;
+    let groups = by_owner(shard, &parts, |p| (p.topic.as_str(), p.partition));
+    let mut tasks = Vec::new();
+    for (owner, indexes) in groups {
+        let group: Vec<ListOffsetsPartition> = indexes.iter().map(|i| parts[*i].clone()).collect();
+        let shard = shard.clone();
+        let task = glommio::spawn_local(async move {
+            if owner == shard.id {
+                return Some(shard.local_list_offsets(group).await);
+            }
+            let (reply, answer) = oneshot::channel();
+            if shard
+                .send(
+                    owner,
+                    ShardMsg::ListOffsets {
+                        parts: group,
+                        reply,
+                    },
+                )
+                .await
+            {
+                answer.await.ok()
+            } else {
+                None
+            }
+        });
+        tasks.push((indexes, task));
+    }
+    let mut groups = Vec::with_capacity(tasks.len());
+    for (indexes, task) in tasks {
+        groups.push((indexes, task.await));
+    }
+    let partitions = reassemble(parts.len(), groups, |i| ListOffsetsPartitionResponse {
+        topic: parts[i].topic.clone(),
+        partition: parts[i].partition,
+        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+        offset: -1,
+        timestamp: -1,
+    });
+    ListOffsetsResponse { partitions }
+}
+
+/// Topic changes go to shard 0, the controller.
+async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    if shard.id == 0 {
+        return CreateTopicsResponse {
+            topics: shard.controller_create(req.topics).await,
+        };
+    }
+    let names: Vec<String> = req.topics.iter().map(|t| t.name.clone()).collect();
+    let (reply, answer) = oneshot::channel();
+    let topics = match shard
+        .send(
+            0,
+            ShardMsg::CreateTopics {
+                topics: req.topics,
+                reply,
+            },
+        )
+        .await
+    {
+        true => answer.await.ok(),
+        false => None,
+    };
+    CreateTopicsResponse {
+        topics: topics.unwrap_or_else(|| unavailable(names)),
+    }
+}
+
+async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    if shard.id == 0 {
+        return DeleteTopicsResponse {
+            topics: shard.controller_delete(req.names).await,
+        };
+    }
+    let names = req.names.clone();
+    let (reply, answer) = oneshot::channel();
+    let topics = match shard
+        .send(
+            0,
+            ShardMsg::DeleteTopics {
+                names: req.names,
+                reply,
+            },
+        )
+        .await
+    {
+        true => answer.await.ok(),
+        false => None,
+    };
+    DeleteTopicsResponse {
+        topics: topics.unwrap_or_else(|| unavailable(names)),
+    }
+}
+
+fn unavailable(names: Vec<String>) -> Vec<TopicResult> {
+    names
+        .into_iter()
+        .map(|name| TopicResult {
+            name,
+            error: ErrorCode::REQUEST_TIMED_OUT,
+            message: "the controller shard is not running".into(),
+        })
+        .collect()
+}
+
+fn metadata(shard: &Rc<Shard>, req: MetadataRequest) -> MetadataResponse {
+    let host = shard.config.advertised_host();
+    let shards = (0..shard.count)
+        .map(|id| ShardAddress {
+            shard: id,
+            host: host.clone(),
+            port: shard.shard_port(id),
+        })
+        .collect();
+    let table = shard.topics.borrow();
+    let names: Vec<String> = match req.topics.is_empty() {
+        true => table.all().map(|t| t.name.clone()).collect(),
+        false => req.topics,
+    };
+    let topics = names
+        .into_iter()
+        .map(|name| match table.get(&name) {
+            None => TopicMetadata {
+                name,
+                error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                partitions: Vec::new(),
+                configs: Vec::new(),
+            },
+            Some(meta) => TopicMetadata {
+                partitions: (0..meta.partitions)
+                    .map(|p| PartitionMetadata {
+                        partition: p,
+                        shard: shard.owner(&name, p),
+                        leader_epoch: shard.generation,
+                        error: ErrorCode::NONE,
+                    })
+                    .collect(),
+                configs: effective_configs(shard, meta),
+                name,
+                error: ErrorCode::NONE,
+            },
+        })
+        .collect();
+    let bootstrap_port = shard.config.native_socket_addr().map_or(0, |a| a.port());
+    MetadataResponse {
+        node_id: shard.config.broker.node_id,
+        bootstrap_host: host,
+        bootstrap_port,
+        shards,
+        topics,
+    }
+}
+
+/// Every topic setting as it applies (overrides on top of broker defaults).
+fn effective_configs(shard: &Shard, meta: &crate::topics::TopicMeta) -> Vec<(String, String)> {
+    let Ok(c) = meta.log_config(&shard.log_defaults) else {
+        return meta.configs.clone();
+    };
+    vec![
+        ("cleanup.policy".into(), "delete".into()),
+        ("segment.bytes".into(), c.segment_bytes.to_string()),
+        ("segment.ms".into(), c.segment_ms.to_string()),
+        ("retention.ms".into(), c.retention_ms.to_string()),
+        ("retention.bytes".into(), c.retention_bytes.to_string()),
+        ("max.message.bytes".into(), c.max_message_bytes.to_string()),
+        (
+            "index.interval.bytes".into(),
+            c.index_interval_bytes.to_string(),
+        ),
+        (
+            "flush.ms".into(),
+            c.flush_ms.map_or("-1".into(), |v| v.to_string()),
+        ),
+    ]
+}

@@ -1,0 +1,217 @@
+//! The native protocol listener: accepts connections on one shard and serves
+//! them there.
+//!
+//! Each connection has a reader and a writer. The reader takes whole frames
+//! (bounded by `max_frame_bytes`, checked before anything is allocated),
+//! starts each request as its own task and queues the task; the writer
+//! answers the tasks in the order they were queued. So requests are answered
+//! in order per connection while several are in flight (bounded by
+//! `max_in_flight_per_connection`: when the queue is full the reader stops
+//! reading and TCP pushes back on the client).
+//!
+//! A malformed frame whose length is sane gets an INVALID_REQUEST answer and
+//! the connection goes on; an absurd length closes the connection with a log
+//! line. Either way no other connection notices.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
+use sluice_protocol::native::{self, codec::FRAME_PREFIX_BYTES};
+use sluice_protocol::ErrorCode;
+
+use crate::handlers;
+use crate::shard::Shard;
+
+/// Responses are gathered into one send up to this size; larger chunks (the
+/// record batches of a fetch) are sent as they are.
+const WRITE_COALESCE_BYTES: usize = 64 * 1024;
+
+type Answer = JoinHandle<Option<Vec<Bytes>>>;
+
+/// Accepts connections until the shard stops.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            wait_until_stopping(&shard).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.config.broker.max_connections_per_shard {
+            tracing::warn!(
+                shard = shard.id,
+                "connection limit reached: refusing a connection"
+            );
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard.connections.set(shard.connections.get() + 1);
+            serve(shard.clone(), stream).await;
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn wait_until_stopping(shard: &Shard) {
+    while !shard.stopping.get() {
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let (reader, writer) = futures_lite::io::split(stream);
+    let depth = shard.config.broker.max_in_flight_per_connection;
+    let (queue, answers) = local_channel::new_bounded::<Answer>(depth);
+    let queued = Rc::new(Cell::new(0usize));
+    let writer = glommio::spawn_local(write_answers(writer, answers, queued.clone()));
+    if let Err(why) = read_requests(&shard, reader, queue, &queued).await {
+        tracing::info!(shard = shard.id, peer, "closing connection: {why}");
+    }
+    let _ = writer.await;
+}
+
+/// Reads frames and queues their answers until the peer closes or errs.
+async fn read_requests(
+    shard: &Rc<Shard>,
+    mut reader: impl AsyncRead + Unpin,
+    queue: LocalSender<Answer>,
+    queued: &Cell<usize>,
+) -> Result<(), String> {
+    let max = shard.config.broker.max_frame_bytes;
+    loop {
+        let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+        match reader.read_exact(&mut prefix).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+        let total = match native::frame_len(&prefix, max) {
+            Ok(Some(total)) => total,
+            Ok(None) => return Err("frame prefix incomplete".into()),
+            Err(e) => return Err(format!("bad frame: {e}")),
+        };
+        let frame = read_frame_body(&mut reader, prefix, total).await?;
+        let answer = match native::decode_request(frame) {
+            Ok((correlation_id, request)) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    shard.in_flight.set(shard.in_flight.get() + 1);
+                    let response = handlers::handle(shard.clone(), correlation_id, request).await;
+                    shard.in_flight.set(shard.in_flight.get() - 1);
+                    response.map(|r| native::encode_response(&r))
+                })
+                .detach()
+            }
+            Err(e) => {
+                tracing::info!(shard = shard.id, error = %e, "malformed request");
+                let id = e.correlation_id.unwrap_or(0);
+                let chunks =
+                    native::encode_error_response(id, ErrorCode::INVALID_REQUEST, &e.to_string());
+                glommio::spawn_local(async move { Some(chunks) }).detach()
+            }
+        };
+        queued.set(queued.get() + 1);
+        if queue.send(answer).await.is_err() {
+            return Err("writer stopped".into());
+        }
+    }
+}
+
+/// Bytes the frame buffer grows by while a frame arrives: a client that
+/// announces a large frame and sends little costs only what it sent.
+const FRAME_READ_STEP_BYTES: usize = 1024 * 1024;
+
+/// Reads the rest of a frame whose total length (prefix included) is `total`.
+async fn read_frame_body(
+    reader: &mut (impl AsyncRead + Unpin),
+    prefix: [u8; FRAME_PREFIX_BYTES],
+    total: usize,
+) -> Result<Bytes, String> {
+    let mut frame = BytesMut::with_capacity(total.min(FRAME_READ_STEP_BYTES));
+    frame.extend_from_slice(&prefix);
+    while frame.len() < total {
+        let step = (total - frame.len()).min(FRAME_READ_STEP_BYTES);
+        let start = frame.len();
+        frame.resize(start + step, 0);
+        reader
+            .read_exact(&mut frame[start..])
+            .await
+            .map_err(|e| format!("connection lost mid-frame: {e}"))?;
+    }
+    Ok(frame.freeze())
+}
+
+/// Writes answers in the order their requests arrived.
+async fn write_answers(
+    mut writer: impl AsyncWrite + Unpin,
+    answers: LocalReceiver<Answer>,
+    queued: Rc<Cell<usize>>,
+) {
+    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_COALESCE_BYTES);
+    while let Some(answer) = answers.recv().await {
+        queued.set(queued.get() - 1);
+        let Some(Some(chunks)) = answer.await else {
+            continue;
+        };
+        if let Err(e) = write_chunks(&mut writer, &mut pending, &chunks).await {
+            tracing::debug!(error = %e, "write failed; dropping the connection");
+            return;
+        }
+        // Flush when no further answer is ready, so replies are not held back.
+        if queued.get() == 0 && !pending.is_empty() {
+            if writer.write_all(&pending).await.is_err() {
+                return;
+            }
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        let _ = writer.write_all(&pending).await;
+    }
+    let _ = writer.close().await;
+}
+
+/// Small chunks are gathered into one send; large ones go out as they are,
+/// without being copied.
+async fn write_chunks(
+    writer: &mut (impl AsyncWrite + Unpin),
+    pending: &mut Vec<u8>,
+    chunks: &[Bytes],
+) -> std::io::Result<()> {
+    for chunk in chunks {
+        if chunk.len() >= WRITE_COALESCE_BYTES {
+            if !pending.is_empty() {
+                writer.write_all(pending).await?;
+                pending.clear();
+            }
+            writer.write_all(chunk).await?;
+        } else {
+            if pending.len() + chunk.len() > WRITE_COALESCE_BYTES {
+                writer.write_all(pending).await?;
+                pending.clear();
+            }
+            pending.extend_from_slice(chunk);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! `sluice serve`: checks the environment, starts one pinned executor per
+//! shard, and stops them cleanly on SIGTERM or SIGINT.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use sluice_shard::store::{warm_up_direct_io, ShardStore};
+
+use crate::config::Config;
+use crate::preflight;
+use crate::router::{ShardMsg, SHARD_CHANNEL_DEPTH};
+use crate::shard::{shard_port, Shard};
+use crate::topics;
+
+/// What a shard tells the main thread as it starts.
+enum ShardEvent {
+    Ready { id: u32 },
+    Failed { id: Option<u32>, error: String },
+}
+
+/// Runs the broker until a signal stops it. `Err` is a message for the user.
+pub fn serve(mut config: Config) -> Result<(), String> {
+    // Resolved once, here: inside a pinned executor the visible core count is 1.
+    let shards = config.shard_count();
+    config.broker.shards = shards;
+    let data_dir = config.broker.data_dir.clone();
+    preflight::check_io_uring()?;
+    preflight::check_memlock(shards, config.broker.io_memory_bytes)?;
+    let _lock = preflight::check_data_dir(&data_dir)?;
+    let native = config.native_socket_addr()?;
+    let mut addrs: Vec<(SocketAddr, String)> = vec![(native, "native listener".into())];
+    for id in 0..shards {
+        let port = shard_port(&config, id);
+        addrs.push((
+            SocketAddr::new(native.ip(), port),
+            format!("shard {id} listener"),
+        ));
+    }
+    let named: Vec<(SocketAddr, &str)> = addrs.iter().map(|(a, w)| (*a, w.as_str())).collect();
+    preflight::check_addresses_free(&named)?;
+    // Fail before starting anything if the topic metadata is unreadable.
+    topics::load_all(&data_dir)?;
+    let generation = next_generation(&data_dir)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handlers(stop.clone())?;
+    let (events, ready) = mpsc::channel();
+    let mesh = MeshBuilder::<ShardMsg, _>::full(shards as usize, SHARD_CHANNEL_DEPTH);
+    let cpus = available_cpus();
+    let mut handles = Vec::with_capacity(shards as usize);
+    for i in 0..shards {
+        let placement = match cpus.get(i as usize % cpus.len().max(1)) {
+            Some(cpu) if shards as usize <= cpus.len() => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
+        };
+        let (config, mesh, stop, events) =
+            (config.clone(), mesh.clone(), stop.clone(), events.clone());
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(config.broker.io_memory_bytes)
+            .spawn(move || run_shard(config, generation, mesh, stop, events))
+            .map_err(|e| format!("cannot start shard executor {i}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(events);
+    wait_ready(&ready, shards, &stop)?;
+    let shard_ports: Vec<u16> = (0..shards).map(|id| shard_port(&config, id)).collect();
+    tracing::info!(%native, shards, ?shard_ports, data_dir = %data_dir.display(), generation, "sluice ready");
+    println!(
+        "sluice ready: native={native} shards={shards} shard_ports={shard_ports:?} data_dir={}",
+        data_dir.display()
+    );
+    let mut failed = None;
+    for h in handles {
+        if let Err(e) = h.join() {
+            failed.get_or_insert(format!("a shard failed: {e}"));
+        }
+    }
+    // A shard that failed after start reports through the channel too.
+    while let Ok(ShardEvent::Failed { id, error }) = ready.try_recv() {
+        failed.get_or_insert(format!("shard {id:?}: {error}"));
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("sluice stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+fn wait_ready(
+    ready: &mpsc::Receiver<ShardEvent>,
+    shards: u32,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut up = 0;
+    while up < shards {
+        match ready.recv() {
+            Ok(ShardEvent::Ready { id }) => {
+                tracing::debug!(shard = id, "shard ready");
+                up += 1;
+            }
+            Ok(ShardEvent::Failed { id, error }) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(match id {
+                    Some(id) => format!("shard {id} could not start: {error}"),
+                    None => format!("a shard could not start: {error}"),
+                });
+            }
+            Err(_) => return Err("shards exited during start-up".into()),
+        }
+    }
+    Ok(())
+}
+
+/// The broker's run counter, persisted in the data directory. It is the
+/// leader epoch of every partition for this run.
+fn next_generation(data_dir: &std::path::Path) -> Result<i32, String> {
+    let path = data_dir.join("broker-generation");
+    let current = match std::fs::read_to_string(&path) {
+        Ok(t) => t
+            .trim()
+            .parse::<i32>()
+            .map_err(|_| format!("{} is damaged", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let next = current.checked_add(1).ok_or("broker generation overflow")?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{next}\n"))
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(next)
+}
+
+fn available_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t we own.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<(), String> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("cannot install a handler for signal {sig}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn run_shard(
+    config: Config,
+    generation: i32,
+    mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    events: mpsc::Sender<ShardEvent>,
+) {
+    let data_dir = config.broker.data_dir.clone();
+    if let Err(e) = warm_up_direct_io(&data_dir).await {
+        let _ = events.send(ShardEvent::Failed {
+            id: None,
+            error: format!("direct I/O: {e}"),
+        });
+        return;
+    }
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        let _ = events.send(ShardEvent::Failed {
+            id: None,
+            error: "joining the shard mesh".into(),
+        });
+        return;
+    };
+    let id = senders.peer_id() as u32;
+    let shard = match start_shard(config, generation, senders, id).await {
+        Ok(s) => s,
+        Err(error) => {
+            let _ = events.send(ShardEvent::Failed {
+                id: Some(id),
+                error,
+            });
+            return;
+        }
+    };
+    for (_, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = receiver.recv().await {
+                glommio::spawn_local(shard.clone().handle_msg(msg)).detach();
+            }
+        })
+        .detach();
+    }
+    if let Err(error) = start_listeners(&shard) {
+        let _ = events.send(ShardEvent::Failed {
+            id: Some(id),
+            error,
+        });
+        return;
+    }
+    glommio::spawn_local(retention_loop(shard.clone())).detach();
+    let _ = events.send(ShardEvent::Ready { id });
+    while !stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown(&shard).await;
+}
+
+async fn start_shard(
+    config: Config,
+    generation: i32,
+    peers: glommio::channels::channel_mesh::Senders<ShardMsg>,
+    id: u32,
+) -> Result<Rc<Shard>, String> {
+    let data_dir = config.broker.data_dir.clone();
+    let topics = topics::load_all(&data_dir)?;
+    let log_defaults = config.log_defaults()?;
+    let count = config.shard_count();
+    let store = ShardStore::new(
+        sluice_protocol::ShardId(id),
+        data_dir,
+        config.broker.tail_cache_bytes,
+    );
+    let shard = Rc::new(Shard {
+        id,
+        count,
+        log_defaults,
+        generation,
+        store,
+        topics: RefCell::new(topics),
+        peers,
+        epochs: RefCell::new(HashMap::new()),
+        connections: Cell::new(0),
+        in_flight: Cell::new(0),
+        stopping: Cell::new(false),
+        config,
+    });
+    shard.open_owned_partitions().await?;
+    Ok(shard)
+}
+
+fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
+    let native = shard.config.native_socket_addr()?;
+    let own = SocketAddr::new(native.ip(), shard.shard_port(shard.id));
+    for addr in [native, own] {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(crate::native::accept_loop(shard.clone(), listener)).detach();
+    }
+    Ok(())
+}
+
+async fn retention_loop(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config.broker.retention_check_interval_ms.max(100));
+    let mut last = Instant::now();
+    while !shard.stopping.get() {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        if last.elapsed() >= every {
+            last = Instant::now();
+            let deleted = shard.store.enforce_retention().await;
+            if deleted > 0 {
+                tracing::info!(shard = shard.id, deleted, "retention deleted segments");
+            }
+        }
+    }
+}
+
+/// Stops accepting, lets in-flight requests finish (bounded), then flushes
+/// every partition and writes its indexes.
+async fn shutdown(shard: &Rc<Shard>) {
+    tracing::info!(shard = shard.id, "stopping");
+    shard.stopping.set(true);
+    let limit = Duration::from_millis(shard.config.broker.shutdown_timeout_ms);
+    let started = Instant::now();
+    while shard.in_flight.get() > 0 && started.elapsed() < limit {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if let Err(e) = shard.store.close_all().await {
+        tracing::error!(shard = shard.id, error = %e, "flushing on shutdown");
+    }
+}

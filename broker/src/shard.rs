@@ -1,0 +1,423 @@
+//! One shard of the broker: its store, its copy of the topic table, its
+//! links to the other shards, and the operations it performs on the
+//! partitions it owns.
+//!
+//! `Shard` is `!Send`: one per executor. Requests arriving on any shard are
+//! routed here by [`Shard::route`]-style helpers in `handlers`; the `local_*`
+//! methods only ever touch partitions this shard owns.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::Senders;
+use sluice_protocol::native::{
+    FetchPartition, FetchPartitionResponse, ListOffsetsPartition, ListOffsetsPartitionResponse,
+    ProducePartitionResponse, TopicResult,
+};
+use sluice_protocol::types::list_offsets_timestamp::{EARLIEST, LATEST};
+use sluice_protocol::ErrorCode;
+use sluice_replication::EpochHistory;
+use sluice_shard::config::LogConfig;
+use sluice_shard::partition::{Durability, Partition};
+use sluice_shard::store::{owner_shard, partition_dir, ShardStore};
+
+use crate::config::Config;
+use crate::router::{ProducePart, ShardMsg};
+use crate::topics::{self, TopicMeta, TopicTable};
+
+/// A shard's state (`!Send`).
+pub struct Shard {
+    pub id: u32,
+    pub count: u32,
+    pub config: Config,
+    pub log_defaults: LogConfig,
+    /// The leader epoch of this run of the broker (bumped at every start).
+    pub generation: i32,
+    pub store: ShardStore,
+    pub topics: RefCell<TopicTable>,
+    pub peers: Senders<ShardMsg>,
+    pub epochs: RefCell<HashMap<(String, u32), EpochHistory>>,
+    pub connections: Cell<usize>,
+    pub in_flight: Cell<usize>,
+    pub stopping: Cell<bool>,
+}
+
+impl Shard {
+    pub fn owner(&self, topic: &str, partition: u32) -> u32 {
+        owner_shard(topic, partition, self.count).0
+    }
+
+    /// The port on which shard `id` listens alone.
+    pub fn shard_port(&self, id: u32) -> u16 {
+        shard_port(&self.config, id)
+    }
+
+    /// Sends a message to another shard; `false` when it is gone (stopping).
+    pub async fn send(&self, to: u32, msg: ShardMsg) -> bool {
+        debug_assert_ne!(to, self.id, "local work is done in place, not sent");
+        self.peers.send_to(to as usize, msg).await.is_ok()
+    }
+
+    /// Opens every partition this shard owns (start-up).
+    pub async fn open_owned_partitions(&self) -> Result<(), String> {
+        let metas: Vec<TopicMeta> = self.topics.borrow().all().cloned().collect();
+        for meta in metas {
+            self.open_topic_partitions(&meta).await?;
+        }
+        Ok(())
+    }
+
+    async fn open_topic_partitions(&self, meta: &TopicMeta) -> Result<(), String> {
+        let config = meta.log_config(&self.log_defaults)?;
+        for p in (0..meta.partitions).filter(|p| self.owner(&meta.name, *p) == self.id) {
+            let log = self
+                .store
+                .open_partition(&meta.name, p, config.clone(), self.generation)
+                .await
+                .map_err(|e| format!("partition {}/{p}: {e}", meta.name))?;
+            self.begin_epoch(&meta.name, p, &log)?;
+        }
+        Ok(())
+    }
+
+    /// Records in the partition's epoch history that this run's epoch begins
+    /// at its log end.
+    fn begin_epoch(&self, topic: &str, partition: u32, log: &Partition) -> Result<(), String> {
+        let dir = partition_dir(self.store.data_dir(), topic, partition);
+        let what = |e: std::io::Error| format!("epoch history of {topic}/{partition}: {e}");
+        let mut history = EpochHistory::load(&dir).map_err(what)?;
+        let end = log.offsets().log_end;
+        history.truncate_to(end).map_err(what)?;
+        if history.latest().is_none_or(|l| l.epoch < self.generation) {
+            history.begin_epoch(self.generation, end).map_err(what)?;
+        }
+        self.epochs
+            .borrow_mut()
+            .insert((topic.to_string(), partition), history);
+        Ok(())
+    }
+
+    pub async fn local_produce(
+        &self,
+        durability: Durability,
+        parts: Vec<ProducePart>,
+    ) -> Vec<ProducePartitionResponse> {
+        let mut pending = Vec::with_capacity(parts.len());
+        for part in parts {
+            let log = self.store.get(&part.topic, part.partition);
+            // Appends to different partitions proceed together; each
+            // partition's writer groups what arrives in the same turn.
+            let task = glommio::spawn_local(async move {
+                match log {
+                    None => Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
+                    Some(log) => log.append(part.records, durability).await.map_err(|e| {
+                        tracing::debug!(error = %e, "append refused");
+                        e.error_code()
+                    }),
+                }
+            });
+            pending.push((part.topic, part.partition, task));
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (topic, partition, task) in pending {
+            let (error, base_offset, log_start_offset) = match task.await {
+                Ok(a) => (ErrorCode::NONE, a.base_offset, a.log_start_offset),
+                Err(code) => (code, -1, -1),
+            };
+            out.push(ProducePartitionResponse {
+                topic,
+                partition,
+                error,
+                base_offset,
+                log_start_offset,
+            });
+        }
+        out
+    }
+
+    pub async fn local_fetch(&self, parts: Vec<FetchPartition>) -> Vec<FetchPartitionResponse> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            out.push(self.fetch_one(part).await);
+        }
+        out
+    }
+
+    async fn fetch_one(&self, part: FetchPartition) -> FetchPartitionResponse {
+        let mut resp = FetchPartitionResponse {
+            topic: part.topic,
+            partition: part.partition,
+            error: ErrorCode::NONE,
+            high_watermark: -1,
+            log_start_offset: -1,
+            log_end_offset: -1,
+            records: Vec::new(),
+        };
+        let Some(log) = self.store.get(&resp.topic, resp.partition) else {
+            resp.error = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION;
+            return resp;
+        };
+        let offsets = log.offsets();
+        resp.high_watermark = offsets.high_watermark;
+        resp.log_start_offset = offsets.log_start;
+        resp.log_end_offset = offsets.log_end;
+        match log.read(part.offset, part.max_bytes as usize).await {
+            Ok(read) => resp.records = read.chunks,
+            Err(e) => resp.error = e.error_code(),
+        }
+        resp
+    }
+
+    /// Completes when any partition grows past the given end, or at `timeout`.
+    pub async fn local_watch(&self, parts: Vec<(String, u32, i64)>, timeout: Duration) {
+        let mut waiters = Vec::with_capacity(parts.len());
+        for (topic, partition, seen_end) in parts {
+            let Some(log) = self.store.get(&topic, partition) else {
+                return;
+            };
+            if log.offsets().log_end > seen_end {
+                return;
+            }
+            waiters.push(log.append_waiter());
+        }
+        if waiters.is_empty() {
+            return;
+        }
+        let any = FirstOf { waiters };
+        futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
+    }
+
+    pub async fn local_list_offsets(
+        &self,
+        parts: Vec<ListOffsetsPartition>,
+    ) -> Vec<ListOffsetsPartitionResponse> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let (error, offset, timestamp) = match self.store.get(&part.topic, part.partition) {
+                None => (ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+                Some(log) => match part.timestamp {
+                    EARLIEST => (ErrorCode::NONE, log.offsets().log_start, -1),
+                    LATEST => (ErrorCode::NONE, log.offsets().log_end, -1),
+                    ts if ts < 0 => (ErrorCode::INVALID_REQUEST, -1, -1),
+                    ts => match log.offset_for_timestamp(ts).await {
+                        Ok(Some((o, t))) => (ErrorCode::NONE, o, t),
+                        Ok(None) => (ErrorCode::NONE, -1, -1),
+                        Err(e) => (e.error_code(), -1, -1),
+                    },
+                },
+            };
+            out.push(ListOffsetsPartitionResponse {
+                topic: part.topic,
+                partition: part.partition,
+                error,
+                offset,
+                timestamp,
+            });
+        }
+        out
+    }
+
+    /// Learns a topic and opens the partitions this shard owns.
+    pub async fn apply_topic_created(&self, meta: TopicMeta) -> Result<(), String> {
+        self.topics.borrow_mut().insert(meta.clone());
+        self.open_topic_partitions(&meta).await
+    }
+
+    /// Forgets a topic and deletes the partitions this shard owns.
+    pub async fn apply_topic_deleted(&self, name: &str) {
+        let meta = self.topics.borrow_mut().remove(name);
+        let Some(meta) = meta else { return };
+        for p in (0..meta.partitions).filter(|p| self.owner(name, *p) == self.id) {
+            self.epochs.borrow_mut().remove(&(name.to_string(), p));
+            if let Err(e) = self.store.delete_partition(name, p).await {
+                tracing::error!(topic = name, partition = p, error = %e, "deleting partition");
+            }
+        }
+    }
+
+    /// Shard 0: validates, persists and announces new topics.
+    pub async fn controller_create(
+        self: &Rc<Self>,
+        topics: Vec<sluice_protocol::native::CreateTopic>,
+    ) -> Vec<TopicResult> {
+        let mut out = Vec::with_capacity(topics.len());
+        for t in topics {
+            let meta = TopicMeta {
+                name: t.name,
+                partitions: t.partitions,
+                configs: t.configs,
+            };
+            let (error, message) = match self.create_one(meta.clone()).await {
+                Ok(()) => (ErrorCode::NONE, String::new()),
+                Err((code, message)) => (code, message),
+            };
+            out.push(TopicResult {
+                name: meta.name,
+                error,
+                message,
+            });
+        }
+        out
+    }
+
+    async fn create_one(self: &Rc<Self>, meta: TopicMeta) -> Result<(), (ErrorCode, String)> {
+        topics::validate_new(&meta, &self.log_defaults)?;
+        if self.topics.borrow().get(&meta.name).is_some() {
+            let msg = format!("topic {:?} already exists", meta.name);
+            return Err((ErrorCode::TOPIC_ALREADY_EXISTS, msg));
+        }
+        // Claimed at once so a concurrent create of the same name fails.
+        self.topics.borrow_mut().insert(meta.clone());
+        if let Err(e) = topics::persist(self.store.data_dir(), &meta) {
+            self.topics.borrow_mut().remove(&meta.name);
+            return Err((
+                ErrorCode::KAFKA_STORAGE_ERROR,
+                format!("persisting topic: {e}"),
+            ));
+        }
+        let mut errors = Vec::new();
+        if let Err(e) = self.apply_topic_created(meta.clone()).await {
+            errors.push(e);
+        }
+        for to in (0..self.count).filter(|s| *s != self.id) {
+            let (reply, answer) = oneshot::channel();
+            let msg = ShardMsg::TopicCreated {
+                meta: meta.clone(),
+                reply,
+            };
+            if !self.send(to, msg).await {
+                errors.push(format!("shard {to} is not running"));
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(_) => errors.push(format!("shard {to} dropped the request")),
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err((ErrorCode::KAFKA_STORAGE_ERROR, errors.join("; "))),
+        }
+    }
+
+    /// Shard 0: deletes topics everywhere, then their metadata.
+    pub async fn controller_delete(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicResult> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if self.topics.borrow().get(&name).is_none() {
+                out.push(TopicResult {
+                    message: format!("topic {name:?} does not exist"),
+                    name,
+                    error: ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                });
+                continue;
+            }
+            self.apply_topic_deleted(&name).await;
+            for to in (0..self.count).filter(|s| *s != self.id) {
+                let (reply, answer) = oneshot::channel();
+                if self
+                    .send(
+                        to,
+                        ShardMsg::TopicDeleted {
+                            name: name.clone(),
+                            reply,
+                        },
+                    )
+                    .await
+                {
+                    let _ = answer.await;
+                }
+            }
+            let (error, message) = match topics::remove(self.store.data_dir(), &name) {
+                Ok(()) => (ErrorCode::NONE, String::new()),
+                Err(e) => (
+                    ErrorCode::KAFKA_STORAGE_ERROR,
+                    format!("removing topic files: {e}"),
+                ),
+            };
+            out.push(TopicResult {
+                name,
+                error,
+                message,
+            });
+        }
+        out
+    }
+
+    /// Serves one message from another shard.
+    pub async fn handle_msg(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Produce {
+                durability,
+                parts,
+                reply,
+            } => {
+                let _ = reply.send(self.local_produce(durability, parts).await);
+            }
+            ShardMsg::Fetch { parts, reply } => {
+                let _ = reply.send(self.local_fetch(parts).await);
+            }
+            ShardMsg::WatchAppend {
+                parts,
+                timeout,
+                reply,
+            } => {
+                self.local_watch(parts, timeout).await;
+                let _ = reply.send(());
+            }
+            ShardMsg::ListOffsets { parts, reply } => {
+                let _ = reply.send(self.local_list_offsets(parts).await);
+            }
+            ShardMsg::CreateTopics { topics, reply } => {
+                let _ = reply.send(self.controller_create(topics).await);
+            }
+            ShardMsg::DeleteTopics { names, reply } => {
+                let _ = reply.send(self.controller_delete(names).await);
+            }
+            ShardMsg::TopicCreated { meta, reply } => {
+                let _ = reply.send(self.apply_topic_created(meta).await);
+            }
+            ShardMsg::TopicDeleted { name, reply } => {
+                self.apply_topic_deleted(&name).await;
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// The port on which shard `id` listens alone.
+pub fn shard_port(config: &Config, id: u32) -> u16 {
+    let base = match config.broker.native_shard_port_base {
+        0 => config
+            .native_socket_addr()
+            .map_or(9192, |a| a.port())
+            .saturating_add(1),
+        b => b,
+    };
+    base.saturating_add(id as u16)
+}
+
+/// Completes when any of the waiters fires or is dropped.
+struct FirstOf {
+    waiters: Vec<oneshot::Receiver<()>>,
+}
+
+impl Future for FirstOf {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        for w in self.waiters.iter_mut() {
+            if Pin::new(w).poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,217 @@
+//! A real `sluice` broker process for end-to-end tests: started on free
+//! loopback ports with its own data directory, killed or stopped on demand.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sluice_protocol::batch::BatchBuilder;
+use sluice_protocol::client::Client;
+use sluice_protocol::native::CreateTopic;
+use sluice_protocol::ErrorCode;
+
+pub const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub struct Broker {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub native_port: u16,
+    pub shard_port_base: u16,
+    pub shards: u32,
+}
+
+/// `count` consecutive free ports (checked by binding each).
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..200 {
+        let probe = TcpListener::bind("127.0.0.1:0").expect("bind probe");
+        let base = probe.local_addr().expect("addr").port();
+        drop(probe);
+        if base > 65000 {
+            continue;
+        }
+        let held: Vec<_> = (0..count)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == count as usize {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+impl Broker {
+    /// Starts a broker with `shards` shards on a fresh data directory.
+    pub fn start(data_dir: &Path, shards: u32) -> Broker {
+        Self::start_with(data_dir, shards, "")
+    }
+
+    /// Starts a broker; `extra_toml` is appended to its config file.
+    pub fn start_with(data_dir: &Path, shards: u32, extra_toml: &str) -> Broker {
+        let base = free_ports(shards as u16 + 1);
+        let config = data_dir.with_extension("toml");
+        let mut b = Broker {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            config,
+            native_port: base,
+            shard_port_base: base + 1,
+            shards,
+        };
+        b.write_config(extra_toml);
+        b.spawn();
+        b
+    }
+
+    fn write_config(&self, extra: &str) {
+        let (broker_extra, log_extra) = extra.split_once("[log]").unwrap_or((extra, ""));
+        let text = format!(
+            "[broker]\nnative_addr = \"127.0.0.1:{}\"\nnative_shard_port_base = {}\n\
+             tail_cache_bytes = 8388608\nio_memory_bytes = 4194304\nshutdown_timeout_ms = 5000\n{}\n\
+             [log]\n{}\n",
+            self.native_port, self.shard_port_base, broker_extra, log_extra
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Starts the process and waits for its ready line.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(SLUICE)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--shards")
+            .arg(self.shards.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sluice");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("sluice ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("broker did not become ready: {status:?}");
+        }
+        self.child = Some(child);
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.native_port)
+    }
+
+    pub fn client(&self) -> Client {
+        let c = Client::connect(&self.addr()).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        c
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let r = self
+            .client()
+            .create_topics(vec![CreateTopic {
+                name: name.into(),
+                partitions,
+                configs: vec![],
+            }])
+            .expect("create");
+        assert_eq!(r[0].error, ErrorCode::NONE, "{}", r[0].message);
+    }
+
+    pub fn run_cli(&self, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(SLUICE)
+            .args(args)
+            .arg("--bootstrap")
+            .arg(self.addr())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cli");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("cli output");
+        let _ = writer.join();
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One uncompressed batch of `values`, timestamped now.
+pub fn batch_of(values: &[&[u8]]) -> bytes::Bytes {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let mut b = BatchBuilder::new(now);
+    for v in values {
+        b.push(now, None, Some(v), &[]);
+    }
+    bytes::Bytes::from(b.finish())
+}
+
+/// Every (offset, value) in a fetched chunk list, skipping records before `from`.
+pub fn decode_values(chunks: &[bytes::Bytes], from: i64) -> Vec<(i64, Vec<u8>)> {
+    let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut out = Vec::new();
+    for item in sluice_protocol::batch::split(&joined) {
+        let (range, _) = item.expect("whole batches");
+        let batch = &joined[range];
+        sluice_protocol::batch::validate(batch).expect("valid batch from the broker");
+        for r in sluice_protocol::batch::records(batch).expect("uncompressed") {
+            let r = r.expect("record");
+            if r.offset >= from {
+                out.push((r.offset, r.value.map(|v| v.to_vec()).unwrap_or_default()));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,516 @@
+//! End-to-end tests through real sockets against a real `sluice` process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{batch_of, decode_values, Broker};
+use sluice_protocol::native::{
+    Acks, CreateTopic, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
+};
+use sluice_protocol::ErrorCode;
+
+fn fetch_all(b: &Broker, topic: &str, partition: u32, from: i64) -> Vec<(i64, Vec<u8>)> {
+    let mut client = b.client();
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let r = client
+            .fetch(FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: 1 << 20,
+                partitions: vec![FetchPartition {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    max_bytes: 64 * 1024,
+                }],
+            })
+            .expect("fetch");
+        assert_eq!(r[0].error, ErrorCode::NONE);
+        let vals = decode_values(&r[0].records, offset);
+        if vals.is_empty() {
+            return out;
+        }
+        offset = vals.last().map_or(offset, |v| v.0 + 1);
+        out.extend(vals);
+    }
+}
+
+#[test]
+fn produce_fetch_list_offsets_across_shards_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("events", 6);
+    let mut c = b.client();
+    // One request touching every partition: the shards split and gather it.
+    let parts = (0..6)
+        .map(|p| ProducePartition {
+            topic: "events".into(),
+            partition: p,
+            records: batch_of(&[format!("p{p}-a").as_bytes(), format!("p{p}-b").as_bytes()]),
+        })
+        .collect();
+    let r = c.produce(Acks::All, 5000, parts).expect("produce");
+    assert_eq!(r.len(), 6);
+    for (p, pr) in r.iter().enumerate() {
+        assert_eq!(
+            (pr.partition, pr.error, pr.base_offset),
+            (p as u32, ErrorCode::NONE, 0)
+        );
+    }
+    for acks in [Acks::Leader, Acks::All] {
+        let r = c
+            .produce(
+                acks,
+                5000,
+                vec![ProducePartition {
+                    topic: "events".into(),
+                    partition: 3,
+                    records: batch_of(&[b"more"]),
+                }],
+            )
+            .expect("produce");
+        assert_eq!(r[0].error, ErrorCode::NONE);
+    }
+    // acks=0 gets no response; the next request's response still matches.
+    let zero = ProducePartition {
+        topic: "events".into(),
+        partition: 4,
+        records: batch_of(&[b"z"]),
+    };
+    c.send(&sluice_protocol::native::Request::Produce(
+        sluice_protocol::native::ProduceRequest {
+            acks: Acks::None,
+            timeout_ms: 1000,
+            partitions: vec![zero],
+        },
+    ))
+    .expect("send acks=0");
+    let meta = c.metadata(vec![]).expect("metadata after acks=0");
+    assert_eq!(meta.topics.len(), 1);
+    assert_eq!(meta.shards.len(), 2);
+    let owners: Vec<u32> = meta.topics[0].partitions.iter().map(|p| p.shard).collect();
+    assert!(
+        owners.contains(&0) && owners.contains(&1),
+        "both shards own partitions"
+    );
+
+    let vals = fetch_all(&b, "events", 3, 0);
+    let want: Vec<(i64, Vec<u8>)> = vec![
+        (0, b"p3-a".to_vec()),
+        (1, b"p3-b".to_vec()),
+        (2, b"more".to_vec()),
+        (3, b"more".to_vec()),
+    ];
+    assert_eq!(vals, want);
+    // Fetch from the middle of a batch: the batch comes back, the client skips.
+    assert_eq!(fetch_all(&b, "events", 3, 1)[0], (1, b"p3-b".to_vec()));
+    assert_eq!(
+        fetch_all(&b, "events", 4, 0).len(),
+        3,
+        "the acks=0 record is there"
+    );
+
+    let offs = c
+        .list_offsets(vec![
+            ListOffsetsPartition {
+                topic: "events".into(),
+                partition: 3,
+                timestamp: -2,
+            },
+            ListOffsetsPartition {
+                topic: "events".into(),
+                partition: 3,
+                timestamp: -1,
+            },
+            ListOffsetsPartition {
+                topic: "events".into(),
+                partition: 3,
+                timestamp: 0,
+            },
+            ListOffsetsPartition {
+                topic: "events".into(),
+                partition: 3,
+                timestamp: i64::MAX - 1,
+            },
+            ListOffsetsPartition {
+                topic: "nope".into(),
+                partition: 0,
+                timestamp: -1,
+            },
+        ])
+        .expect("list offsets");
+    let got: Vec<(ErrorCode, i64)> = offs.iter().map(|o| (o.error, o.offset)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (ErrorCode::NONE, 0),
+            (ErrorCode::NONE, 4),
+            (ErrorCode::NONE, 0),
+            (ErrorCode::NONE, -1),
+            (ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, -1)
+        ]
+    );
+
+    // A clean stop (SIGTERM) exits 0; the restart (with another shard count:
+    // ownership moves, directories do not) finds everything.
+    let status = b.terminate();
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    b.shards = 3;
+    b.spawn();
+    assert_eq!(fetch_all(&b, "events", 3, 0), want);
+    for p in 0..6 {
+        let vals = fetch_all(&b, "events", p, 0);
+        assert_eq!(vals[0].1, format!("p{p}-a").into_bytes());
+    }
+    let r = b
+        .client()
+        .produce(
+            Acks::All,
+            1000,
+            vec![ProducePartition {
+                topic: "events".into(),
+                partition: 3,
+                records: batch_of(&[b"after restart"]),
+            }],
+        )
+        .expect("produce");
+    assert_eq!(r[0].base_offset, 4);
+}
+
+#[test]
+fn errors_for_unknown_topics_partitions_and_offsets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("t", 2);
+    let mut c = b.client();
+    let r = c
+        .produce(
+            Acks::All,
+            1000,
+            vec![
+                ProducePartition {
+                    topic: "missing".into(),
+                    partition: 0,
+                    records: batch_of(&[b"x"]),
+                },
+                ProducePartition {
+                    topic: "t".into(),
+                    partition: 9,
+                    records: batch_of(&[b"x"]),
+                },
+                ProducePartition {
+                    topic: "t".into(),
+                    partition: 1,
+                    records: batch_of(&[b"ok"]),
+                },
+            ],
+        )
+        .expect("produce");
+    let codes: Vec<ErrorCode> = r.iter().map(|p| p.error).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+            ErrorCode::NONE
+        ]
+    );
+    let f = c
+        .fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1000,
+            partitions: vec![FetchPartition {
+                topic: "t".into(),
+                partition: 1,
+                offset: 5,
+                max_bytes: 100,
+            }],
+        })
+        .expect("fetch");
+    assert_eq!(f[0].error, ErrorCode::OFFSET_OUT_OF_RANGE);
+    assert_eq!((f[0].log_start_offset, f[0].high_watermark), (0, 1));
+
+    let created = c
+        .create_topics(vec![
+            CreateTopic {
+                name: "t".into(),
+                partitions: 1,
+                configs: vec![],
+            },
+            CreateTopic {
+                name: "bad name".into(),
+                partitions: 1,
+                configs: vec![],
+            },
+            CreateTopic {
+                name: "zero".into(),
+                partitions: 0,
+                configs: vec![],
+            },
+            CreateTopic {
+                name: "cfg".into(),
+                partitions: 1,
+                configs: vec![("retention.ms".into(), "soon".into())],
+            },
+        ])
+        .expect("create");
+    let codes: Vec<ErrorCode> = created.iter().map(|t| t.error).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::TOPIC_ALREADY_EXISTS,
+            ErrorCode::INVALID_TOPIC_EXCEPTION,
+            ErrorCode::INVALID_PARTITIONS,
+            ErrorCode::INVALID_CONFIG
+        ]
+    );
+    let deleted = c
+        .delete_topics(vec!["t".into(), "missing".into()])
+        .expect("delete");
+    assert_eq!(deleted[0].error, ErrorCode::NONE);
+    assert_eq!(deleted[1].error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+    let meta = c.metadata(vec!["t".into()]).expect("metadata");
+    assert_eq!(meta.topics[0].error, ErrorCode::UNKNOWN_TOPIC_OR_PARTITION);
+    assert!(
+        !b.data_dir.join("topics").join("t").exists(),
+        "files removed"
+    );
+}
+
+#[test]
+fn long_poll_fetch_is_woken_by_an_append_on_another_shard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("lp", 4);
+    let addr = b.addr();
+    let waiter = std::thread::spawn(move || {
+        let mut c = sluice_protocol::client::Client::connect(&addr).expect("connect");
+        let started = Instant::now();
+        let parts = (0..4)
+            .map(|p| FetchPartition {
+                topic: "lp".into(),
+                partition: p,
+                offset: 0,
+                max_bytes: 1 << 20,
+            })
+            .collect();
+        let r = c
+            .fetch(FetchRequest {
+                max_wait_ms: 20_000,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                partitions: parts,
+            })
+            .expect("fetch");
+        (started.elapsed(), r)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = b
+        .client()
+        .produce(
+            Acks::Leader,
+            1000,
+            vec![ProducePartition {
+                topic: "lp".into(),
+                partition: 2,
+                records: batch_of(&[b"wake up"]),
+            }],
+        )
+        .expect("produce");
+    assert_eq!(r[0].error, ErrorCode::NONE);
+    let (waited, resp) = waiter.join().expect("waiter");
+    assert!(
+        waited < Duration::from_secs(15),
+        "woken by the append, not by max_wait ({waited:?})"
+    );
+    let p2 = resp.iter().find(|p| p.partition == 2).expect("partition 2");
+    assert_eq!(
+        decode_values(&p2.records, 0),
+        vec![(0, b"wake up".to_vec())]
+    );
+
+    // With nothing to read, the fetch waits max_wait and answers empty.
+    let started = Instant::now();
+    let r = b
+        .client()
+        .fetch(FetchRequest {
+            max_wait_ms: 300,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: "lp".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 100,
+            }],
+        })
+        .expect("fetch");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(r[0].records.is_empty() && r[0].error == ErrorCode::NONE);
+}
+
+#[test]
+fn fetch_max_bytes_returns_the_first_batch_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 1);
+    b.create_topic("big", 2);
+    let mut c = b.client();
+    let large = vec![b'x'; 10_000];
+    for p in 0..2 {
+        c.produce(
+            Acks::All,
+            1000,
+            vec![ProducePartition {
+                topic: "big".into(),
+                partition: p,
+                records: batch_of(&[&large]),
+            }],
+        )
+        .expect("produce");
+    }
+    let r = c
+        .fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 100,
+            partitions: (0..2)
+                .map(|p| FetchPartition {
+                    topic: "big".into(),
+                    partition: p,
+                    offset: 0,
+                    max_bytes: 100,
+                })
+                .collect(),
+        })
+        .expect("fetch");
+    assert_eq!(
+        decode_values(&r[0].records, 0)[0].1.len(),
+        10_000,
+        "first batch whole"
+    );
+    assert!(
+        r[1].records.is_empty(),
+        "response max_bytes stops the second partition"
+    );
+}
+
+#[test]
+fn cli_produces_and_consumes_every_line_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    let out = b.run_cli(&["topic", "create", "lines", "--partitions", "4"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut input = Vec::new();
+    for i in 0..20_000 {
+        input.extend_from_slice(format!("key{}:value-{i:06}\n", i % 37).as_bytes());
+    }
+    let out = b.run_cli(
+        &["produce", "lines", "--acks", "all", "--key-separator", ":"],
+        &input,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in 0..4u32 {
+        let out = b.run_cli(
+            &[
+                "consume",
+                "lines",
+                "--partition",
+                &p.to_string(),
+                "--from",
+                "earliest",
+                "--timeout-ms",
+                "2000",
+            ],
+            b"",
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: Vec<&str> = std::str::from_utf8(&out.stdout)
+            .expect("utf8")
+            .lines()
+            .collect();
+        // Exactly the lines whose key hashes to p, in the order they were written.
+        let want: Vec<String> = (0..20_000)
+            .filter(|i| {
+                let key = format!("key{}", i % 37);
+                sluice_protocol::partitioner::partition_for_key(key.as_bytes(), 4) == p
+            })
+            .map(|i| format!("value-{i:06}"))
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    let out = b.run_cli(
+        &["consume", "lines", "--count", "20000", "--from", "earliest"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(out.stdout.iter().filter(|c| **c == b'\n').count(), 20_000);
+    let out = b.run_cli(&["topic", "describe", "lines"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("partition 3"),
+        "{text}"
+    );
+    let out = b.run_cli(&["topic", "list"], b"");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lines"));
+    let out = b.run_cli(&["topic", "delete", "lines"], b"");
+    assert!(out.status.success());
+    let out = b.run_cli(&["consume", "lines", "--count", "1"], b"");
+    assert!(!out.status.success(), "consuming a deleted topic fails");
+}
+
+#[test]
+fn startup_errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 1);
+    // Same address: refused.
+    let out = std::process::Command::new(common::SLUICE)
+        .args(["serve", "--native-addr", &b.addr(), "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen"),
+        "{out:?}"
+    );
+    // Same data directory: refused.
+    let out = std::process::Command::new(common::SLUICE)
+        .args(["serve", "--native-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&b.data_dir)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{out:?}"
+    );
+    // A data directory that is a file: refused.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    let out = std::process::Command::new(common::SLUICE)
+        .args(["serve", "--data-dir"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data directory"),
+        "{out:?}"
+    );
+}
