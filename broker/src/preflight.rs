@@ -2,7 +2,8 @@
 //! saying what to change, and the broker exits non-zero before any shard runs.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 use std::path::Path;
 
 /// Bytes of locked memory one shard needs beyond its registered I/O memory
@@ -127,20 +128,43 @@ pub fn check_data_dir(dir: &Path) -> Result<File, String> {
     Ok(lock)
 }
 
-/// Each address must be free. A plain bind (without SO_REUSEPORT) fails when
-/// anything listens there, including another Sluice, whose shards would
-/// otherwise silently share the port with ours.
+/// How long a listener may linger after its process exited.
+const LISTENER_LINGER_MS: u64 = 3000;
+
+/// Nothing may already listen on our addresses. A connection attempt tells:
+/// another Sluice would share a port with ours silently (SO_REUSEPORT), and
+/// a plain bind probe would be fooled by the lingering connections of a
+/// broker that just stopped. Binds that still fail are reported by the shard.
+///
+/// A broker that has just exited can still be listening for a moment: the
+/// kernel tears its io_uring instances down asynchronously, and an accept
+/// still queued on a ring keeps its listening socket open until then. So a
+/// listener must persist for `LISTENER_LINGER_MS` before it counts as taken.
 pub fn check_addresses_free(addrs: &[(SocketAddr, &str)]) -> Result<(), String> {
     for (addr, what) in addrs {
-        if let Err(e) = TcpListener::bind(addr) {
+        let mut target = *addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let started = std::time::Instant::now();
+        let mut taken = listening(&target);
+        while taken && started.elapsed() < Duration::from_millis(LISTENER_LINGER_MS) {
+            std::thread::sleep(Duration::from_millis(50));
+            taken = listening(&target);
+        }
+        if taken {
             return Err(format!(
-                "cannot listen on {addr} ({what}): {e}. Another process (another broker?) \
-                 holds it: stop it, or choose another address with --native-addr or \
+                "cannot listen on {addr} ({what}): another process (another broker?) is \
+                 listening there. Stop it, or choose another address with --native-addr or \
                  broker.native_shard_port_base."
             ));
         }
     }
     Ok(())
+}
+
+fn listening(addr: &SocketAddr) -> bool {
+    TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
 }
 
 #[cfg(test)]
@@ -149,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_busy_address_and_a_locked_data_dir_are_reported() {
-        let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = busy.local_addr().expect("addr");
         let err = check_addresses_free(&[(addr, "native")]).expect_err("in use");
         assert!(err.contains("cannot listen"), "{err}");

@@ -155,7 +155,9 @@ impl Client {
     }
 
     /// Sends a request without waiting for its response; returns its
-    /// correlation id.
+    /// correlation id. An `acks=0` produce has no response: nothing is
+    /// expected for it, and the next [`Client::recv`] answers the request
+    /// after it.
     pub fn send(&mut self, request: &Request) -> Result<u32, ClientError> {
         self.check_usable()?;
         let id = self.correlation_id_next;
@@ -165,7 +167,10 @@ impl Client {
             self.broken = true;
             return Err(e.into());
         }
-        self.in_flight.push_back(id);
+        let silent = matches!(request, Request::Produce(p) if p.acks == Acks::None);
+        if !silent {
+            self.in_flight.push_back(id);
+        }
         Ok(id)
     }
 
@@ -217,6 +222,11 @@ impl Client {
             timeout_ms,
             partitions,
         });
+        if acks == Acks::None {
+            // The broker does not answer acks=0: nothing to wait for.
+            self.send(&request)?;
+            return Ok(Vec::new());
+        }
         match self.call(&request)? {
             ResponseBody::Produce(r) => Ok(r.partitions),
             _ => Err(ClientError::UnexpectedResponse),

@@ -26,18 +26,18 @@ pub struct Broker {
     pub shards: u32,
 }
 
-/// `count` consecutive free ports (checked by binding each).
+/// `count` consecutive free ports, below the kernel's ephemeral range so no
+/// client connection can be holding one, and spread by process and time so
+/// tests running at once pick different ranges.
 fn free_ports(count: u16) -> u16 {
-    for _ in 0..200 {
-        let probe = TcpListener::bind("127.0.0.1:0").expect("bind probe");
-        let base = probe.local_addr().expect("addr").port();
-        drop(probe);
-        if base > 65000 {
-            continue;
-        }
-        let held: Vec<_> = (0..count)
-            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
-            .collect();
+    let seed = std::process::id() as u64 * 7919
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64);
+    for attempt in 0..500u64 {
+        let base = 20_000 + ((seed + attempt * 104_729) % 12_000) as u16;
+        let held: Vec<_> =
+            (0..count).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
         if held.len() == count as usize {
             return base;
         }
@@ -53,7 +53,8 @@ impl Broker {
 
     /// Starts a broker; `extra_toml` is appended to its config file.
     pub fn start_with(data_dir: &Path, shards: u32, extra_toml: &str) -> Broker {
-        let base = free_ports(shards as u16 + 1);
+        // Room for restarts with up to 8 shards.
+        let base = free_ports(10);
         let config = data_dir.with_extension("toml");
         let mut b = Broker {
             child: None,
@@ -89,9 +90,9 @@ impl Broker {
             .arg(&self.data_dir)
             .arg("--shards")
             .arg(self.shards.to_string())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(self.log_file())
             .spawn()
             .expect("start sluice");
         let stdout = child.stdout.take().expect("stdout");
@@ -106,9 +107,21 @@ impl Broker {
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
             let status = child.wait();
-            panic!("broker did not become ready: {status:?}");
+            let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+            let ss = Command::new("ss").arg("-tlnp").output().map(|o| o.stdout).unwrap_or_default();
+            let ss = String::from_utf8_lossy(&ss);
+            panic!("broker did not become ready: {status:?}\n{log}\nlisteners:\n{ss}");
         }
         self.child = Some(child);
+    }
+
+    /// The broker's log (stderr), appended across restarts.
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("broker log file")
     }
 
     pub fn addr(&self) -> String {
