@@ -3,8 +3,8 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 use std::path::Path;
+use std::time::Duration;
 
 /// Bytes of locked memory one shard needs beyond its registered I/O memory
 /// (its io_uring rings).

@@ -85,7 +85,9 @@ impl SegmentIndex {
     /// Decodes both index files; `None` when they are missing, disagree, are
     /// not strictly increasing, or point at or past `segment_bytes`.
     pub fn decode(offsets: &[u8], times: &[u8], segment_bytes: u64) -> Option<SegmentIndex> {
-        if offsets.len() % OFFSET_ENTRY_BYTES != 0 || times.len() % TIME_ENTRY_BYTES != 0 {
+        if !offsets.len().is_multiple_of(OFFSET_ENTRY_BYTES)
+            || !times.len().is_multiple_of(TIME_ENTRY_BYTES)
+        {
             return None;
         }
         let n = offsets.len() / OFFSET_ENTRY_BYTES;

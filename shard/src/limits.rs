@@ -40,4 +40,4 @@ const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(WRITE_BYTES_MAX >= MESSAGE_BYTES_MAX_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_MIN as usize >= BLOCK_BYTES);
-const _: () = assert!(FETCH_READ_BYTES_MIN % BLOCK_BYTES == 0);
+const _: () = assert!(FETCH_READ_BYTES_MIN.is_multiple_of(BLOCK_BYTES));

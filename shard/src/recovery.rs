@@ -9,7 +9,7 @@
 //! Only the tail after the last index entry is scanned when the index is
 //! good, so recovery costs a few kilobytes per segment after a clean run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use glommio::io::{DmaFile, OpenOptions};
@@ -214,7 +214,7 @@ fn is_zero_tail(data: &[u8], from: u64) -> bool {
     from <= data.len() && data[from..].iter().all(|b| *b == 0)
 }
 
-async fn read_tail(file: &DmaFile, path: &PathBuf, size: u64) -> Result<Vec<u8>, StorageError> {
+async fn read_tail(file: &DmaFile, path: &Path, size: u64) -> Result<Vec<u8>, StorageError> {
     let partial = (size % BLOCK_BYTES as u64) as usize;
     if partial == 0 {
         return Ok(Vec::new());

@@ -30,12 +30,15 @@ pub fn owner_shard(topic: &str, partition: u32, shards: u32) -> ShardId {
     ShardId(((start + u64::from(partition)) % u64::from(shards)) as u32)
 }
 
+/// A partition by topic and index.
+type PartitionKey = (Rc<str>, u32);
+
 /// The partitions owned by one shard (`!Send`: one per shard).
 pub struct ShardStore {
     pub shard: ShardId,
     data_dir: PathBuf,
     cache: Rc<TailCache>,
-    partitions: RefCell<HashMap<(Rc<str>, u32), Rc<Partition>>>,
+    partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     next_cache_key: Cell<u64>,
 }
 
@@ -143,6 +146,29 @@ pub fn topic_log_config(
     defaults.with_overrides(overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
+/// Opens a non-empty file with direct I/O once, as an executor starts.
+///
+/// glommio probes whether a device supports polled I/O the first time a
+/// `DmaFile` is opened; on virtio disks the probe, when made on an empty file,
+/// misreads the device and later direct-I/O reads fail with EOPNOTSUPP.
+/// Probing with a real block of data first avoids that.
+pub async fn warm_up_direct_io(dir: &Path) -> Result<(), StorageError> {
+    // One file per executor thread: shards of one process probe at once.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".direct-io-probe-{}-{n}", std::process::id()));
+    std::fs::write(&path, vec![0u8; crate::limits::BLOCK_BYTES])
+        .map_err(|e| StorageError::io("write", &path, e))?;
+    let file = glommio::io::DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageError::io("open with O_DIRECT", &path, e))?;
+    let read = file.read_at(0, crate::limits::BLOCK_BYTES).await;
+    let _ = file.close().await;
+    let _ = std::fs::remove_file(&path);
+    read.map(|_| ())
+        .map_err(|e| StorageError::io("direct-I/O read", &path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,27 +194,4 @@ mod tests {
             "layout is independent of the shard count"
         );
     }
-}
-
-/// Opens a non-empty file with direct I/O once, as an executor starts.
-///
-/// glommio probes whether a device supports polled I/O the first time a
-/// `DmaFile` is opened; on virtio disks the probe, when made on an empty file,
-/// misreads the device and later direct-I/O reads fail with EOPNOTSUPP.
-/// Probing with a real block of data first avoids that.
-pub async fn warm_up_direct_io(dir: &Path) -> Result<(), StorageError> {
-    // One file per executor thread: shards of one process probe at once.
-    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!(".direct-io-probe-{}-{n}", std::process::id()));
-    std::fs::write(&path, vec![0u8; crate::limits::BLOCK_BYTES])
-        .map_err(|e| StorageError::io("write", &path, e))?;
-    let file = glommio::io::DmaFile::open(&path)
-        .await
-        .map_err(|e| StorageError::io("open with O_DIRECT", &path, e))?;
-    let read = file.read_at(0, crate::limits::BLOCK_BYTES).await;
-    let _ = file.close().await;
-    let _ = std::fs::remove_file(&path);
-    read.map(|_| ())
-        .map_err(|e| StorageError::io("direct-I/O read", &path, e))
 }

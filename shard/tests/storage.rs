@@ -72,10 +72,11 @@ async fn open_with_cache(
 }
 
 fn small_segments() -> LogConfig {
-    let mut c = LogConfig::default();
-    c.segment_bytes = 16 * 1024;
-    c.index_interval_bytes = 256;
-    c
+    LogConfig {
+        segment_bytes: 16 * 1024,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
 }
 
 #[test]
@@ -366,9 +367,10 @@ fn invalid_batches_are_refused_and_nothing_is_written() {
             0,
             "nothing appended from a rejected request"
         );
-        let mut small = LogConfig::default();
-        small.max_message_bytes = 64;
-        p.set_config(small);
+        p.set_config(LogConfig {
+            max_message_bytes: 64,
+            ..LogConfig::default()
+        });
         let err = p
             .append(good, Durability::Written)
             .await
