@@ -514,3 +514,129 @@ fn startup_errors_are_clear_and_exit_non_zero() {
         "{out:?}"
     );
 }
+
+/// Runs `sluice serve` on a fresh data dir with `prepare` applied to the
+/// command, expecting it to refuse to start; returns its stderr.
+fn refused_start(prepare: impl FnOnce(&mut std::process::Command)) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = std::process::Command::new(common::SLUICE);
+    cmd.args([
+        "serve",
+        "--shards",
+        "2",
+        "--native-addr",
+        "127.0.0.1:29911",
+        "--data-dir",
+    ])
+    .arg(dir.path().join("data"));
+    prepare(&mut cmd);
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success(), "must not start: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn startup_refuses_too_little_locked_memory() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: dropping CAP_IPC_LOCK needs root");
+        return;
+    }
+    // Without CAP_IPC_LOCK and with a 64 KiB hard limit nothing can raise it.
+    let err = refused_start(|cmd| {
+        let program = cmd.get_program().to_owned();
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+        *cmd = std::process::Command::new("prlimit");
+        cmd.args([
+            "--memlock=65536:65536",
+            "setpriv",
+            "--inh-caps=-ipc_lock",
+            "--bounding-set=-ipc_lock",
+            "--",
+        ])
+        .arg(program)
+        .args(args);
+    });
+    assert!(
+        err.contains("locked-memory limit is too low") && err.contains("ulimit -l"),
+        "{err}"
+    );
+}
+
+/// A seccomp filter that makes io_uring_setup fail with EPERM, as Docker's
+/// default profile does.
+#[cfg(target_arch = "x86_64")]
+fn deny_io_uring_setup() -> std::io::Result<()> {
+    const SYS_IO_URING_SETUP: u32 = 425;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let ld_arch = libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: 4,
+    };
+    let jeq_arch = libc::sock_filter {
+        code: 0x15,
+        jt: 1,
+        jf: 0,
+        k: AUDIT_ARCH_X86_64,
+    };
+    let allow = libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    };
+    let ld_nr = libc::sock_filter {
+        code: 0x20,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let jeq_nr = libc::sock_filter {
+        code: 0x15,
+        jt: 0,
+        jf: 1,
+        k: SYS_IO_URING_SETUP,
+    };
+    let eperm = libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x0005_0000 | libc::EPERM as u32,
+    };
+    let mut filter = [ld_arch, jeq_arch, allow, ld_nr, jeq_nr, eperm, allow];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: plain prctl calls in the child between fork and exec; `prog`
+    // outlives them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn startup_refuses_when_seccomp_blocks_io_uring() {
+    use std::os::unix::process::CommandExt;
+    let err = refused_start(|cmd| {
+        // SAFETY: the closure only makes async-signal-safe prctl calls.
+        unsafe {
+            cmd.pre_exec(deny_io_uring_setup);
+        }
+    });
+    assert!(
+        err.contains("io_uring is unavailable") && err.contains("seccomp"),
+        "{err}"
+    );
+}
