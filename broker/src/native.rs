@@ -13,7 +13,7 @@
 //! the connection goes on; an absurd length closes the connection with a log
 //! line. Either way no other connection notices.
 
-use std::cell::Cell;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
@@ -26,10 +26,6 @@ use sluice_protocol::ErrorCode;
 
 use crate::handlers;
 use crate::shard::Shard;
-
-/// Responses are gathered into one send up to this size; larger chunks (the
-/// record batches of a fetch) are sent as they are.
-const WRITE_COALESCE_BYTES: usize = 64 * 1024;
 
 type Answer = JoinHandle<Option<Vec<Bytes>>>;
 
@@ -79,12 +75,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let fd = stream.as_raw_fd();
     let (reader, writer) = futures_lite::io::split(stream);
     let depth = shard.config.broker.max_in_flight_per_connection;
     let (queue, answers) = local_channel::new_bounded::<Answer>(depth);
-    let queued = Rc::new(Cell::new(0usize));
-    let writer = glommio::spawn_local(write_answers(writer, answers, queued.clone()));
-    if let Err(why) = read_requests(&shard, reader, queue, &queued).await {
+    let writer = glommio::spawn_local(write_answers(fd, writer, answers));
+    if let Err(why) = read_requests(&shard, reader, queue).await {
         tracing::info!(shard = shard.id, peer, "closing connection: {why}");
     }
     let _ = writer.await;
@@ -95,7 +91,6 @@ async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: impl AsyncRead + Unpin,
     queue: LocalSender<Answer>,
-    queued: &Cell<usize>,
 ) -> Result<(), String> {
     let max = shard.config.broker.max_frame_bytes;
     loop {
@@ -130,7 +125,6 @@ async fn read_requests(
                 glommio::spawn_local(async move { Some(chunks) }).detach()
             }
         };
-        queued.set(queued.get() + 1);
         if queue.send(answer).await.is_err() {
             return Err("writer stopped".into());
         }
@@ -163,55 +157,91 @@ async fn read_frame_body(
 
 /// Writes answers in the order their requests arrived.
 async fn write_answers(
+    fd: RawFd,
     mut writer: impl AsyncWrite + Unpin,
     answers: LocalReceiver<Answer>,
-    queued: Rc<Cell<usize>>,
 ) {
-    let mut pending: Vec<u8> = Vec::with_capacity(WRITE_COALESCE_BYTES);
     while let Some(answer) = answers.recv().await {
-        queued.set(queued.get() - 1);
         let Some(Some(chunks)) = answer.await else {
             continue;
         };
-        if let Err(e) = write_chunks(&mut writer, &mut pending, &chunks).await {
+        if let Err(e) = send_chunks(fd, &mut writer, &chunks).await {
             tracing::debug!(error = %e, "write failed; dropping the connection");
             return;
         }
-        // Flush when no further answer is ready, so replies are not held back.
-        if queued.get() == 0 && !pending.is_empty() {
-            if writer.write_all(&pending).await.is_err() {
-                return;
-            }
-            pending.clear();
-        }
-    }
-    if !pending.is_empty() {
-        let _ = writer.write_all(&pending).await;
     }
     let _ = writer.close().await;
 }
 
-/// Small chunks are gathered into one send; large ones go out as they are,
-/// without being copied.
-async fn write_chunks(
+/// Most buffers handed to one `sendmsg`.
+const IOVECS_PER_SEND_MAX: usize = 64;
+
+/// Sends `chunks` (a response header, then record batches straight from the
+/// tail cache or a segment read) with scatter/gather `sendmsg`: the batches
+/// go from their buffers to the socket without being copied into an encode
+/// buffer. When the socket buffer is full, the stream's own write waits for
+/// room (glommio parks the task on the ring) and sends what fits.
+async fn send_chunks(
+    fd: RawFd,
     writer: &mut (impl AsyncWrite + Unpin),
-    pending: &mut Vec<u8>,
     chunks: &[Bytes],
 ) -> std::io::Result<()> {
-    for chunk in chunks {
-        if chunk.len() >= WRITE_COALESCE_BYTES {
-            if !pending.is_empty() {
-                writer.write_all(pending).await?;
-                pending.clear();
+    let mut chunk = 0usize;
+    let mut offset = 0usize;
+    while chunk < chunks.len() {
+        if offset >= chunks[chunk].len() {
+            chunk += 1;
+            offset = 0;
+            continue;
+        }
+        let sent = match sendmsg_nowait(fd, &chunks[chunk..], offset) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                writer.write(&chunks[chunk][offset..]).await?
             }
-            writer.write_all(chunk).await?;
-        } else {
-            if pending.len() + chunk.len() > WRITE_COALESCE_BYTES {
-                writer.write_all(pending).await?;
-                pending.clear();
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        if sent == 0 && offset < chunks[chunk].len() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Advance past what was sent.
+        let mut left = sent;
+        while left > 0 && chunk < chunks.len() {
+            let here = chunks[chunk].len() - offset;
+            if left >= here {
+                left -= here;
+                chunk += 1;
+                offset = 0;
+            } else {
+                offset += left;
+                left = 0;
             }
-            pending.extend_from_slice(chunk);
         }
     }
     Ok(())
+}
+
+/// One non-blocking `sendmsg` of `chunks` (the first from `offset`).
+fn sendmsg_nowait(fd: RawFd, chunks: &[Bytes], offset: usize) -> std::io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(chunks.len().min(IOVECS_PER_SEND_MAX));
+    for (i, c) in chunks.iter().take(IOVECS_PER_SEND_MAX).enumerate() {
+        let part = if i == 0 { &c[offset..] } else { &c[..] };
+        if !part.is_empty() {
+            iov.push(libc::iovec {
+                iov_base: part.as_ptr() as *mut libc::c_void,
+                iov_len: part.len(),
+            });
+        }
+    }
+    // SAFETY: an all-zero msghdr is valid; we set only the iovec fields.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: every iovec points into a live `Bytes` borrowed for this call.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
