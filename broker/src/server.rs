@@ -87,7 +87,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     }
     // A shard that failed after start reports through the channel too.
     while let Ok(ShardEvent::Failed { id, error }) = ready.try_recv() {
-        failed.get_or_insert(format!("shard {id:?}: {error}"));
+        let who = id.map_or_else(|| "a shard".to_string(), |i| format!("shard {i}"));
+        failed.get_or_insert(format!("{who}: {error}"));
     }
     match failed {
         Some(e) => Err(e),
@@ -219,7 +220,14 @@ async fn run_shard(
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    shutdown(&shard).await;
+    if let Err(error) = shutdown(&shard).await {
+        // The main thread reports it and exits non-zero: an operator must
+        // know that the last flush did not happen (recovery will repair).
+        let _ = events.send(ShardEvent::Failed {
+            id: Some(id),
+            error,
+        });
+    }
 }
 
 async fn start_shard(
@@ -283,7 +291,7 @@ async fn retention_loop(shard: Rc<Shard>) {
 
 /// Stops accepting, lets in-flight requests finish (bounded), then flushes
 /// every partition and writes its indexes.
-async fn shutdown(shard: &Rc<Shard>) {
+async fn shutdown(shard: &Rc<Shard>) -> Result<(), String> {
     tracing::info!(shard = shard.id, "stopping");
     shard.stopping.set(true);
     let limit = Duration::from_millis(shard.config.broker.shutdown_timeout_ms);
@@ -291,7 +299,9 @@ async fn shutdown(shard: &Rc<Shard>) {
     while shard.in_flight.get() > 0 && started.elapsed() < limit {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    if let Err(e) = shard.store.close_all().await {
-        tracing::error!(shard = shard.id, error = %e, "flushing on shutdown");
-    }
+    shard
+        .store
+        .close_all()
+        .await
+        .map_err(|e| format!("flushing on shutdown: {e}"))
 }

@@ -36,8 +36,9 @@ fn free_ports(count: u16) -> u16 {
             .map_or(0, |d| d.subsec_nanos() as u64);
     for attempt in 0..500u64 {
         let base = 20_000 + ((seed + attempt * 104_729) % 12_000) as u16;
-        let held: Vec<_> =
-            (0..count).map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
+        let held: Vec<_> = (0..count)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
         if held.len() == count as usize {
             return base;
         }
@@ -107,8 +108,13 @@ impl Broker {
         if rx.recv_timeout(Duration::from_secs(60)).is_err() {
             let _ = child.kill();
             let status = child.wait();
-            let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
-            let ss = Command::new("ss").arg("-tlnp").output().map(|o| o.stdout).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+            let ss = Command::new("ss")
+                .arg("-tlnp")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default();
             let ss = String::from_utf8_lossy(&ss);
             panic!("broker did not become ready: {status:?}\n{log}\nlisteners:\n{ss}");
         }
