@@ -1,0 +1,278 @@
+//! One consumer thread: keeps one fetch in flight on each of its
+//! connections (one per shard), reads whichever answers first, checks each
+//! batch's CRC, and counts records; in an e2e run it also reads each
+//! record's stamp and times its end-to-end latency.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sluice_protocol::batch::{self, BatchError};
+use sluice_protocol::native::{
+    FetchPartition, FetchPartitionResponse, FetchRequest, Request, ResponseBody,
+};
+
+use crate::conn::{self, Conn};
+use crate::error::BenchError;
+use crate::produce::read_stamp;
+use crate::report;
+use crate::run::{Clock, Progress};
+
+/// How long the broker may hold a fetch that finds nothing new.
+const FETCH_WAIT_MS: u32 = 100;
+/// How often a thread with nothing in flight looks at the stop conditions.
+const IDLE_CHECK: Duration = Duration::from_millis(20);
+
+/// One partition being read.
+#[derive(Clone, Copy, Debug)]
+pub struct Cursor {
+    pub partition: u32,
+    /// The next offset to read.
+    pub next: i64,
+}
+
+/// What one consumer thread does.
+pub struct Plan {
+    /// Its connections, and the cursors each one reads.
+    pub conns: Vec<(Conn, Vec<Cursor>)>,
+}
+
+/// When consumers stop, besides the clock's deadline.
+#[derive(Clone, Copy, Debug)]
+pub enum Until {
+    /// When all threads together have read this many.
+    Records(u64),
+    /// When the producers are done and everything they wrote is read.
+    ProducersDone,
+    /// Only the deadline (or the idle timeout) ends the run.
+    Deadline,
+}
+
+pub struct Outcome {
+    pub e2e_us: Option<Histogram<u64>>,
+    pub measured_records: u64,
+    pub measured_bytes: u64,
+    pub last_record: Option<Instant>,
+    /// The run ended because nothing arrived for the idle timeout.
+    pub idled: bool,
+}
+
+pub struct Settings<'a> {
+    pub topic: &'a str,
+    pub fetch_bytes: u32,
+    pub idle_timeout: Duration,
+    pub until: Until,
+    /// Read stamps and time end-to-end latency (e2e runs only).
+    pub stamped: bool,
+}
+
+pub fn run(
+    plan: Plan,
+    settings: &Settings<'_>,
+    clock: &Clock,
+    progress: &Progress,
+) -> Result<Outcome, BenchError> {
+    let (mut conns, mut cursors): (Vec<Conn>, Vec<Vec<Cursor>>) = plan.conns.into_iter().unzip();
+    let mut out = Outcome {
+        e2e_us: settings.stamped.then(report::histogram),
+        measured_records: 0,
+        measured_bytes: 0,
+        last_record: None,
+        idled: false,
+    };
+    let mut waiting = vec![false; conns.len()];
+    let mut last_progress = Instant::now();
+    loop {
+        if done(settings.until, clock, progress) {
+            break;
+        }
+        if last_progress.elapsed() >= settings.idle_timeout {
+            out.idled = true;
+            break;
+        }
+        for (c, conn) in conns.iter_mut().enumerate() {
+            if !waiting[c] {
+                conn.client.send(&fetch(settings, &cursors[c]))?;
+                waiting[c] = true;
+            }
+        }
+        let ready = conn::wait_readable(&conns, |c| waiting[c], IDLE_CHECK)?;
+        for c in ready {
+            let response = conns[c]
+                .client
+                .recv()
+                .map_err(|e| BenchError::from(e).context("reading a fetch response"))?;
+            let received_at = Instant::now();
+            waiting[c] = false;
+            if !response.error.is_ok() {
+                return Err(BenchError::new(format!(
+                    "fetch failed: {}: {}",
+                    response.error, response.message
+                )));
+            }
+            let ResponseBody::Fetch(body) = response.body else {
+                return Err(BenchError::new(
+                    "a fetch was answered with another response",
+                ));
+            };
+            let mut got = 0;
+            for partition in &body.partitions {
+                got += absorb(partition, &mut cursors[c], received_at, clock, &mut out)?;
+            }
+            if got > 0 {
+                progress.consumed.fetch_add(got, Ordering::Relaxed);
+                last_progress = received_at;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn done(until: Until, clock: &Clock, progress: &Progress) -> bool {
+    if clock.deadline.is_some_and(|d| Instant::now() >= d) {
+        return true;
+    }
+    let consumed = progress.consumed.load(Ordering::Relaxed);
+    match until {
+        Until::Records(n) => consumed >= n,
+        Until::ProducersDone => {
+            progress.producers_left.load(Ordering::Acquire) == 0
+                && consumed >= progress.produced.load(Ordering::Acquire)
+        }
+        Until::Deadline => false,
+    }
+}
+
+fn fetch(settings: &Settings<'_>, cursors: &[Cursor]) -> Request {
+    let partitions: Vec<FetchPartition> = cursors
+        .iter()
+        .map(|c| FetchPartition {
+            topic: settings.topic.to_owned(),
+            partition: c.partition,
+            offset: c.next,
+            max_bytes: settings.fetch_bytes,
+        })
+        .collect();
+    let parts = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
+    Request::Fetch(FetchRequest {
+        max_wait_ms: FETCH_WAIT_MS,
+        min_bytes: 1,
+        max_bytes: settings.fetch_bytes.saturating_mul(parts),
+        partitions,
+    })
+}
+
+/// Takes one partition's answer: moves its cursor past the whole batches
+/// in it and counts their records; returns how many were new.
+fn absorb(
+    response: &FetchPartitionResponse,
+    cursors: &mut [Cursor],
+    received_at: Instant,
+    clock: &Clock,
+    out: &mut Outcome,
+) -> Result<u64, BenchError> {
+    let p = response.partition;
+    let where_ = || format!("{} partition {p}", response.topic);
+    let Some(cursor) = cursors.iter_mut().find(|c| c.partition == p) else {
+        return Err(BenchError::new(format!("{}: not asked for", where_())));
+    };
+    if !response.error.is_ok() {
+        return Err(BenchError::new(format!(
+            "{} at offset {}: {}",
+            where_(),
+            cursor.next,
+            response.error
+        )));
+    }
+    let mut got = 0;
+    for chunk in &response.records {
+        got += absorb_chunk(cursor, chunk, received_at, clock, out)
+            .map_err(|e| BenchError::new(format!("{}: {e}", where_())))?;
+    }
+    Ok(got)
+}
+
+fn absorb_chunk(
+    cursor: &mut Cursor,
+    chunk: &[u8],
+    received_at: Instant,
+    clock: &Clock,
+    out: &mut Outcome,
+) -> Result<u64, String> {
+    let mut got = 0;
+    let mut advanced = false;
+    for item in batch::split(chunk) {
+        let (range, header) = match item {
+            Ok(found) => found,
+            // A fetch cut at its size bound: the rest comes next time.
+            Err(BatchError::Truncated { .. }) if advanced => break,
+            Err(BatchError::Truncated { needed, .. }) => {
+                return Err(format!(
+                    "a batch of {needed} bytes is larger than --fetch-bytes"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let last = header.last_offset();
+        if last < cursor.next {
+            continue;
+        }
+        advanced = true;
+        let bytes = &chunk[range];
+        if batch::compute_crc(bytes) != header.crc {
+            return Err(format!(
+                "batch at offset {} fails its CRC",
+                header.base_offset
+            ));
+        }
+        let (new, measured) = if header.is_control() {
+            (0, 0)
+        } else if let Some(h) = out.e2e_us.as_mut() {
+            stamped_records(bytes, cursor.next, received_at, clock, h)?
+        } else {
+            let n = u64::try_from(last - cursor.next.max(header.base_offset) + 1).unwrap_or(0);
+            (n, n)
+        };
+        let count = u64::from(header.record_count_u32().max(1));
+        out.measured_records += measured;
+        out.measured_bytes += bytes.len() as u64 * measured / count;
+        if new > 0 {
+            out.last_record = Some(received_at);
+        }
+        got += new;
+        cursor.next = last.saturating_add(1);
+    }
+    Ok(got)
+}
+
+/// Reads the records at or after `from` in an e2e batch, timing those due
+/// after the warm-up from their stamps; returns (records read, measured).
+fn stamped_records(
+    batch_bytes: &[u8],
+    from: i64,
+    received_at: Instant,
+    clock: &Clock,
+    e2e_us: &mut Histogram<u64>,
+) -> Result<(u64, u64), String> {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let received_ns = ns(received_at - clock.start);
+    let measure_from_ns = ns(clock.measure_from - clock.start);
+    let (mut read, mut measured) = (0, 0);
+    for record in batch::records(batch_bytes).map_err(|e| e.to_string())? {
+        let record = record.map_err(|e| e.to_string())?;
+        if record.offset < from {
+            continue;
+        }
+        read += 1;
+        let value = record.value.unwrap_or_default();
+        let Some(stamp_ns) = read_stamp(value) else {
+            return Err(format!("record {} has no send-time stamp", record.offset));
+        };
+        if stamp_ns >= measure_from_ns {
+            let latency_ns = received_ns.saturating_sub(stamp_ns);
+            report::record(e2e_us, Duration::from_nanos(latency_ns));
+            measured += 1;
+        }
+    }
+    Ok((read, measured))
+}

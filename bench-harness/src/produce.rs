@@ -1,0 +1,312 @@
+//! One producer thread: builds batches of stamped records, sends each to
+//! the shard that owns its partition, keeps up to `--in-flight` requests
+//! outstanding per connection, and times each acknowledgement from the
+//! batch's intended send time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use sluice_protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
+use sluice_protocol::native::{Acks, ProducePartition, ProduceRequest, Request, ResponseBody};
+
+use crate::conn::{self, Conn, RESPONSE_TIMEOUT};
+use crate::error::BenchError;
+use crate::report;
+use crate::run::{Clock, Progress};
+use crate::schedule::Schedule;
+use crate::ProduceOpts;
+
+/// Bytes at the front of each value: its intended send time, nanoseconds
+/// after the run's start, big-endian.
+pub const STAMP_BYTES: usize = 8;
+/// The broker's largest batch (`shard::limits::BATCH_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// The most a record's framing adds to its value: length, attributes,
+/// timestamp and offset deltas, key and value lengths, header count.
+const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 1 + 5 + 1;
+/// What the broker is given to answer a produce.
+const PRODUCE_TIMEOUT_MS: u32 = 30_000;
+/// What fills each value after its stamp.
+const FILL_BYTE: u8 = b'x';
+
+/// The smallest `--batch-bytes` that holds one record of `record_bytes`.
+#[must_use]
+pub fn batch_bytes_min(record_bytes: usize) -> usize {
+    BATCH_HEADER_BYTES + RECORD_OVERHEAD_BYTES_MAX + record_bytes
+}
+
+/// The value of a record due `stamp_ns` after the start.
+pub fn stamp(value: &mut [u8], stamp_ns: u64) {
+    if let Some(head) = value.get_mut(..STAMP_BYTES) {
+        head.copy_from_slice(&stamp_ns.to_be_bytes());
+    }
+}
+
+/// The stamp at the front of a value, if it has one.
+#[must_use]
+pub fn read_stamp(value: &[u8]) -> Option<u64> {
+    let head: [u8; STAMP_BYTES] = value.get(..STAMP_BYTES)?.try_into().ok()?;
+    Some(u64::from_be_bytes(head))
+}
+
+/// What one producer thread does.
+pub struct Plan {
+    /// Its connections, and the partitions each one writes.
+    pub conns: Vec<(Conn, Vec<u32>)>,
+    /// Its share of --records (`None`: until the deadline).
+    pub records: Option<u64>,
+    pub schedule: Schedule,
+}
+
+/// What one producer thread measured.
+pub struct Outcome {
+    pub ack_us: Histogram<u64>,
+    /// Records and record-batch bytes acknowledged (sent, with acks=0)
+    /// whose batch was due after the warm-up.
+    pub measured_records: u64,
+    pub measured_bytes: u64,
+    pub last_ack: Option<Instant>,
+}
+
+/// A batch sent and not yet acknowledged.
+struct Pending {
+    intended: Instant,
+    records: u64,
+    bytes: u64,
+}
+
+struct Producer<'a> {
+    topic: &'a str,
+    opts: &'a ProduceOpts,
+    clock: &'a Clock,
+    progress: &'a Progress,
+    in_flight: Vec<VecDeque<Pending>>,
+    out: Outcome,
+}
+
+pub fn run(
+    plan: Plan,
+    topic: &str,
+    opts: &ProduceOpts,
+    clock: &Clock,
+    progress: &Progress,
+) -> Result<Outcome, BenchError> {
+    let Plan {
+        conns,
+        records,
+        schedule,
+    } = plan;
+    let (mut conns, partitions): (Vec<Conn>, Vec<Vec<u32>>) = conns.into_iter().unzip();
+    // Batches go round the partitions, each to its shard's connection.
+    let targets: Vec<(usize, u32)> = partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(c, ps)| ps.iter().map(move |&p| (c, p)))
+        .collect();
+    let mut p = Producer {
+        topic,
+        opts,
+        clock,
+        progress,
+        in_flight: conns.iter().map(|_| VecDeque::new()).collect(),
+        out: Outcome {
+            ack_us: report::histogram(),
+            measured_records: 0,
+            measured_bytes: 0,
+            last_ack: None,
+        },
+    };
+    let in_flight_max = opts.in_flight as usize;
+    let mut value = vec![FILL_BYTE; opts.record_bytes];
+    let (mut sent, mut batch_no) = (0u64, 0usize);
+    loop {
+        let now = Instant::now();
+        let due = schedule.due_after(sent).map_or(now, |d| clock.start + d);
+        let room = records.map_or(u64::MAX, |n| n.saturating_sub(sent));
+        let sending = room > 0 && clock.deadline.is_none_or(|d| due < d) && !targets.is_empty();
+        let next = targets.get(batch_no % targets.len().max(1)).copied();
+        if let (true, Some((c, partition))) = (sending, next) {
+            if due <= now && p.in_flight[c].len() < in_flight_max {
+                let n = schedule.batch_records(room, opts.linger_ms);
+                let batch = build_batch(&mut value, n, opts.batch_bytes, due - clock.start);
+                let records = p.send(&mut conns[c].client, c, partition, due, batch)?;
+                sent += records;
+                batch_no += 1;
+                continue;
+            }
+        } else if p.in_flight.iter().all(VecDeque::is_empty) {
+            break;
+        }
+        // Wait for an answer, or until the next batch is due (when it has a
+        // free slot to go into).
+        let slot_free = next.is_some_and(|(c, _)| p.in_flight[c].len() < in_flight_max);
+        let timeout = if sending && slot_free {
+            due.saturating_duration_since(now)
+        } else {
+            RESPONSE_TIMEOUT
+        };
+        let ready = conn::wait_readable(&conns, |i| !p.in_flight[i].is_empty(), timeout)?;
+        if ready.is_empty() && timeout == RESPONSE_TIMEOUT {
+            return Err(BenchError::new(format!(
+                "no produce response within {}s",
+                RESPONSE_TIMEOUT.as_secs()
+            )));
+        }
+        for c in ready {
+            p.complete(&mut conns[c].client, c)?;
+        }
+    }
+    Ok(p.out)
+}
+
+/// A batch of `records` values stamped `due_ns`, filled to at most
+/// `batch_bytes`; returns it and how many records it holds.
+fn build_batch(
+    value: &mut [u8],
+    records: u64,
+    batch_bytes: usize,
+    due: std::time::Duration,
+) -> (Vec<u8>, u64) {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    stamp(value, u64::try_from(due.as_nanos()).unwrap_or(u64::MAX));
+    let mut builder = BatchBuilder::with_capacity(now_ms, batch_bytes);
+    let mut count = 0u64;
+    // The first record always fits: validated by `batch_bytes_min`.
+    while count < records
+        && (count == 0
+            || builder.size_bytes() + RECORD_OVERHEAD_BYTES_MAX + value.len() <= batch_bytes)
+    {
+        builder.push(now_ms, None, Some(value), &[]);
+        count += 1;
+    }
+    (builder.finish(), count)
+}
+
+impl Producer<'_> {
+    fn send(
+        &mut self,
+        client: &mut sluice_protocol::client::Client,
+        c: usize,
+        partition: u32,
+        intended: Instant,
+        (batch, records): (Vec<u8>, u64),
+    ) -> Result<u64, BenchError> {
+        let bytes = batch.len() as u64;
+        let request = Request::Produce(ProduceRequest {
+            acks: self.opts.acks,
+            timeout_ms: PRODUCE_TIMEOUT_MS,
+            partitions: vec![ProducePartition {
+                topic: self.topic.to_owned(),
+                partition,
+                records: Bytes::from(batch),
+            }],
+        });
+        client
+            .send(&request)
+            .map_err(|e| BenchError::from(e).context("sending a produce"))?;
+        if self.opts.acks == Acks::None {
+            self.acknowledged(
+                &Pending {
+                    intended,
+                    records,
+                    bytes,
+                },
+                Instant::now(),
+            );
+        } else {
+            let pending = Pending {
+                intended,
+                records,
+                bytes,
+            };
+            self.in_flight[c].push_back(pending);
+        }
+        Ok(records)
+    }
+
+    /// Reads the oldest answer on connection `c`.
+    fn complete(
+        &mut self,
+        client: &mut sluice_protocol::client::Client,
+        c: usize,
+    ) -> Result<(), BenchError> {
+        let response = client
+            .recv()
+            .map_err(|e| BenchError::from(e).context("reading a produce response"))?;
+        let acked_at = Instant::now();
+        let Some(pending) = self.in_flight[c].pop_front() else {
+            return Err(BenchError::new("a produce response that was not asked for"));
+        };
+        if !response.error.is_ok() {
+            return Err(BenchError::new(format!(
+                "produce failed: {}: {}",
+                response.error, response.message
+            )));
+        }
+        let ResponseBody::Produce(body) = response.body else {
+            return Err(BenchError::new(
+                "a produce was answered with another response",
+            ));
+        };
+        if let Some(failed) = body.partitions.iter().find(|r| !r.error.is_ok()) {
+            return Err(BenchError::new(format!(
+                "produce to {} partition {}: {}",
+                failed.topic, failed.partition, failed.error
+            )));
+        }
+        self.acknowledged(&pending, acked_at);
+        Ok(())
+    }
+
+    fn acknowledged(&mut self, batch: &Pending, at: Instant) {
+        self.progress
+            .produced
+            .fetch_add(batch.records, Ordering::Release);
+        if batch.intended >= self.clock.measure_from {
+            if self.opts.acks != Acks::None {
+                report::record(&mut self.out.ack_us, at - batch.intended);
+            }
+            self.out.measured_records += batch.records;
+            self.out.measured_bytes += batch.bytes;
+            self.out.last_ack = Some(at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_protocol::batch;
+
+    #[test]
+    fn stamps_round_trip() {
+        let mut value = vec![0u8; 16];
+        stamp(&mut value, 123_456_789);
+        assert_eq!(read_stamp(&value), Some(123_456_789));
+        assert_eq!(read_stamp(&value[..7]), None);
+    }
+
+    #[test]
+    fn batches_stop_at_their_byte_bound() {
+        let mut value = vec![FILL_BYTE; 100];
+        let bytes_max = 4_096;
+        let due = std::time::Duration::from_millis(3);
+        let (b, n) = build_batch(&mut value, 1_000, bytes_max, due);
+        assert!(b.len() <= bytes_max, "{} bytes", b.len());
+        assert!(n > 20, "{n} records");
+        let header = batch::validate(&b).expect("a valid batch");
+        assert_eq!(u64::from(header.record_count_u32()), n);
+        let first = batch::records(&b).expect("records").next();
+        let value = first.and_then(Result::ok).and_then(|r| r.value);
+        assert_eq!(value.and_then(read_stamp), Some(3_000_000));
+        let (_, few) = build_batch(&mut [0; 100], 5, bytes_max, due);
+        assert_eq!(few, 5);
+        let (_, one) = build_batch(&mut [0; 100], 9, batch_bytes_min(100), due);
+        assert_eq!(one, 1);
+    }
+}

@@ -1,0 +1,454 @@
+//! The three commands: set up (topic, connections, cursors), start the
+//! threads, print progress each second, gather what they measured, report.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread::{self, Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+use sluice_protocol::native::{Acks, ListOffsetsPartition};
+use sluice_protocol::types::list_offsets_timestamp;
+
+use crate::cluster::{self, Topic};
+use crate::conn::Conn;
+use crate::consume::{self, Cursor, Until};
+use crate::error::BenchError;
+use crate::produce;
+use crate::report::{self, CpuTime, Report, Throughput};
+use crate::schedule::{self, Schedule};
+use crate::{
+    validate, Common, ConsumeArgs, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, StartAt,
+    DURATION_S_DEFAULT,
+};
+
+/// The run's shared times.
+pub struct Clock {
+    /// Time zero: schedules and value stamps count from here.
+    pub start: Instant,
+    /// Batches due before this are warm-up: sent, not measured.
+    pub measure_from: Instant,
+    /// No batch due at or after this is sent.
+    pub deadline: Option<Instant>,
+}
+
+/// Counters every thread adds to, read by the progress line and by the
+/// consumers' stop conditions.
+#[derive(Default)]
+pub struct Progress {
+    pub produced: AtomicU64,
+    pub consumed: AtomicU64,
+    pub producers_left: AtomicU32,
+}
+
+pub fn produce(args: &ProduceArgs) -> Result<(), BenchError> {
+    let opts = &args.produce;
+    validate(&args.limit, Some(opts))?;
+    let topic = cluster::topic(
+        &args.common.bootstrap,
+        &args.common.topic,
+        Some(opts.partitions),
+    )?;
+    let plans = producer_plans(&topic, opts, &args.limit)?;
+    let progress = Progress::default();
+    let cpu_before = CpuTime::now();
+    let clock = clock(&args.limit, opts.warmup_s, true);
+    let outcomes = thread::scope(|s| {
+        let handles = spawn_producers(s, plans, &topic.name, opts, &clock, &progress);
+        watch(&handles, &clock, &progress);
+        join(handles)
+    })?;
+    let mut report = base_report("produce", &args.common, &topic, &clock, cpu_before);
+    report.settings.extend(produce_settings(opts, &args.limit));
+    report.produced = Some(produced(&outcomes, &clock));
+    report.produce_ack_us = (opts.acks != Acks::None).then(|| merge_ack(&outcomes));
+    finish(&report, &args.common)
+}
+
+pub fn consume(args: &ConsumeArgs) -> Result<(), BenchError> {
+    validate(&args.limit, None)?;
+    let opts = &args.consume;
+    let topic = cluster::topic(&args.common.bootstrap, &args.common.topic, None)?;
+    let (plans, available) = consumer_plans(&topic, opts, args.from)?;
+    let until = match (args.limit.records, args.limit.duration_s) {
+        (Some(n), _) => Until::Records(n),
+        (None, Some(_)) => Until::Deadline,
+        (None, None) if available > 0 => Until::Records(available),
+        (None, None) => {
+            return Err(BenchError::usage(
+                "nothing to read from there: give --records or --duration-s",
+            ))
+        }
+    };
+    let settings = consume_settings(&args.common, opts, until, false);
+    let progress = Progress::default();
+    let cpu_before = CpuTime::now();
+    let clock = clock(&args.limit, 0.0, false);
+    let outcomes = thread::scope(|s| {
+        let handles = spawn_consumers(s, plans, &settings, &clock, &progress);
+        watch(&handles, &clock, &progress);
+        join(handles)
+    })?;
+    warn_if_idled(&outcomes, opts);
+    let mut report = base_report("consume", &args.common, &topic, &clock, cpu_before);
+    report
+        .settings
+        .push(("consumers", opts.consumers.to_string()));
+    report
+        .settings
+        .push(("from", format!("{:?}", args.from).to_lowercase()));
+    report.consumed = Some(consumed(&outcomes, &clock));
+    finish(&report, &args.common)
+}
+
+pub fn e2e(args: &E2eArgs) -> Result<(), BenchError> {
+    let (popts, copts) = (&args.produce, &args.consume);
+    validate(&args.limit, Some(popts))?;
+    let topic = cluster::topic(
+        &args.common.bootstrap,
+        &args.common.topic,
+        Some(popts.partitions),
+    )?;
+    // Consumers start at the end, found before any producer writes.
+    let (consumer_plans, _) = consumer_plans(&topic, copts, StartAt::Latest)?;
+    let producer_plans = producer_plans(&topic, popts, &args.limit)?;
+    let settings = consume_settings(&args.common, copts, Until::ProducersDone, true);
+    let progress = Progress::default();
+    let cpu_before = CpuTime::now();
+    let clock = clock(&args.limit, popts.warmup_s, true);
+    // Consumers read until the producers are done and all is read.
+    let consumer_clock = Clock {
+        deadline: None,
+        ..clock
+    };
+    let (p_outcomes, c_outcomes) = thread::scope(|s| {
+        let consumers = spawn_consumers(s, consumer_plans, &settings, &consumer_clock, &progress);
+        let producers = spawn_producers(s, producer_plans, &topic.name, popts, &clock, &progress);
+        watch(&consumers, &clock, &progress);
+        (join(producers), join(consumers))
+    });
+    let (p_outcomes, c_outcomes) = (p_outcomes?, c_outcomes?);
+    warn_if_idled(&c_outcomes, copts);
+    let mut report = base_report("e2e", &args.common, &topic, &clock, cpu_before);
+    report.settings.extend(produce_settings(popts, &args.limit));
+    report
+        .settings
+        .push(("consumers", copts.consumers.to_string()));
+    report.produced = Some(produced(&p_outcomes, &clock));
+    report.consumed = Some(consumed(&c_outcomes, &clock));
+    report.produce_ack_us = (popts.acks != Acks::None).then(|| merge_ack(&p_outcomes));
+    let mut e2e = report::histogram();
+    for h in c_outcomes.iter().filter_map(|o| o.e2e_us.as_ref()) {
+        e2e.add(h)
+            .map_err(|e| BenchError::new(format!("merging histograms: {e}")))?;
+    }
+    report.end_to_end_us = Some(e2e);
+    finish(&report, &args.common)
+}
+
+fn clock(limit: &Limit, warmup_s: f64, default_duration: bool) -> Clock {
+    let start = Instant::now();
+    let duration_s = match limit.duration_s {
+        None if limit.records.is_none() && default_duration => Some(DURATION_S_DEFAULT),
+        d => d,
+    };
+    Clock {
+        start,
+        measure_from: start + Duration::from_secs_f64(warmup_s),
+        deadline: duration_s.map(|s| start + Duration::from_secs_f64(s)),
+    }
+}
+
+/// Connects each producer thread to the shards of the partitions it writes.
+fn producer_plans(
+    topic: &Topic,
+    opts: &ProduceOpts,
+    limit: &Limit,
+) -> Result<Vec<produce::Plan>, BenchError> {
+    (0..opts.producers)
+        .map(|t| {
+            let partitions = schedule::partitions_of(t, opts.producers, topic.partitions(), true);
+            let conns = topic
+                .group_by_shard(&partitions)
+                .into_iter()
+                .map(|(addr, ps)| Ok((Conn::connect(&addr)?, ps)))
+                .collect::<Result<Vec<_>, BenchError>>()?;
+            Ok(produce::Plan {
+                conns,
+                records: limit.records.map(|n| schedule::share(n, t, opts.producers)),
+                schedule: Schedule::for_thread(opts.rate, opts.producers),
+            })
+        })
+        .collect()
+}
+
+/// Connects each consumer thread to the shards of its partitions and finds
+/// where each partition starts; also returns how many records lie between
+/// the starts and the ends.
+fn consumer_plans(
+    topic: &Topic,
+    opts: &ConsumeOpts,
+    from: StartAt,
+) -> Result<(Vec<consume::Plan>, u64), BenchError> {
+    let mut plans = Vec::new();
+    let mut available = 0;
+    for t in 0..opts.consumers {
+        let partitions = schedule::partitions_of(t, opts.consumers, topic.partitions(), false);
+        if partitions.is_empty() {
+            eprintln!("consumer {t}: no partition left to read (more consumers than partitions)");
+            continue;
+        }
+        let mut conns = Vec::new();
+        for (addr, ps) in topic.group_by_shard(&partitions) {
+            let mut conn = Conn::connect(&addr)?;
+            let earliest = list_offsets(
+                &mut conn,
+                &topic.name,
+                &ps,
+                list_offsets_timestamp::EARLIEST,
+            )?;
+            let latest = list_offsets(&mut conn, &topic.name, &ps, list_offsets_timestamp::LATEST)?;
+            let starts = if from == StartAt::Earliest {
+                &earliest
+            } else {
+                &latest
+            };
+            available += latest
+                .iter()
+                .zip(starts)
+                .map(|(l, s)| (l - s).max(0) as u64)
+                .sum::<u64>();
+            let cursors = ps
+                .iter()
+                .zip(starts)
+                .map(|(&partition, &next)| Cursor { partition, next });
+            conns.push((conn, cursors.collect()));
+        }
+        plans.push(consume::Plan { conns });
+    }
+    Ok((plans, available))
+}
+
+/// The offsets of `partitions` at `timestamp` (earliest or latest), in order.
+fn list_offsets(
+    conn: &mut Conn,
+    topic: &str,
+    partitions: &[u32],
+    timestamp: i64,
+) -> Result<Vec<i64>, BenchError> {
+    let request = partitions.iter().map(|&partition| ListOffsetsPartition {
+        topic: topic.to_owned(),
+        partition,
+        timestamp,
+    });
+    let listed = conn.client.list_offsets(request.collect())?;
+    partitions
+        .iter()
+        .map(|&p| match listed.iter().find(|o| o.partition == p) {
+            Some(o) if o.error.is_ok() => Ok(o.offset),
+            Some(o) => Err(BenchError::new(format!(
+                "{topic} partition {p}: {}",
+                o.error
+            ))),
+            None => Err(BenchError::new(format!(
+                "{topic} partition {p}: no offset listed"
+            ))),
+        })
+        .collect()
+}
+
+fn spawn_producers<'s, 'e: 's>(
+    s: &'s Scope<'s, 'e>,
+    plans: Vec<produce::Plan>,
+    topic: &'e str,
+    opts: &'e ProduceOpts,
+    clock: &'e Clock,
+    progress: &'e Progress,
+) -> Vec<ScopedJoinHandle<'s, Result<produce::Outcome, BenchError>>> {
+    progress
+        .producers_left
+        .store(plans.len() as u32, Ordering::Release);
+    plans
+        .into_iter()
+        .map(|plan| {
+            s.spawn(move || {
+                let result = produce::run(plan, topic, opts, clock, progress);
+                progress.producers_left.fetch_sub(1, Ordering::AcqRel);
+                result
+            })
+        })
+        .collect()
+}
+
+fn spawn_consumers<'s, 'e: 's>(
+    s: &'s Scope<'s, 'e>,
+    plans: Vec<consume::Plan>,
+    settings: &'e consume::Settings<'e>,
+    clock: &'e Clock,
+    progress: &'e Progress,
+) -> Vec<ScopedJoinHandle<'s, Result<consume::Outcome, BenchError>>> {
+    plans
+        .into_iter()
+        .map(|plan| s.spawn(move || consume::run(plan, settings, clock, progress)))
+        .collect()
+}
+
+/// Prints a progress line to stderr each second until every thread in
+/// `handles` is done.
+fn watch<T>(handles: &[ScopedJoinHandle<'_, T>], clock: &Clock, progress: &Progress) {
+    let mut next = clock.start + Duration::from_secs(1);
+    let (mut produced_before, mut consumed_before) = (0, 0);
+    while !handles.iter().all(ScopedJoinHandle::is_finished) {
+        let now = Instant::now();
+        if now < next {
+            thread::sleep((next - now).min(Duration::from_millis(50)));
+            continue;
+        }
+        let produced = progress.produced.load(Ordering::Relaxed);
+        let consumed = progress.consumed.load(Ordering::Relaxed);
+        eprintln!(
+            "[{:>4}s] produced {produced} (+{}/s) consumed {consumed} (+{}/s)",
+            (now - clock.start).as_secs(),
+            produced - produced_before,
+            consumed - consumed_before
+        );
+        (produced_before, consumed_before) = (produced, consumed);
+        next += Duration::from_secs(1);
+    }
+}
+
+fn join<T>(
+    handles: Vec<ScopedJoinHandle<'_, Result<T, BenchError>>>,
+) -> Result<Vec<T>, BenchError> {
+    let mut outcomes = Vec::with_capacity(handles.len());
+    let mut first_error = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(o)) => outcomes.push(o),
+            Ok(Err(e)) => first_error = first_error.or(Some(e.context(&format!("thread {i}")))),
+            Err(_) => {
+                first_error = first_error.or(Some(BenchError::new(format!("thread {i} panicked"))))
+            }
+        }
+    }
+    first_error.map_or(Ok(outcomes), Err)
+}
+
+fn produced(outcomes: &[produce::Outcome], clock: &Clock) -> Throughput {
+    let last = outcomes.iter().filter_map(|o| o.last_ack).max();
+    Throughput {
+        records: outcomes.iter().map(|o| o.measured_records).sum(),
+        bytes: outcomes.iter().map(|o| o.measured_bytes).sum(),
+        window: last.map_or(Duration::ZERO, |l| {
+            l.saturating_duration_since(clock.measure_from)
+        }),
+    }
+}
+
+fn consumed(outcomes: &[consume::Outcome], clock: &Clock) -> Throughput {
+    let last = outcomes.iter().filter_map(|o| o.last_record).max();
+    Throughput {
+        records: outcomes.iter().map(|o| o.measured_records).sum(),
+        bytes: outcomes.iter().map(|o| o.measured_bytes).sum(),
+        window: last.map_or(Duration::ZERO, |l| {
+            l.saturating_duration_since(clock.measure_from)
+        }),
+    }
+}
+
+fn merge_ack(outcomes: &[produce::Outcome]) -> hdrhistogram::Histogram<u64> {
+    let mut all = report::histogram();
+    for o in outcomes {
+        // Same bounds everywhere: adding cannot fail.
+        let _ = all.add(&o.ack_us);
+    }
+    all
+}
+
+fn warn_if_idled(outcomes: &[consume::Outcome], opts: &ConsumeOpts) {
+    if outcomes.iter().any(|o| o.idled) {
+        eprintln!(
+            "warning: consumers stopped after {}s without a record, before their target",
+            opts.idle_timeout_s
+        );
+    }
+}
+
+fn consume_settings<'a>(
+    common: &'a Common,
+    opts: &ConsumeOpts,
+    until: Until,
+    stamped: bool,
+) -> consume::Settings<'a> {
+    consume::Settings {
+        topic: &common.topic,
+        fetch_bytes: opts.fetch_bytes,
+        idle_timeout: Duration::from_secs_f64(opts.idle_timeout_s),
+        until,
+        stamped,
+    }
+}
+
+fn produce_settings(opts: &ProduceOpts, limit: &Limit) -> Vec<(&'static str, String)> {
+    let acks = match opts.acks {
+        Acks::None => "0",
+        Acks::Leader => "1",
+        Acks::All => "all",
+    };
+    let mut settings = vec![
+        ("producers", opts.producers.to_string()),
+        ("acks", acks.to_owned()),
+        ("record_bytes", opts.record_bytes.to_string()),
+        ("batch_bytes", opts.batch_bytes.to_string()),
+        ("in_flight", opts.in_flight.to_string()),
+        (
+            "rate",
+            if opts.rate > 0.0 {
+                opts.rate.to_string()
+            } else {
+                "flat-out".to_owned()
+            },
+        ),
+        ("warmup_s", opts.warmup_s.to_string()),
+    ];
+    if let Some(n) = limit.records {
+        settings.push(("records", n.to_string()));
+    }
+    settings
+}
+
+fn base_report(
+    mode: &'static str,
+    common: &Common,
+    topic: &Topic,
+    clock: &Clock,
+    cpu_before: CpuTime,
+) -> Report {
+    let mut settings = vec![
+        ("topic", common.topic.clone()),
+        ("partitions", topic.partitions().to_string()),
+    ];
+    if let Some(d) = clock.deadline {
+        settings.push((
+            "duration_s",
+            format!("{:.1}", (d - clock.start).as_secs_f64()),
+        ));
+    }
+    Report {
+        mode,
+        settings,
+        produced: None,
+        consumed: None,
+        produce_ack_us: None,
+        end_to_end_us: None,
+        wall: clock.start.elapsed(),
+        cpu: CpuTime::now().since(cpu_before),
+    }
+}
+
+fn finish(report: &Report, common: &Common) -> Result<(), BenchError> {
+    print!("{}", report.table());
+    if let Some(path) = &common.json {
+        std::fs::write(path, report.json())
+            .map_err(|e| BenchError::new(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
