@@ -603,6 +603,139 @@ pub fn records(batch: &[u8]) -> Result<RecordIter<'_>, BatchError> {
     })
 }
 
+/// A batch's records held in memory of their own: decompressed when the
+/// batch is compressed, so compressed and plain batches are read alike.
+#[derive(Clone, Debug)]
+pub struct OwnedRecords {
+    header: BatchHeader,
+    section: Vec<u8>,
+}
+
+impl OwnedRecords {
+    #[must_use]
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The records, with offsets and timestamps made absolute.
+    #[must_use]
+    pub fn iter(&self) -> RecordIter<'_> {
+        RecordIter {
+            header: self.header,
+            cur: Cursor::new(&self.section),
+            failed: false,
+        }
+    }
+}
+
+/// The records of the batch at the front of `batch`, whatever its codec
+/// (decompressed within [`crate::compression::DECOMPRESSED_BYTES_MAX`]).
+/// The CRC is not checked: validate first.
+pub fn records_owned(batch: &[u8]) -> Result<OwnedRecords, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let section = crate::compression::decompress_records(batch)?;
+    Ok(OwnedRecords { header, section })
+}
+
+/// Validates one whole batch as stored in a log, where the log cleaner may
+/// have rewritten it: the header, the length and the CRC as [`validate`]
+/// does, but an uncompressed batch's offset deltas need only increase
+/// strictly and stay within `lastOffsetDelta`, and its record count may be
+/// anything down to 0 (a batch kept only for its producer metadata).
+/// Batches from producers keep the strict rules of [`validate`].
+pub fn validate_stored(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_bytes();
+    if buf.len() != total {
+        return match buf.len() < total {
+            true => Err(BatchError::Truncated {
+                needed: total,
+                available: buf.len(),
+            }),
+            false => Err(BatchError::BadLength(header.batch_length)),
+        };
+    }
+    let computed = compute_crc(buf);
+    if computed != header.crc {
+        let stored = header.crc;
+        return Err(BatchError::CrcMismatch { stored, computed });
+    }
+    if header.compression()? != Compression::None {
+        return check_counts(&header, None);
+    }
+    let found = count_stored_records(&buf[RECORDS_AT..], header.last_offset_delta)?;
+    if found != header.records_count {
+        let declared = header.records_count;
+        return Err(BatchError::BadRecordCount { declared, found });
+    }
+    Ok(header)
+}
+
+fn count_stored_records(section: &[u8], last_offset_delta: i32) -> Result<i32, BatchError> {
+    let mut cur = Cursor::new(section);
+    let mut count: i32 = 0;
+    let mut previous: i64 = -1;
+    while !cur.is_empty() {
+        let delta = read_record(&mut cur, None)?.offset_delta;
+        if i64::from(delta) <= previous || delta > last_offset_delta {
+            return Err(BatchError::MalformedRecord(
+                "offset deltas must increase within lastOffsetDelta",
+            ));
+        }
+        previous = i64::from(delta);
+        count = count
+            .checked_add(1)
+            .ok_or(BatchError::MalformedRecord("too many records"))?;
+    }
+    Ok(count)
+}
+
+/// An uncompressed batch holding `records` (a subset of `original`'s, in
+/// offset order) in place of `original`: the same base offset,
+/// `lastOffsetDelta`, producer id, epoch and base sequence, leader epoch and
+/// timestamp type, so the batch still covers the original's offsets and
+/// sequences. Record offsets and timestamps are kept. With no records it is
+/// an empty batch (count 0, timestamps -1), kept for its metadata.
+#[must_use]
+pub fn encode_retained(original: &BatchHeader, records: &[Record<'_>]) -> Vec<u8> {
+    let base_timestamp = records.first().map_or(-1, |r| r.timestamp);
+    let max_timestamp = match original.is_log_append_time() {
+        true if !records.is_empty() => original.max_timestamp,
+        _ => records.iter().map(|r| r.timestamp).max().unwrap_or(-1),
+    };
+    let mut buf = vec![0u8; BATCH_HEADER_BYTES];
+    let mut body = Vec::new();
+    for r in records {
+        body.clear();
+        body.push(0); // attributes
+        varint::put_varlong(&mut body, r.timestamp.wrapping_sub(base_timestamp));
+        let delta = r.offset.wrapping_sub(original.base_offset);
+        varint::put_varint(&mut body, length_i32(usize::try_from(delta).unwrap_or(0)));
+        put_nullable(&mut body, r.key);
+        put_nullable(&mut body, r.value);
+        varint::put_varint(&mut body, length_i32(r.headers.len()));
+        for h in &r.headers {
+            put_nullable(&mut body, Some(h.key));
+            put_nullable(&mut body, h.value);
+        }
+        varint::put_varint(&mut buf, length_i32(body.len()));
+        buf.extend_from_slice(&body);
+    }
+    let header = BatchHeader {
+        batch_length: length_i32(buf.len() - BATCH_OVERHEAD_BYTES),
+        crc: 0,
+        attributes: original.attributes & !(COMPRESSION_MASK | DELETE_HORIZON_BIT),
+        base_timestamp,
+        max_timestamp,
+        records_count: length_i32(records.len()),
+        ..*original
+    };
+    header.write_to(&mut buf);
+    let crc = compute_crc(&buf);
+    buf[CRC_AT..ATTRIBUTES_AT].copy_from_slice(&crc.to_be_bytes());
+    buf
+}
+
 /// The iterator of [`records`]: stops after the first error.
 #[derive(Clone, Debug)]
 pub struct RecordIter<'a> {
@@ -1494,5 +1627,37 @@ mod tests {
             let cut = cut % (batch.len() + 1);
             exercise(&batch[..cut]);
         }
+    }
+
+    #[test]
+    fn retained_batches_keep_offsets_and_pass_stored_validation_only() {
+        let mut original = sample_batch();
+        stamp(&mut original, 100, 3);
+        let header = validate(&original).expect("valid");
+        let owned = records_owned(&original).expect("records");
+        let all: Vec<Record<'_>> = owned.iter().map(|r| r.expect("record")).collect();
+        let kept = vec![all[0].clone(), all[2].clone()];
+        let retained = encode_retained(&header, &kept);
+        let stored = validate_stored(&retained).expect("stored batch is valid");
+        assert_eq!(stored.base_offset, 100);
+        assert_eq!(stored.last_offset(), header.last_offset());
+        assert_eq!(stored.records_count, 2);
+        assert_eq!(stored.partition_leader_epoch, 3);
+        assert!(
+            validate(&retained).is_err(),
+            "a gap breaks the producer rules"
+        );
+        let again: Vec<Record<'_>> = records(&retained)
+            .expect("plain")
+            .map(|r| r.expect("record"))
+            .collect();
+        assert_eq!(again, kept);
+        let empty = encode_retained(&header, &[]);
+        let stored = validate_stored(&empty).expect("an empty batch is valid when stored");
+        assert_eq!((stored.records_count, stored.last_offset()), (0, 102));
+        let mut bad = retained.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(validate_stored(&bad).is_err());
     }
 }

@@ -27,8 +27,13 @@ impl ErrorCode {
     pub const INVALID_CONFIG: ErrorCode = ErrorCode(40);
     pub const INVALID_REQUEST: ErrorCode = ErrorCode(42);
     pub const UNSUPPORTED_FOR_MESSAGE_FORMAT: ErrorCode = ErrorCode(43);
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: ErrorCode = ErrorCode(45);
+    pub const DUPLICATE_SEQUENCE_NUMBER: ErrorCode = ErrorCode(46);
+    pub const INVALID_PRODUCER_EPOCH: ErrorCode = ErrorCode(47);
     pub const KAFKA_STORAGE_ERROR: ErrorCode = ErrorCode(56);
+    pub const UNKNOWN_PRODUCER_ID: ErrorCode = ErrorCode(59);
     pub const INVALID_RECORD: ErrorCode = ErrorCode(87);
+    pub const PRODUCER_FENCED: ErrorCode = ErrorCode(90);
 
     /// Kafka's name for the code, for logs and the CLI.
     #[must_use]
@@ -52,8 +57,13 @@ impl ErrorCode {
             40 => "INVALID_CONFIG",
             42 => "INVALID_REQUEST",
             43 => "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+            45 => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+            46 => "DUPLICATE_SEQUENCE_NUMBER",
+            47 => "INVALID_PRODUCER_EPOCH",
             56 => "KAFKA_STORAGE_ERROR",
+            59 => "UNKNOWN_PRODUCER_ID",
             87 => "INVALID_RECORD",
+            90 => "PRODUCER_FENCED",
             _ => "UNKNOWN_ERROR_CODE",
         }
     }

@@ -5,6 +5,8 @@
 //! - [`batch`]: Kafka RecordBatch v2, byte for byte — parsing, validation
 //!   (length, magic, CRC-32C, record count), in-place stamping of
 //!   `baseOffset` and `partitionLeaderEpoch`, and building batches.
+//! - [`compression`]: decompressing a batch's records (gzip, snappy, lz4,
+//!   zstd) for the readers that must see every record, such as the cleaner.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner, so a keyed record lands
 //!   on the same partition whichever client wrote it.
 //! - [`native`]: the native protocol — length-prefixed frames whose headers
@@ -17,6 +19,7 @@
 
 pub mod batch;
 pub mod client;
+pub mod compression;
 pub mod error_code;
 pub mod native;
 pub mod partitioner;

@@ -28,7 +28,73 @@ pub struct LogConfig {
     /// `None`: only `acks=all` appends are flushed (the device still has them
     /// once a direct-I/O write completes, so a process crash loses nothing).
     pub flush_ms: Option<u64>,
+    /// Forget an idempotent producer this long after its newest batch's
+    /// timestamp (Kafka's `producer.id.expiration.ms`, default one day).
+    pub producer_id_expiration_ms: i64,
+    /// What happens to old data: deleted by retention, compacted, or both.
+    pub cleanup_policy: CleanupPolicy,
+    /// How long a tombstone (a record with a null value) survives once it is
+    /// the newest record of its key, counted from its batch's max timestamp.
+    pub delete_retention_ms: i64,
+    /// A record is not compacted until its segment's newest record is at
+    /// least this old.
+    pub min_compaction_lag_ms: i64,
+    /// Compact only when dirty (never cleaned) bytes are at least this share
+    /// of the cleanable bytes, in parts per million (Kafka's ratio 0.5 is
+    /// 500_000).
+    pub min_cleanable_dirty_ratio_ppm: u32,
 }
+
+/// `cleanup.policy`: delete old segments, compact keyed records, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CleanupPolicy {
+    #[default]
+    Delete,
+    Compact,
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    /// Whether the cleaner keeps only the newest record of each key.
+    pub fn compacts(self) -> bool {
+        self != CleanupPolicy::Delete
+    }
+
+    /// Whether retention by time and size deletes old segments.
+    pub fn deletes(self) -> bool {
+        self != CleanupPolicy::Compact
+    }
+
+    /// Kafka's spelling of the policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Parses Kafka's list form: `delete`, `compact`, or both in any order.
+    pub fn parse(value: &str) -> Option<CleanupPolicy> {
+        let (mut compact, mut delete) = (false, false);
+        for item in value.split(',').map(str::trim) {
+            match item {
+                "compact" => compact = true,
+                "delete" => delete = true,
+                _ => return None,
+            }
+        }
+        match (compact, delete) {
+            (true, true) => Some(CleanupPolicy::CompactDelete),
+            (true, false) => Some(CleanupPolicy::Compact),
+            (false, true) => Some(CleanupPolicy::Delete),
+            (false, false) => None,
+        }
+    }
+}
+
+/// Kafka's default `producer.id.expiration.ms`: one day.
+pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -40,6 +106,11 @@ impl Default for LogConfig {
             max_message_bytes: MESSAGE_BYTES_MAX_DEFAULT,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             flush_ms: None,
+            producer_id_expiration_ms: PRODUCER_ID_EXPIRATION_MS_DEFAULT,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: 86_400_000,
+            min_compaction_lag_ms: 0,
+            min_cleanable_dirty_ratio_ppm: 500_000,
         }
     }
 }
@@ -66,6 +137,10 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "index.interval.bytes",
     "flush.ms",
     "cleanup.policy",
+    "producer.id.expiration.ms",
+    "delete.retention.ms",
+    "min.compaction.lag.ms",
+    "min.cleanable.dirty.ratio",
 ];
 
 impl LogConfig {
@@ -120,12 +195,30 @@ impl LogConfig {
                     Some(v as u64)
                 };
             }
-            "cleanup.policy" => {
-                if value != "delete" {
-                    return Err(bad(
-                        "only cleanup.policy=delete is supported by this broker",
-                    ));
+            "producer.id.expiration.ms" => {
+                let v = int()?;
+                if v < 1 {
+                    return Err(bad("must be >= 1"));
                 }
+                self.producer_id_expiration_ms = v;
+            }
+            "cleanup.policy" => {
+                self.cleanup_policy = CleanupPolicy::parse(value)
+                    .ok_or_else(|| bad("must be delete, compact or compact,delete"))?
+            }
+            "delete.retention.ms" => {
+                self.delete_retention_ms =
+                    non_negative(int()?).ok_or_else(|| bad("must be >= 0"))?
+            }
+            "min.compaction.lag.ms" => {
+                self.min_compaction_lag_ms =
+                    non_negative(int()?).ok_or_else(|| bad("must be >= 0"))?
+            }
+            "min.cleanable.dirty.ratio" => {
+                let ratio = value.trim().parse::<f64>().ok();
+                let ratio = ratio.filter(|r| (0.0..=1.0).contains(r));
+                let ratio = ratio.ok_or_else(|| bad("must be between 0 and 1"))?;
+                self.min_cleanable_dirty_ratio_ppm = (ratio * 1_000_000.0).round() as u32;
             }
             _ => {
                 return Err(ConfigError(format!(
@@ -153,6 +246,10 @@ fn positive(v: i64) -> Option<u64> {
     (v > 0).then_some(v as u64)
 }
 
+fn non_negative(v: i64) -> Option<i64> {
+    (v >= 0).then_some(v)
+}
+
 fn at_least_minus_one(v: i64) -> Option<i64> {
     (v >= -1).then_some(v)
 }
@@ -172,8 +269,20 @@ mod tests {
         assert!(base.with_overrides([("segment.bytes", "12")]).is_err());
         assert!(base.with_overrides([("retention.ms", "abc")]).is_err());
         assert!(base.with_overrides([("no.such.key", "1")]).is_err());
+        let c = base
+            .with_overrides([
+                ("cleanup.policy", "delete, compact"),
+                ("min.cleanable.dirty.ratio", "0.25"),
+                ("delete.retention.ms", "100"),
+            ])
+            .expect("valid overrides");
+        assert_eq!(c.cleanup_policy, CleanupPolicy::CompactDelete);
+        assert_eq!(c.min_cleanable_dirty_ratio_ppm, 250_000);
+        assert_eq!(c.delete_retention_ms, 100);
+        assert!(base.with_overrides([("cleanup.policy", "shred")]).is_err());
+        assert!(base.with_overrides([("cleanup.policy", "")]).is_err());
         assert!(base
-            .with_overrides([("cleanup.policy", "compact")])
+            .with_overrides([("min.cleanable.dirty.ratio", "1.5")])
             .is_err());
     }
 }

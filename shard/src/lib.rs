@@ -12,6 +12,10 @@
 //!   direct I/O from glommio's registered DMA buffers, group-committed appends,
 //!   reads by offset and by timestamp, retention, and crash recovery
 //!   ([`recovery`]).
+//! - [`producer`]: idempotent producers' sequences per partition (KIP-98),
+//!   checked by the writer as it assigns offsets, snapshotted beside the log.
+//! - [`compaction`]: the log cleaner for `cleanup.policy=compact`, driven by
+//!   [`store::ShardStore::clean`].
 //! - [`cache::TailCache`]: a bounded per-shard cache of recently written
 //!   batches, so consumers at the tail are served from memory without a copy.
 //!
@@ -49,10 +53,13 @@
 //! for `acks=all` (and by `flush.ms`) so the device's own cache is flushed too.
 
 pub mod cache;
+pub mod compaction;
 pub mod config;
 pub mod index;
 pub mod limits;
 pub mod partition;
+pub mod producer;
 mod recovery;
+mod snapshot;
 pub mod stats;
 pub mod store;

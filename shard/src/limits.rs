@@ -36,6 +36,28 @@ pub const FETCH_READ_BYTES_MIN: usize = 64 * 1024;
 /// Largest `max_bytes` a fetch may ask of one partition (bounds allocation).
 pub const FETCH_PARTITION_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Batches remembered per idempotent producer for duplicate detection
+/// (Kafka's `ProducerStateEntry.NUM_BATCHES_TO_RETAIN`, matching the
+/// client's `max.in.flight.requests.per.connection` limit of 5).
+pub const PRODUCER_BATCHES_KEPT: usize = 5;
+
+/// Idempotent producers tracked per partition; beyond it the least recently
+/// used one is forgotten (its next batch is accepted as from a new producer).
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 100_000;
+
+/// Producer-state snapshots kept per partition (the newest ones).
+pub const PRODUCER_SNAPSHOTS_KEPT: usize = 2;
+
+/// Bytes read at a time when rebuilding producer state from batch headers.
+pub const PRODUCER_SCAN_READ_BYTES: usize = 1024 * 1024;
+
+/// Bytes of keys the log cleaner's key map grows to before it stops reading
+/// further segments in one cleaning.
+pub const CLEANER_KEY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The log cleaner reads and writes segments in pieces of this size.
+pub const CLEANER_WRITE_BYTES: usize = 1024 * 1024;
+
 const _: () = assert!(BATCH_BYTES_MAX as u64 <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(WRITE_BYTES_MAX >= MESSAGE_BYTES_MAX_DEFAULT);

@@ -6,7 +6,12 @@
 //! partition; every append queued while the previous write was in flight goes
 //! into the next single write and, when any of them asks for durability, one
 //! `fdatasync` (group commit). Offsets are assigned by the writer, so a failed
-//! write consumes none.
+//! write consumes none. The writer also checks idempotent producers'
+//! sequences as it assigns offsets (`producer`), in queue order: a retried
+//! batch is answered with its original offset and not written again, and an
+//! out-of-sequence or fenced one refuses its whole append. Transactional and
+//! control batches are refused (INVALID_RECORD): transactions are not
+//! supported.
 //!
 //! What the offsets mean on a single node:
 //! - log end offset: one past the last batch whose direct-I/O write completed;
@@ -36,7 +41,8 @@ use crate::limits::{
     APPEND_QUEUE_DEPTH, BLOCK_BYTES, FETCH_PARTITION_BYTES_MAX, FETCH_READ_BYTES_MIN,
     WRITE_BYTES_MAX,
 };
-use crate::stats;
+use crate::producer::{self, ProducerChanges, ProducerError, ProducerStates, Verdict};
+use crate::{snapshot, stats};
 
 /// A failure of the disk or the file system (Kafka: KAFKA_STORAGE_ERROR).
 #[derive(Debug, Clone)]
@@ -61,6 +67,12 @@ pub enum AppendError {
     Batch(BatchError),
     /// A batch is larger than the topic's `max.message.bytes`.
     TooLarge { bytes: usize, max: usize },
+    /// A well-formed batch this log does not accept: a transactional or
+    /// control batch (transactions are not supported), or a record without a
+    /// key on a compacted topic (Kafka: INVALID_RECORD).
+    InvalidRecord(String),
+    /// An idempotent producer's batch is out of sequence or fenced.
+    Producer(ProducerError),
     /// The write or the flush failed; retryable once the disk recovers.
     Storage(StorageError),
     /// The partition was deleted or the shard is stopping.
@@ -72,6 +84,8 @@ impl AppendError {
         match self {
             AppendError::Batch(e) => e.error_code(),
             AppendError::TooLarge { .. } => ErrorCode::MESSAGE_TOO_LARGE,
+            AppendError::InvalidRecord(_) => ErrorCode::INVALID_RECORD,
+            AppendError::Producer(e) => e.error_code(),
             AppendError::Storage(_) => ErrorCode::KAFKA_STORAGE_ERROR,
             AppendError::Closed => ErrorCode::NOT_LEADER_OR_FOLLOWER,
         }
@@ -85,6 +99,8 @@ impl std::fmt::Display for AppendError {
             AppendError::TooLarge { bytes, max } => {
                 write!(f, "batch of {bytes} bytes exceeds max.message.bytes {max}")
             }
+            AppendError::InvalidRecord(why) => write!(f, "invalid record: {why}"),
+            AppendError::Producer(e) => write!(f, "{e}"),
             AppendError::Storage(e) => write!(f, "storage error: {e}"),
             AppendError::Closed => f.write_str("partition closed"),
         }
@@ -159,18 +175,39 @@ pub(crate) struct Segment {
     pub(crate) created: Instant,
 }
 
-struct State {
-    segments: Vec<Segment>,
-    log_start: i64,
+pub(crate) struct State {
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) log_start: i64,
     log_end: i64,
     leader_epoch: i32,
-    config: LogConfig,
+    pub(crate) config: LogConfig,
     last_flush: Instant,
-    closed: bool,
+    pub(crate) closed: bool,
+    /// Idempotent producers' sequences: changed only by the writer task.
+    producers: ProducerStates,
+}
+
+/// Where the writer puts one batch of an append.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    /// Written with this base offset.
+    Write(i64),
+    /// A producer's retry of a batch already at this base offset: not written.
+    Duplicate(i64),
+}
+
+impl Slot {
+    fn base_offset(self) -> i64 {
+        match self {
+            Slot::Write(o) | Slot::Duplicate(o) => o,
+        }
+    }
 }
 
 struct PendingAppend {
     batches: Vec<(Bytes, BatchHeader)>,
+    /// One per batch, decided by the writer as it assigns offsets.
+    slots: Vec<Slot>,
     bytes: usize,
     durability: Durability,
     reply: oneshot::Sender<Result<Appended, AppendError>>,
@@ -181,10 +218,12 @@ struct PendingAppend {
 pub struct Partition {
     pub topic: Rc<str>,
     pub partition: u32,
-    dir: PathBuf,
-    cache_key: CacheKey,
-    cache: Rc<TailCache>,
-    state: RefCell<State>,
+    pub(crate) dir: PathBuf,
+    pub(crate) cache_key: CacheKey,
+    pub(crate) cache: Rc<TailCache>,
+    pub(crate) state: RefCell<State>,
+    /// What the log cleaner knows of this partition (`compaction.rs`).
+    pub(crate) cleaner: RefCell<crate::compaction::CleanerState>,
     queue: RefCell<VecDeque<PendingAppend>>,
     queue_slots: Rc<Semaphore>,
     doorbell: LocalSender<()>,
@@ -230,6 +269,10 @@ impl Partition {
         };
         let log_start = segments.first().map_or(0, |s| s.base_offset);
         let log_end = segments.last().map_or(0, |s| s.last_offset + 1);
+        let log_start = read_log_start(&dir, log_start, log_end);
+        let expiration_ms = config.producer_id_expiration_ms;
+        let producers =
+            snapshot::rebuild(&dir, &segments, log_end, now_ms(), expiration_ms).await?;
         let (doorbell, rx) = local_channel::new_bounded(1);
         let p = Rc::new(Partition {
             topic,
@@ -245,12 +288,14 @@ impl Partition {
                 config,
                 last_flush: Instant::now(),
                 closed: false,
+                producers,
             }),
             queue: RefCell::new(VecDeque::new()),
             queue_slots: Rc::new(Semaphore::new(APPEND_QUEUE_DEPTH as u64)),
             doorbell,
             waiters: RefCell::new(Vec::new()),
             appended_batches: Cell::new(0),
+            cleaner: RefCell::new(Default::default()),
         });
         glommio::spawn_local(writer_loop(Rc::downgrade(&p), rx)).detach();
         Ok(p)
@@ -267,6 +312,17 @@ impl Partition {
             high_watermark: s.log_end,
             log_end: s.log_end,
         }
+    }
+
+    /// The largest timestamp of any record in the log (-1 when empty).
+    pub fn max_timestamp(&self) -> i64 {
+        self.state
+            .borrow()
+            .segments
+            .iter()
+            .map(|s| s.max_timestamp)
+            .max()
+            .unwrap_or(-1)
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -302,8 +358,14 @@ impl Partition {
         records: Bytes,
         durability: Durability,
     ) -> Result<Appended, AppendError> {
-        let max = self.state.borrow().config.max_message_bytes;
+        let (max, compact) = {
+            let config = &self.state.borrow().config;
+            (config.max_message_bytes, config.cleanup_policy.compacts())
+        };
         let batches = validate_all(&records, max)?;
+        if compact {
+            check_keys(&batches)?;
+        }
         let bytes = records.len();
         let permit = self
             .queue_slots
@@ -316,6 +378,7 @@ impl Partition {
         let (reply, answer) = oneshot::channel();
         let pending = PendingAppend {
             batches,
+            slots: Vec::new(),
             bytes,
             durability,
             reply,
@@ -556,7 +619,46 @@ impl Partition {
             tracing::info!(topic = %self.topic, partition = self.partition, base = seg.base_offset, "retention deletes segment");
             seg.remove_files().await;
         }
+        self.expire_producers(now_ms);
         n
+    }
+
+    /// Forgets idempotent producers idle for `producer.id.expiration.ms`
+    /// (by their newest batch's timestamp, as Kafka counts it).
+    pub fn expire_producers(&self, now_ms: i64) -> usize {
+        let mut s = self.state.borrow_mut();
+        let expiration_ms = s.config.producer_id_expiration_ms;
+        s.producers.expire(now_ms, expiration_ms)
+    }
+
+    /// Idempotent producers this partition tracks (for tests and metrics).
+    pub fn producer_count(&self) -> usize {
+        self.state.borrow().producers.len()
+    }
+
+    /// DeleteRecords: makes `offset` the log start offset (records below it
+    /// are no longer served) and deletes the segments entirely below it. The
+    /// new log start is kept beside the segments, so a restart keeps it.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {
+        let doomed: Vec<Segment> = {
+            let mut s = self.state.borrow_mut();
+            if offset <= s.log_start {
+                return Ok(s.log_start);
+            }
+            let offset = offset.min(s.log_end);
+            s.log_start = offset;
+            let mut count = 0;
+            while count + 1 < s.segments.len() && s.segments[count + 1].base_offset <= offset {
+                count += 1;
+            }
+            s.segments.drain(..count).collect()
+        };
+        let start = self.state.borrow().log_start;
+        write_log_start(&self.dir, start)?;
+        for seg in doomed {
+            seg.remove_files().await;
+        }
+        Ok(start)
     }
 
     /// Stops accepting appends, waits for queued ones, writes the indexes and
@@ -586,6 +688,7 @@ impl Partition {
         for (base, idx) in indexes {
             write_index_files(&self.dir, base, &idx).await?;
         }
+        self.snapshot_producers().await?;
         self.cache.remove(self.cache_key);
         self.wake_waiters();
         Ok(())
@@ -602,10 +705,56 @@ impl Partition {
         std::fs::remove_dir_all(&self.dir).map_err(|e| StorageError::io("remove", &self.dir, e))
     }
 
+    /// Writes the producer state as of the log end (no append is in flight:
+    /// the caller is the writer task or `close` after the queue drained).
+    async fn snapshot_producers(&self) -> Result<(), StorageError> {
+        let (offset, bytes) = {
+            let s = self.state.borrow();
+            (s.log_end, snapshot::encode(&s.producers, s.log_end))
+        };
+        snapshot::write(&self.dir, offset, bytes).await
+    }
+
+    /// Compacts this partition's closed segments if its `cleanup.policy`
+    /// asks for it and enough of it is dirty (see `compaction`).
+    pub async fn clean(
+        &self,
+        now_ms: i64,
+    ) -> Result<crate::compaction::CleanOutcome, StorageError> {
+        crate::compaction::clean(self, now_ms).await
+    }
+
     /// Batches appended since the partition was opened.
     pub fn appended_batches(&self) -> u64 {
         self.appended_batches.get()
     }
+}
+
+/// The file beside the segments holding a log start offset set by
+/// DeleteRecords (retention needs none: it deletes whole segments).
+const LOG_START_FILE: &str = "log-start-offset";
+
+fn write_log_start(dir: &Path, offset: i64) -> Result<(), StorageError> {
+    use std::io::Write;
+    let path = dir.join(LOG_START_FILE);
+    let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
+    let write = || -> io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{offset}\n").as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| StorageError::io("write", &path, e))
+}
+
+/// The log start offset DeleteRecords left, if any and if it is inside the
+/// recovered log.
+fn read_log_start(dir: &Path, first: i64, end: i64) -> i64 {
+    std::fs::read_to_string(dir.join(LOG_START_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+        .filter(|o| *o > first && *o <= end)
+        .unwrap_or(first)
 }
 
 /// Validates a produce payload: one or more whole batches, each within `max`.
@@ -621,6 +770,11 @@ fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>
             });
         }
         let header = batch::validate(&bytes).map_err(AppendError::Batch)?;
+        if header.is_transactional() || header.is_control() {
+            return Err(AppendError::InvalidRecord(
+                "transactional and control batches are not supported by this broker".into(),
+            ));
+        }
         out.push((bytes, header));
     }
     if out.is_empty() {
@@ -630,6 +784,25 @@ fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>
         }));
     }
     Ok(out)
+}
+
+/// Refuses a batch with a record without a key: a compacted topic keeps the
+/// newest record of each key, so a keyless record has no meaning there
+/// (Kafka: INVALID_RECORD). Compressed batches are decompressed to check.
+fn check_keys(batches: &[(Bytes, BatchHeader)]) -> Result<(), AppendError> {
+    for (bytes, _) in batches {
+        let records = batch::records_owned(bytes).map_err(AppendError::Batch)?;
+        for record in records.iter() {
+            let record = record.map_err(AppendError::Batch)?;
+            if record.key.is_none() {
+                return Err(AppendError::InvalidRecord(format!(
+                    "record at offset delta {} has no key: a compacted topic needs keys",
+                    record.offset - records.header().base_offset
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first record at or after `timestamp` in a batch whose max timestamp is
@@ -654,6 +827,9 @@ fn first_record_at_or_after(
 fn retention_victims(segments: &[Segment], config: &LogConfig, now_ms: i64) -> usize {
     let deletable = segments.len().saturating_sub(1);
     let mut count = 0;
+    if !config.cleanup_policy.deletes() {
+        return 0;
+    }
     if config.retention_ms >= 0 {
         while count < deletable
             && segments[count].size > 0
@@ -672,7 +848,11 @@ fn retention_victims(segments: &[Segment], config: &LogConfig, now_ms: i64) -> u
     count
 }
 
-async fn write_index_files(dir: &Path, base: i64, idx: &SegmentIndex) -> Result<(), StorageError> {
+pub(crate) async fn write_index_files(
+    dir: &Path,
+    base: i64,
+    idx: &SegmentIndex,
+) -> Result<(), StorageError> {
     for (ext, bytes) in [
         ("index", idx.encode_offsets()),
         ("timeindex", idx.encode_times()),
@@ -725,7 +905,7 @@ impl Segment {
         }
     }
 
-    async fn remove_files(self) {
+    pub(crate) async fn remove_files(self) {
         for ext in ["log", "index", "timeindex"] {
             let path = segment_path(
                 self.path.parent().unwrap_or_else(|| Path::new(".")),
@@ -853,49 +1033,143 @@ async fn maybe_roll(p: &Partition, next_bytes: usize) -> Result<(), StorageError
     let seg = Segment::create(&p.dir, base).await?;
     tracing::debug!(topic = %p.topic, partition = p.partition, base, "rolled segment");
     p.state.borrow_mut().segments.push(seg);
-    Ok(())
+    // The state covers exactly the batches below the new segment's base.
+    p.snapshot_producers().await
+}
+
+/// Decides, in queue order, where each batch of `group` goes: idempotent
+/// batches are checked against their producer's sequence (as changed by the
+/// appends before them), offsets are assigned. A refused append is answered
+/// here and none of its batches is written.
+fn admit(p: &Partition, group: Vec<PendingAppend>) -> (Vec<PendingAppend>, ProducerChanges) {
+    let s = p.state.borrow();
+    let mut next = s.log_end;
+    let mut changes = ProducerChanges::default();
+    let mut admitted = Vec::with_capacity(group.len());
+    for mut pending in group {
+        match assign_slots(&s.producers, &changes, &mut pending, next) {
+            Ok((own, end)) => {
+                changes.merge(own);
+                next = end;
+                admitted.push(pending);
+            }
+            Err(e) => {
+                let _ = pending.reply.send(Err(AppendError::Producer(e)));
+            }
+        }
+    }
+    (admitted, changes)
+}
+
+/// Fills `pending.slots` from offset `next`; returns the producer changes of
+/// this append alone and the next free offset after it.
+fn assign_slots(
+    states: &ProducerStates,
+    earlier: &ProducerChanges,
+    pending: &mut PendingAppend,
+    mut next: i64,
+) -> Result<(ProducerChanges, i64), ProducerError> {
+    let mut own = ProducerChanges::default();
+    pending.slots.clear();
+    for (_, header) in &pending.batches {
+        let pid = header.producer_id;
+        let verdict = match pid >= 0 {
+            true => {
+                let known = own
+                    .get(pid)
+                    .or_else(|| earlier.get(pid))
+                    .or_else(|| states.get(pid))
+                    .cloned();
+                let verdict = producer::check(known.as_ref(), header)?;
+                if verdict == Verdict::Append {
+                    own.add(known.as_ref(), header, next);
+                }
+                verdict
+            }
+            false => Verdict::Append,
+        };
+        match verdict {
+            Verdict::Append => {
+                pending.slots.push(Slot::Write(next));
+                next += i64::from(header.last_offset_delta) + 1;
+            }
+            Verdict::Duplicate { base_offset } => pending.slots.push(Slot::Duplicate(base_offset)),
+        }
+    }
+    Ok((own, next))
+}
+
+/// Copies the batches to write into `out` (after `at` bytes of the old
+/// tail), stamping their offsets; returns where each went.
+fn place_batches(
+    out: &mut [u8],
+    mut at: usize,
+    group: &[PendingAppend],
+    write_pos: u64,
+    epoch: i32,
+) -> Vec<(u64, BatchHeader, Bytes)> {
+    let mut placed = Vec::new();
+    for pending in group {
+        for ((bytes, header), slot) in pending.batches.iter().zip(&pending.slots) {
+            let Slot::Write(offset) = *slot else { continue };
+            let n = bytes.len();
+            // The one copy of the payload on the produce path.
+            out[at..at + n].copy_from_slice(bytes);
+            stats::add_payload_copies(1);
+            batch::stamp(&mut out[at..at + n], offset, epoch);
+            let mut stamped = *header;
+            stamped.base_offset = offset;
+            placed.push((write_pos + at as u64, stamped, bytes.clone()));
+            at += n;
+        }
+    }
+    out[at..].fill(0);
+    placed
+}
+
+fn payload_bytes(group: &[PendingAppend]) -> usize {
+    let written = |p: &PendingAppend| -> usize {
+        let slots = p.batches.iter().zip(&p.slots);
+        slots
+            .filter(|(_, slot)| matches!(slot, Slot::Write(_)))
+            .map(|((b, _), _)| b.len())
+            .sum()
+    };
+    group.iter().map(written).sum()
 }
 
 /// One aligned direct-I/O write of `group` at the end of the active segment.
 async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
-    let (file, path, write_pos, tail, mut next_offset, epoch, interval) = {
+    let (group, changes) = admit(p, group);
+    if group.is_empty() {
+        return;
+    }
+    let payload = payload_bytes(&group);
+    if payload == 0 {
+        // Every batch was a duplicate: nothing to write, answer at once.
+        let end = {
+            let s = p.state.borrow();
+            let seg = s.segments.last();
+            seg.map_or((0, Vec::new()), |seg| (seg.size, seg.tail.clone()))
+        };
+        commit_group(p, group, changes, vec![], end, false);
+        return;
+    }
+    let (file, path, write_pos, tail, epoch) = {
         let s = p.state.borrow();
         let Some(seg) = s.segments.last() else { return };
+        let (file, path) = (seg.file.clone(), seg.path.clone());
         (
-            seg.file.clone(),
-            seg.path.clone(),
+            file,
+            path,
             align_down(seg.size),
             seg.tail.clone(),
-            s.log_end,
             s.leader_epoch,
-            s.config.index_interval_bytes,
         )
     };
-    let payload: usize = group.iter().map(|g| g.bytes).sum();
     let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
-    let mut placed = Vec::with_capacity(group.len());
-    {
-        let out = buf.as_bytes_mut();
-        out[..tail.len()].copy_from_slice(&tail);
-        let mut at = tail.len();
-        for pending in &group {
-            let base = next_offset;
-            for (bytes, header) in &pending.batches {
-                let n = bytes.len();
-                // The one copy of the payload on the produce path.
-                out[at..at + n].copy_from_slice(bytes);
-                stats::add_payload_copies(1);
-                batch::stamp(&mut out[at..at + n], next_offset, epoch);
-                let mut stamped = *header;
-                stamped.base_offset = next_offset;
-                placed.push((write_pos + at as u64, stamped, bytes.clone()));
-                next_offset = stamped.last_offset() + 1;
-                at += n;
-            }
-            let _ = base;
-        }
-        out[at..].fill(0);
-    }
+    buf.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
+    let placed = place_batches(buf.as_bytes_mut(), tail.len(), &group, write_pos, epoch);
     let end = write_pos + (tail.len() + payload) as u64;
     let new_tail = {
         let from = (align_down(end) - write_pos) as usize;
@@ -932,27 +1206,22 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         fail_all(group, &e);
         return;
     }
-    commit_group(p, group, placed, end, new_tail, needs_flush, interval);
+    commit_group(p, group, changes, placed, (end, new_tail), needs_flush);
 }
 
-/// Makes a completed write visible: offsets, index, cache, waiters, replies.
+/// Makes a completed write visible: offsets, index, producer state, cache,
+/// waiters, replies. `end` is the segment's new size and partial last block.
 fn commit_group(
     p: &Partition,
     group: Vec<PendingAppend>,
+    changes: ProducerChanges,
     placed: Vec<(u64, BatchHeader, Bytes)>,
-    end: u64,
-    new_tail: Vec<u8>,
+    end: (u64, Vec<u8>),
     flushed: bool,
-    interval: u32,
 ) {
-    let mut base_offsets = Vec::with_capacity(group.len());
     let log_start = {
         let mut s = p.state.borrow_mut();
-        let mut i = 0;
-        for pending in &group {
-            base_offsets.push(placed[i].1.base_offset);
-            i += pending.batches.len();
-        }
+        let interval = s.config.index_interval_bytes;
         let Some(seg) = s.segments.last_mut() else {
             return;
         };
@@ -964,15 +1233,33 @@ fn commit_group(
             );
             seg.note_batch(*pos, header, interval);
         }
-        seg.size = end;
-        seg.tail = new_tail;
+        (seg.size, seg.tail) = end;
         let last = seg.last_offset;
         s.log_end = last + 1;
+        if !changes.is_empty() {
+            s.producers.apply(changes);
+        }
         if flushed {
             s.last_flush = Instant::now();
         }
         s.log_start
     };
+    let appended = !placed.is_empty();
+    cache_placed(p, placed);
+    for pending in group {
+        let base_offset = pending.slots.first().map_or(-1, |slot| slot.base_offset());
+        let _ = pending.reply.send(Ok(Appended {
+            base_offset,
+            log_start_offset: log_start,
+        }));
+    }
+    if appended {
+        p.wake_waiters();
+    }
+}
+
+/// Puts batches just written into the tail cache.
+fn cache_placed(p: &Partition, placed: Vec<(u64, BatchHeader, Bytes)>) {
     let epoch = p.leader_epoch();
     for (_, header, bytes) in placed {
         let mut prefix = Vec::with_capacity(STAMPED_PREFIX_BYTES);
@@ -991,11 +1278,4 @@ fn commit_group(
         );
         p.appended_batches.set(p.appended_batches.get() + 1);
     }
-    for (pending, base_offset) in group.into_iter().zip(base_offsets) {
-        let _ = pending.reply.send(Ok(Appended {
-            base_offset,
-            log_start_offset: log_start,
-        }));
-    }
-    p.wake_waiters();
 }

@@ -1,7 +1,10 @@
 //! Crash recovery of a partition's segments.
 //!
 //! Every segment is checked from its last trustworthy index entry to its end:
-//! each batch's header, length, CRC and offset continuity. The first torn or
+//! each batch's header, length, CRC and that offsets increase (strictly, with
+//! gaps where the cleaner removed batches). Segments follow each other with
+//! no gap: the cleaner keeps every segment's last batch, emptied if need be.
+//! A `<base>.cleaned` file is a compaction a crash interrupted; it is removed. The first torn or
 //! corrupt batch ends the log — the segment is truncated there and any later
 //! segment is removed — so nothing corrupt is ever served. An index that is
 //! missing or disagrees with the log is rebuilt by scanning the whole segment.
@@ -29,6 +32,14 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
         let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".cleaned") {
+            // A compaction that a crash interrupted before its swap: the
+            // original segment is still in place and whole.
+            tracing::info!(path = %entry.path().display(), "removing an unfinished cleaning");
+            std::fs::remove_file(entry.path())
+                .map_err(|e| StorageError::io("remove", &entry.path(), e))?;
+            continue;
+        }
         if let Some(stem) = name.strip_suffix(".log") {
             if let Ok(base) = stem.parse::<i64>() {
                 if base >= 0 {

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use sluice_protocol::ShardId;
 
 use crate::cache::TailCache;
+use crate::compaction::CleanOutcome;
 use crate::config::LogConfig;
 use crate::partition::{now_ms, Partition, StorageError};
 
@@ -40,6 +41,8 @@ pub struct ShardStore {
     cache: Rc<TailCache>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     next_cache_key: Cell<u64>,
+    /// Where the next [`ShardStore::clean`] starts among the partitions.
+    clean_cursor: Cell<usize>,
 }
 
 impl ShardStore {
@@ -50,6 +53,7 @@ impl ShardStore {
             cache: Rc::new(TailCache::new(cache_bytes)),
             partitions: RefCell::new(HashMap::new()),
             next_cache_key: Cell::new(0),
+            clean_cursor: Cell::new(0),
         }
     }
 
@@ -123,6 +127,39 @@ impl ShardStore {
             deleted += p.enforce_retention(now).await;
         }
         deleted
+    }
+
+    /// Runs the log cleaner on compacted partitions, one partition's worth of
+    /// work per call: partitions are visited in turn from where the last
+    /// call stopped, until one is rewritten. Returns what that cleaning did;
+    /// a partition whose cleaning fails is logged and skipped.
+    pub async fn clean(&self) -> Result<CleanOutcome, StorageError> {
+        self.clean_at(now_ms()).await
+    }
+
+    /// [`ShardStore::clean`] as of `now_ms` (tests move the clock).
+    pub async fn clean_at(&self, now_ms: i64) -> Result<CleanOutcome, StorageError> {
+        let mut partitions = self.partitions();
+        partitions.retain(|p| p.config().cleanup_policy.compacts());
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let n = partitions.len();
+        for i in 0..n {
+            let turn = (self.clean_cursor.get() + i) % n;
+            let p = &partitions[turn];
+            match p.clean(now_ms).await {
+                Ok(outcome) if outcome.segments_rewritten > 0 => {
+                    self.clean_cursor.set(turn + 1);
+                    return Ok(outcome);
+                }
+                Ok(_) => {}
+                // One partition's trouble must not stop the others' cleaning.
+                Err(e) => {
+                    let (topic, partition) = (&p.topic, p.partition);
+                    tracing::error!(%topic, partition, error = %e, "cleaning failed")
+                }
+            }
+        }
+        Ok(CleanOutcome::default())
     }
 
     /// Finishes queued appends, flushes and writes indexes of every partition.
