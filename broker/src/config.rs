@@ -27,12 +27,19 @@ pub struct BrokerSection {
     pub native_shard_port_base: u16,
     pub advertised_host: String,
     pub kafka_addr: String,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    pub offsets_topic_partitions: u32,
+    pub group_initial_rebalance_delay_ms: u64,
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
     pub max_frame_bytes: usize,
     pub max_connections_per_shard: usize,
     pub max_in_flight_per_connection: usize,
     pub tail_cache_bytes: usize,
     pub io_memory_bytes: usize,
     pub retention_check_interval_ms: u64,
+    pub cleaner_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
 }
 
@@ -98,6 +105,11 @@ impl Config {
                 "broker.max_frame_bytes must be between 1024 and {MAX_FRAME_BYTES_LIMIT}"
             ));
         }
+        if b.default_partitions == 0 || b.offsets_topic_partitions == 0 {
+            return Err(
+                "broker.default_partitions and offsets_topic_partitions must be > 0".into(),
+            );
+        }
         if b.max_in_flight_per_connection == 0 || b.max_connections_per_shard == 0 {
             return Err(
                 "broker.max_in_flight_per_connection and max_connections_per_shard must be > 0"
@@ -105,6 +117,7 @@ impl Config {
             );
         }
         self.native_socket_addr()?;
+        self.kafka_socket_addr()?;
         self.log_defaults()?;
         Ok(())
     }
@@ -124,6 +137,10 @@ impl Config {
         LogConfig::default()
             .with_overrides(pairs.iter().map(|(k, v)| (*k, v.as_str())))
             .map_err(|e| format!("[log] {e}"))
+    }
+
+    pub fn kafka_socket_addr(&self) -> Result<SocketAddr, String> {
+        resolve(&self.broker.kafka_addr, "broker.kafka_addr")
     }
 
     pub fn native_socket_addr(&self) -> Result<SocketAddr, String> {

@@ -95,7 +95,7 @@ fn reassemble<T>(
         .collect()
 }
 
-async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
+pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
     let durability = match req.acks {
         Acks::All => Durability::Flushed,
         Acks::Leader | Acks::None => Durability::Written,
@@ -159,7 +159,10 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
 }
 
 /// Fetches without waiting, from every owner at once.
-async fn fetch_once(shard: &Rc<Shard>, parts: &[FetchPartition]) -> Vec<FetchPartitionResponse> {
+pub(crate) async fn fetch_once(
+    shard: &Rc<Shard>,
+    parts: &[FetchPartition],
+) -> Vec<FetchPartitionResponse> {
     let groups = by_owner(shard, parts, |p| (p.topic.as_str(), p.partition));
     let mut tasks = Vec::new();
     for (owner, indexes) in groups {
@@ -207,7 +210,7 @@ async fn fetch_once(shard: &Rc<Shard>, parts: &[FetchPartition]) -> Vec<FetchPar
 /// there is. `max_bytes` bounds the response, but the first non-empty
 /// partition is always returned whole (Kafka's rule, so a consumer can make
 /// progress past a batch larger than its limit).
-async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse {
+pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
     let deadline = Instant::now() + wait;
     loop {
@@ -233,7 +236,7 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse {
     }
 }
 
-fn limit_total(
+pub(crate) fn limit_total(
     mut results: Vec<FetchPartitionResponse>,
     max_bytes: usize,
 ) -> Vec<FetchPartitionResponse> {
@@ -253,7 +256,11 @@ fn limit_total(
 }
 
 /// Waits until any partition grows past what was seen, or `timeout`.
-async fn wait_for_append(shard: &Rc<Shard>, seen: Vec<(String, u32, i64)>, timeout: Duration) {
+pub(crate) async fn wait_for_append(
+    shard: &Rc<Shard>,
+    seen: Vec<(String, u32, i64)>,
+    timeout: Duration,
+) {
     let groups = by_owner(shard, &seen, |s| (s.0.as_str(), s.1));
     let (done, first) = glommio::channels::local_channel::new_bounded::<()>(groups.len().max(1));
     let done = Rc::new(done);
@@ -287,7 +294,10 @@ async fn wait_for_append(shard: &Rc<Shard>, seen: Vec<(String, u32, i64)>, timeo
     .await;
 }
 
-async fn list_offsets(shard: &Rc<Shard>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub(crate) async fn list_offsets(
+    shard: &Rc<Shard>,
+    req: ListOffsetsRequest,
+) -> ListOffsetsResponse {
     let parts = req.partitions;
     let groups = by_owner(shard, &parts, |p| (p.topic.as_str(), p.partition));
     let mut tasks = Vec::new();
@@ -331,7 +341,10 @@ async fn list_offsets(shard: &Rc<Shard>, req: ListOffsetsRequest) -> ListOffsets
 }
 
 /// Topic changes go to shard 0, the controller.
-async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest) -> CreateTopicsResponse {
+pub(crate) async fn create_topics(
+    shard: &Rc<Shard>,
+    req: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     if shard.id == 0 {
         return CreateTopicsResponse {
             topics: shard.controller_create(req.topics).await,
@@ -357,7 +370,10 @@ async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest) -> CreateTop
     }
 }
 
-async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+pub(crate) async fn delete_topics(
+    shard: &Rc<Shard>,
+    req: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     if shard.id == 0 {
         return DeleteTopicsResponse {
             topics: shard.controller_delete(req.names).await,
@@ -426,7 +442,11 @@ fn metadata(shard: &Rc<Shard>, req: MetadataRequest) -> MetadataResponse {
                         error: ErrorCode::NONE,
                     })
                     .collect(),
-                configs: effective_configs(shard, meta),
+                configs: meta
+                    .effective_configs(&shard.log_defaults)
+                    .into_iter()
+                    .map(|(k, v, _)| (k, v))
+                    .collect(),
                 name,
                 error: ErrorCode::NONE,
             },
@@ -440,27 +460,4 @@ fn metadata(shard: &Rc<Shard>, req: MetadataRequest) -> MetadataResponse {
         shards,
         topics,
     }
-}
-
-/// Every topic setting as it applies (overrides on top of broker defaults).
-fn effective_configs(shard: &Shard, meta: &crate::topics::TopicMeta) -> Vec<(String, String)> {
-    let Ok(c) = meta.log_config(&shard.log_defaults) else {
-        return meta.configs.clone();
-    };
-    vec![
-        ("cleanup.policy".into(), "delete".into()),
-        ("segment.bytes".into(), c.segment_bytes.to_string()),
-        ("segment.ms".into(), c.segment_ms.to_string()),
-        ("retention.ms".into(), c.retention_ms.to_string()),
-        ("retention.bytes".into(), c.retention_bytes.to_string()),
-        ("max.message.bytes".into(), c.max_message_bytes.to_string()),
-        (
-            "index.interval.bytes".into(),
-            c.index_interval_bytes.to_string(),
-        ),
-        (
-            "flush.ms".into(),
-            c.flush_ms.map_or("-1".into(), |v| v.to_string()),
-        ),
-    ]
 }

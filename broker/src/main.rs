@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod cli;
 mod config;
 mod handlers;
+mod kafka;
 mod native;
 mod preflight;
 mod router;

@@ -27,10 +27,22 @@ use sluice_protocol::ErrorCode;
 use crate::handlers;
 use crate::shard::Shard;
 
-type Answer = JoinHandle<Option<Vec<Bytes>>>;
+pub(crate) type Answer = JoinHandle<Option<Vec<Bytes>>>;
 
-/// Accepts connections until the shard stops.
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// What serves one accepted connection.
+pub type ServeFn =
+    fn(Rc<Shard>, TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// The native protocol's [`ServeFn`].
+pub fn serve_native(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(serve(shard, stream))
+}
+
+/// Accepts connections until the shard stops, serving each with `serve_fn`.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serve_fn: ServeFn) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             wait_until_stopping(&shard).await;
@@ -57,14 +69,14 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             shard.connections.set(shard.connections.get() + 1);
-            serve(shard.clone(), stream).await;
+            serve_fn(shard.clone(), stream).await;
             shard.connections.set(shard.connections.get() - 1);
         })
         .detach();
     }
 }
 
-async fn wait_until_stopping(shard: &Shard) {
+pub(crate) async fn wait_until_stopping(shard: &Shard) {
     while !shard.stopping.get() {
         glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -136,7 +148,7 @@ async fn read_requests(
 const FRAME_READ_STEP_BYTES: usize = 1024 * 1024;
 
 /// Reads the rest of a frame whose total length (prefix included) is `total`.
-async fn read_frame_body(
+pub(crate) async fn read_frame_body(
     reader: &mut (impl AsyncRead + Unpin),
     prefix: [u8; FRAME_PREFIX_BYTES],
     total: usize,
@@ -156,7 +168,7 @@ async fn read_frame_body(
 }
 
 /// Writes answers in the order their requests arrived.
-async fn write_answers(
+pub(crate) async fn write_answers(
     fd: RawFd,
     mut writer: impl AsyncWrite + Unpin,
     answers: LocalReceiver<Answer>,

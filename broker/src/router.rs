@@ -18,6 +18,7 @@ use sluice_protocol::native::{
 };
 use sluice_shard::partition::Durability;
 
+use crate::kafka::group::{GroupRequest, GroupResponse};
 use crate::topics::TopicMeta;
 
 /// Where the answer to a cross-shard message goes.
@@ -32,6 +33,17 @@ pub struct ProducePart {
     pub topic: String,
     pub partition: u32,
     pub records: Bytes,
+}
+
+/// A change to a topic, decided by the controller.
+#[derive(Clone, Debug)]
+pub enum TopicChange {
+    /// Grow to this many partitions (CreatePartitions).
+    Partitions(u32),
+    /// Replace every override with these (AlterConfigs).
+    ReplaceConfigs(Vec<(String, String)>),
+    /// Set (`Some`) or remove (`None`) these overrides (IncrementalAlterConfigs).
+    EditConfigs(Vec<(String, Option<String>)>),
 }
 
 /// Every message one shard sends another.
@@ -60,6 +72,23 @@ pub enum ShardMsg {
         parts: Vec<ListOffsetsPartition>,
         reply: Reply<Vec<ListOffsetsPartitionResponse>>,
     },
+    /// OffsetForLeaderEpoch for a partition the receiver owns: the epoch and
+    /// its end offset, an error code, or `None` for an unknown partition.
+    /// Retryable.
+    EpochEnd {
+        topic: String,
+        partition: u32,
+        epoch: i32,
+        reply: Reply<Option<Result<(i32, i64), i16>>>,
+    },
+    /// A consumer-group request for a group this shard coordinates. JoinGroup
+    /// and SyncGroup wait for the rebalance; OffsetCommit is not retryable
+    /// blindly (a retry may commit an older offset after a newer one), the
+    /// rest are.
+    Group {
+        request: GroupRequest,
+        reply: Reply<GroupResponse>,
+    },
     /// To shard 0, the controller: create topics. Retryable (a topic that
     /// exists is reported as TOPIC_ALREADY_EXISTS, never created twice).
     CreateTopics {
@@ -70,6 +99,29 @@ pub enum ShardMsg {
     DeleteTopics {
         names: Vec<String>,
         reply: Reply<Vec<TopicResult>>,
+    },
+    /// To shard 0, the controller: change a topic (partition count or
+    /// configs). Retryable (the change is absolute, not relative).
+    AlterTopic {
+        name: String,
+        change: TopicChange,
+        validate_only: bool,
+        reply: Reply<Result<(), (i16, String)>>,
+    },
+    /// From the controller to every shard: a topic's new metadata; open the
+    /// partitions you now own and apply the configs. Retryable (idempotent).
+    TopicUpdated {
+        meta: TopicMeta,
+        reply: Reply<Result<(), String>>,
+    },
+    /// Delete the records of a partition the receiver owns below an offset
+    /// (-1: the high watermark); the new log start offset or an error code.
+    /// Retryable.
+    DeleteRecords {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        reply: Reply<Result<i64, i16>>,
     },
     /// From the controller to every shard: learn a topic and open the
     /// partitions you own. Retryable (idempotent).

@@ -16,6 +16,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use sluice_shard::store::{warm_up_direct_io, ShardStore};
 
 use crate::config::Config;
+use crate::kafka::group::{GroupConfig, GroupCoordinator, OffsetsStore};
+use crate::kafka::offsets_log::ShardOffsetsLog;
 use crate::preflight;
 use crate::router::{ShardMsg, SHARD_CHANNEL_DEPTH};
 use crate::shard::{shard_port, Shard};
@@ -37,7 +39,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     preflight::check_memlock(shards, config.broker.io_memory_bytes)?;
     let _lock = preflight::check_data_dir(&data_dir)?;
     let native = config.native_socket_addr()?;
-    let mut addrs: Vec<(SocketAddr, String)> = vec![(native, "native listener".into())];
+    let kafka = config.kafka_socket_addr()?;
+    let mut addrs: Vec<(SocketAddr, String)> = vec![
+        (native, "native listener".into()),
+        (kafka, "Kafka listener".into()),
+    ];
     for id in 0..shards {
         let port = shard_port(&config, id);
         addrs.push((
@@ -50,6 +56,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     // Fail before starting anything if the topic metadata is unreadable.
     topics::load_all(&data_dir)?;
     let generation = next_generation(&data_dir)?;
+    let cluster_id = cluster_id(&data_dir)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handlers(stop.clone())?;
@@ -64,10 +71,11 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         };
         let (config, mesh, stop, events) =
             (config.clone(), mesh.clone(), stop.clone(), events.clone());
+        let cluster_id = cluster_id.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(config.broker.io_memory_bytes)
-            .spawn(move || run_shard(config, generation, mesh, stop, events))
+            .spawn(move || run_shard(config, generation, cluster_id, mesh, stop, events))
             .map_err(|e| format!("cannot start shard executor {i}: {e}"))?;
         handles.push(handle);
     }
@@ -76,7 +84,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let shard_ports: Vec<u16> = (0..shards).map(|id| shard_port(&config, id)).collect();
     tracing::info!(%native, shards, ?shard_ports, data_dir = %data_dir.display(), generation, "sluice ready");
     println!(
-        "sluice ready: native={native} shards={shards} shard_ports={shard_ports:?} data_dir={}",
+        "sluice ready: native={native} kafka={kafka} shards={shards} shard_ports={shard_ports:?} \
+         data_dir={}",
         data_dir.display()
     );
     let mut failed = None;
@@ -145,6 +154,22 @@ fn next_generation(data_dir: &std::path::Path) -> Result<i32, String> {
     Ok(next)
 }
 
+/// The cluster id, created with the data directory and kept in it.
+fn cluster_id(data_dir: &std::path::Path) -> Result<String, String> {
+    let path = data_dir.join("cluster-id");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    // Kafka's cluster ids are base64 UUIDs; any stable string works.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(&path, format!("{id}\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(id)
+}
+
 fn available_cpus() -> Vec<usize> {
     // SAFETY: sched_getaffinity fills a cpu_set_t we own.
     unsafe {
@@ -169,6 +194,7 @@ fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<(), String> {
 async fn run_shard(
     config: Config,
     generation: i32,
+    cluster_id: String,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     events: mpsc::Sender<ShardEvent>,
@@ -189,7 +215,7 @@ async fn run_shard(
         return;
     };
     let id = senders.peer_id() as u32;
-    let shard = match start_shard(config, generation, senders, id).await {
+    let shard = match start_shard(config, generation, cluster_id, senders, id).await {
         Ok(s) => s,
         Err(error) => {
             let _ = events.send(ShardEvent::Failed {
@@ -215,6 +241,13 @@ async fn run_shard(
         });
         return;
     }
+    if let Err(error) = shard.ensure_offsets_topic().await {
+        let _ = events.send(ShardEvent::Failed {
+            id: Some(id),
+            error,
+        });
+        return;
+    }
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     let _ = events.send(ShardEvent::Ready { id });
     while !stop.load(Ordering::SeqCst) {
@@ -233,6 +266,7 @@ async fn run_shard(
 async fn start_shard(
     config: Config,
     generation: i32,
+    cluster_id: String,
     peers: glommio::channels::channel_mesh::Senders<ShardMsg>,
     id: u32,
 ) -> Result<Rc<Shard>, String> {
@@ -240,22 +274,26 @@ async fn start_shard(
     let topics = topics::load_all(&data_dir)?;
     let log_defaults = config.log_defaults()?;
     let count = config.shard_count();
-    let store = ShardStore::new(
+    let store = Rc::new(ShardStore::new(
         sluice_protocol::ShardId(id),
         data_dir,
         config.broker.tail_cache_bytes,
-    );
+    ));
+    let groups = group_coordinator(&config, &store);
     let shard = Rc::new(Shard {
         id,
         count,
         log_defaults,
         generation,
+        cluster_id,
         store,
+        groups,
         topics: RefCell::new(topics),
         peers,
         epochs: RefCell::new(HashMap::new()),
         connections: Cell::new(0),
         in_flight: Cell::new(0),
+        producer_ids: Cell::new(0),
         stopping: Cell::new(false),
         config,
     });
@@ -263,13 +301,37 @@ async fn start_shard(
     Ok(shard)
 }
 
+/// The shard's group coordinator, over its partitions of `__consumer_offsets`.
+fn group_coordinator(config: &Config, store: &Rc<ShardStore>) -> Rc<GroupCoordinator> {
+    let b = &config.broker;
+    let offsets = OffsetsStore {
+        log: Rc::new(ShardOffsetsLog {
+            store: store.clone(),
+        }),
+        partitions: b.offsets_topic_partitions,
+    };
+    let group_config = GroupConfig {
+        initial_rebalance_delay_ms: b.group_initial_rebalance_delay_ms,
+        session_timeout_ms_min: b.group_min_session_timeout_ms,
+        session_timeout_ms_max: b.group_max_session_timeout_ms,
+        ..GroupConfig::default()
+    };
+    GroupCoordinator::with_config(offsets, group_config)
+}
+
 fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
     let native = shard.config.native_socket_addr()?;
     let own = SocketAddr::new(native.ip(), shard.shard_port(shard.id));
-    for addr in [native, own] {
+    let kafka = shard.config.kafka_socket_addr()?;
+    let listeners: [(SocketAddr, crate::native::ServeFn); 3] = [
+        (native, crate::native::serve_native),
+        (own, crate::native::serve_native),
+        (kafka, crate::kafka::serve_kafka),
+    ];
+    for (addr, serve) in listeners {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        glommio::spawn_local(crate::native::accept_loop(shard.clone(), listener)).detach();
+        glommio::spawn_local(crate::native::accept_loop(shard.clone(), listener, serve)).detach();
     }
     Ok(())
 }
@@ -277,6 +339,8 @@ fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
 async fn retention_loop(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config.broker.retention_check_interval_ms.max(100));
     let mut last = Instant::now();
+    let clean_every = Duration::from_millis(shard.config.broker.cleaner_interval_ms.max(10));
+    let mut last_clean = Instant::now();
     while !shard.stopping.get() {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         if last.elapsed() >= every {
@@ -284,6 +348,14 @@ async fn retention_loop(shard: Rc<Shard>) {
             let deleted = shard.store.enforce_retention().await;
             if deleted > 0 {
                 tracing::info!(shard = shard.id, deleted, "retention deleted segments");
+            }
+        }
+        // Compaction: one partition's worth of cleaning per turn, so the
+        // shard stays responsive.
+        if last_clean.elapsed() >= clean_every {
+            last_clean = Instant::now();
+            if let Err(e) = shard.store.clean().await {
+                tracing::warn!(shard = shard.id, error = %e, "log cleaner");
             }
         }
     }

@@ -21,6 +21,11 @@ use sluice_protocol::native::{
     ProducePartitionResponse, TopicResult,
 };
 use sluice_protocol::types::list_offsets_timestamp::{EARLIEST, LATEST};
+
+/// ListOffsets: the record with the largest timestamp (KIP-734).
+pub const MAX_TIMESTAMP: i64 = -3;
+/// ListOffsets: the first offset in local storage (KIP-405), the log start here.
+pub const EARLIEST_LOCAL: i64 = -4;
 use sluice_protocol::ErrorCode;
 use sluice_replication::EpochHistory;
 use sluice_shard::config::LogConfig;
@@ -28,7 +33,8 @@ use sluice_shard::partition::{Durability, Partition};
 use sluice_shard::store::{owner_shard, partition_dir, ShardStore};
 
 use crate::config::Config;
-use crate::router::{ProducePart, ShardMsg};
+use crate::kafka::group::{GroupCoordinator, OFFSETS_TOPIC};
+use crate::router::{ProducePart, ShardMsg, TopicChange};
 use crate::topics::{self, TopicMeta, TopicTable};
 
 /// A shard's state (`!Send`).
@@ -39,18 +45,34 @@ pub struct Shard {
     pub log_defaults: LogConfig,
     /// The leader epoch of this run of the broker (bumped at every start).
     pub generation: i32,
-    pub store: ShardStore,
+    /// This cluster's id (fixed when the data directory is first used).
+    pub cluster_id: String,
+    pub store: Rc<ShardStore>,
+    /// The consumer groups whose `__consumer_offsets` partition this shard owns.
+    pub groups: Rc<GroupCoordinator>,
     pub topics: RefCell<TopicTable>,
     pub peers: Senders<ShardMsg>,
     pub epochs: RefCell<HashMap<(String, u32), EpochHistory>>,
     pub connections: Cell<usize>,
     pub in_flight: Cell<usize>,
+    /// Producer ids handed out by this shard in this run.
+    pub producer_ids: Cell<u64>,
     pub stopping: Cell<bool>,
 }
 
 impl Shard {
     pub fn owner(&self, topic: &str, partition: u32) -> u32 {
         owner_shard(topic, partition, self.count).0
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.clone()
+    }
+
+    /// The host and port Kafka clients are told to connect to.
+    pub fn kafka_advertised(&self) -> (String, u16) {
+        let port = self.config.kafka_socket_addr().map_or(9092, |a| a.port());
+        (self.config.advertised_host(), port)
     }
 
     /// The port on which shard `id` listens alone.
@@ -76,14 +98,45 @@ impl Shard {
     async fn open_topic_partitions(&self, meta: &TopicMeta) -> Result<(), String> {
         let config = meta.log_config(&self.log_defaults)?;
         for p in (0..meta.partitions).filter(|p| self.owner(&meta.name, *p) == self.id) {
+            let fresh = self.store.get(&meta.name, p).is_none();
             let log = self
                 .store
                 .open_partition(&meta.name, p, config.clone(), self.generation)
                 .await
                 .map_err(|e| format!("partition {}/{p}: {e}", meta.name))?;
             self.begin_epoch(&meta.name, p, &log)?;
+            if fresh && meta.name == OFFSETS_TOPIC {
+                // Committed offsets and groups come back before any group
+                // request is served (they get COORDINATOR_LOAD_IN_PROGRESS).
+                let groups = self.groups.clone();
+                groups
+                    .load(p)
+                    .await
+                    .map_err(|e| format!("loading {OFFSETS_TOPIC}/{p}: {e}"))?;
+            }
         }
         Ok(())
+    }
+
+    /// Shard 0 at start-up: creates `__consumer_offsets` if it is missing.
+    pub async fn ensure_offsets_topic(self: &Rc<Self>) -> Result<(), String> {
+        if self.id != 0 || self.topics.borrow().get(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let topic = sluice_protocol::native::CreateTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: self.config.broker.offsets_topic_partitions,
+            configs: vec![("cleanup.policy".into(), "compact".into())],
+        };
+        let created = self.controller_create(vec![topic]).await;
+        match created.first() {
+            Some(t) if t.error.is_ok() => Ok(()),
+            Some(t) => Err(format!(
+                "creating {OFFSETS_TOPIC}: {}: {}",
+                t.error, t.message
+            )),
+            None => Err(format!("creating {OFFSETS_TOPIC}: no answer")),
+        }
     }
 
     /// Records in the partition's epoch history that this run's epoch begins
@@ -193,6 +246,30 @@ impl Shard {
         futures_lite::future::or(any, glommio::timer::sleep(timeout)).await;
     }
 
+    /// OffsetForLeaderEpoch on a partition this shard owns.
+    pub fn local_epoch_end(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Option<Result<(i32, i64), i16>> {
+        let log = self.store.get(topic, partition)?;
+        let end = log.offsets().log_end;
+        let epochs = self.epochs.borrow();
+        let history = epochs.get(&(topic.to_string(), partition))?;
+        // An epoch older than any we know: Kafka answers UNDEFINED (-1, -1).
+        Some(Ok(history.end_offset_for(epoch, end).unwrap_or((-1, -1))))
+    }
+
+    /// A new producer id, unique across shards and restarts (see
+    /// InitProducerId).
+    pub fn next_producer_id(&self) -> i64 {
+        let n = self.producer_ids.get();
+        self.producer_ids.set(n + 1);
+        let low = n.wrapping_mul(u64::from(self.count)) + u64::from(self.id);
+        (i64::from(self.generation) << 32) | (low & 0xFFFF_FFFF) as i64
+    }
+
     pub async fn local_list_offsets(
         &self,
         parts: Vec<ListOffsetsPartition>,
@@ -202,8 +279,13 @@ impl Shard {
             let (error, offset, timestamp) = match self.store.get(&part.topic, part.partition) {
                 None => (ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
                 Some(log) => match part.timestamp {
-                    EARLIEST => (ErrorCode::NONE, log.offsets().log_start, -1),
+                    EARLIEST | EARLIEST_LOCAL => (ErrorCode::NONE, log.offsets().log_start, -1),
                     LATEST => (ErrorCode::NONE, log.offsets().log_end, -1),
+                    MAX_TIMESTAMP => match log.offset_for_timestamp(log.max_timestamp()).await {
+                        Ok(Some((o, t))) => (ErrorCode::NONE, o, t),
+                        Ok(None) => (ErrorCode::NONE, -1, -1),
+                        Err(e) => (e.error_code(), -1, -1),
+                    },
                     ts if ts < 0 => (ErrorCode::INVALID_REQUEST, -1, -1),
                     ts => match log.offset_for_timestamp(ts).await {
                         Ok(Some((o, t))) => (ErrorCode::NONE, o, t),
@@ -248,11 +330,7 @@ impl Shard {
     ) -> Vec<TopicResult> {
         let mut out = Vec::with_capacity(topics.len());
         for t in topics {
-            let meta = TopicMeta {
-                name: t.name,
-                partitions: t.partitions,
-                configs: t.configs,
-            };
+            let meta = TopicMeta::new(t.name, t.partitions, t.configs);
             let (error, message) = match self.create_one(meta.clone()).await {
                 Ok(()) => (ErrorCode::NONE, String::new()),
                 Err((code, message)) => (code, message),
@@ -305,6 +383,120 @@ impl Shard {
             true => Ok(()),
             false => Err((ErrorCode::KAFKA_STORAGE_ERROR, errors.join("; "))),
         }
+    }
+
+    /// Shard 0: validates, persists and announces a change to a topic.
+    pub async fn controller_alter(
+        self: &Rc<Self>,
+        name: &str,
+        change: TopicChange,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        let Some(mut meta) = self.topics.borrow().get(name).cloned() else {
+            return Err((
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
+                format!("no topic {name:?}"),
+            ));
+        };
+        match change {
+            TopicChange::Partitions(n) if n < meta.partitions => {
+                return Err((
+                    ErrorCode::INVALID_PARTITIONS.0,
+                    format!(
+                        "topic has {} partitions; they can only be added",
+                        meta.partitions
+                    ),
+                ));
+            }
+            TopicChange::Partitions(n) if n > topics::PARTITIONS_PER_TOPIC_MAX => {
+                return Err((
+                    ErrorCode::INVALID_PARTITIONS.0,
+                    "too many partitions".into(),
+                ));
+            }
+            TopicChange::Partitions(n) => meta.partitions = n,
+            TopicChange::ReplaceConfigs(configs) => meta.configs = configs,
+            TopicChange::EditConfigs(edits) => {
+                for (key, value) in edits {
+                    meta.configs.retain(|(k, _)| *k != key);
+                    if let Some(v) = value {
+                        meta.configs.push((key, v));
+                    }
+                }
+            }
+        }
+        meta.log_config(&self.log_defaults)
+            .map_err(|e| (ErrorCode::INVALID_CONFIG.0, e))?;
+        if validate_only {
+            return Ok(());
+        }
+        topics::persist(self.store.data_dir(), &meta).map_err(|e| {
+            (
+                ErrorCode::KAFKA_STORAGE_ERROR.0,
+                format!("persisting topic: {e}"),
+            )
+        })?;
+        let mut errors = Vec::new();
+        if let Err(e) = self.apply_topic_updated(meta.clone()).await {
+            errors.push(e);
+        }
+        for to in (0..self.count).filter(|s| *s != self.id) {
+            let (reply, answer) = oneshot::channel();
+            if !self
+                .send(
+                    to,
+                    ShardMsg::TopicUpdated {
+                        meta: meta.clone(),
+                        reply,
+                    },
+                )
+                .await
+            {
+                errors.push(format!("shard {to} is not running"));
+                continue;
+            }
+            if let Ok(Err(e)) = answer.await {
+                errors.push(e);
+            }
+        }
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err((ErrorCode::KAFKA_STORAGE_ERROR.0, errors.join("; "))),
+        }
+    }
+
+    /// Applies a topic's new metadata on this shard.
+    pub async fn apply_topic_updated(&self, meta: TopicMeta) -> Result<(), String> {
+        let config = meta.log_config(&self.log_defaults)?;
+        self.topics.borrow_mut().insert(meta.clone());
+        for p in (0..meta.partitions).filter(|p| self.owner(&meta.name, *p) == self.id) {
+            if let Some(log) = self.store.get(&meta.name, p) {
+                log.set_config(config.clone());
+            }
+        }
+        self.open_topic_partitions(&meta).await
+    }
+
+    /// DeleteRecords on a partition this shard owns: the new log start.
+    pub async fn local_delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<i64, i16> {
+        let log = self
+            .store
+            .get(topic, partition)
+            .ok_or(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0)?;
+        let hw = log.offsets().high_watermark;
+        let before = if offset == -1 { hw } else { offset };
+        if before < 0 || before > hw {
+            return Err(ErrorCode::OFFSET_OUT_OF_RANGE.0);
+        }
+        log.delete_records_before(before).await.map_err(|e| {
+            tracing::warn!(topic, partition, error = %e, "DeleteRecords");
+            ErrorCode::KAFKA_STORAGE_ERROR.0
+        })
     }
 
     /// Shard 0: deletes topics everywhere, then their metadata.
@@ -372,6 +564,17 @@ impl Shard {
                 self.local_watch(parts, timeout).await;
                 let _ = reply.send(());
             }
+            ShardMsg::Group { request, reply } => {
+                let _ = reply.send(self.groups.handle(request).await);
+            }
+            ShardMsg::EpochEnd {
+                topic,
+                partition,
+                epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.local_epoch_end(&topic, partition, epoch));
+            }
             ShardMsg::ListOffsets { parts, reply } => {
                 let _ = reply.send(self.local_list_offsets(parts).await);
             }
@@ -383,6 +586,25 @@ impl Shard {
             }
             ShardMsg::TopicCreated { meta, reply } => {
                 let _ = reply.send(self.apply_topic_created(meta).await);
+            }
+            ShardMsg::AlterTopic {
+                name,
+                change,
+                validate_only,
+                reply,
+            } => {
+                let _ = reply.send(self.controller_alter(&name, change, validate_only).await);
+            }
+            ShardMsg::TopicUpdated { meta, reply } => {
+                let _ = reply.send(self.apply_topic_updated(meta).await);
+            }
+            ShardMsg::DeleteRecords {
+                topic,
+                partition,
+                offset,
+                reply,
+            } => {
+                let _ = reply.send(self.local_delete_records(&topic, partition, offset).await);
             }
             ShardMsg::TopicDeleted { name, reply } => {
                 self.apply_topic_deleted(&name).await;

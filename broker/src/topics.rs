@@ -24,14 +24,172 @@ const META_FILE: &str = "topic.toml";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMeta {
     pub name: String,
+    /// The topic's id (Kafka's topic UUID), fixed at creation.
+    #[serde(default)]
+    pub id: String,
     pub partitions: u32,
     /// Overrides of the broker's log defaults, in Kafka's key names.
     pub configs: Vec<(String, String)>,
 }
 
+/// Topic settings the broker (not the storage engine) interprets or accepts.
+/// Kafka clients set these; each is validated and stored, and the first two
+/// are honoured: `min.insync.replicas` (an `acks=all` produce needs that many
+/// in-sync replicas: this node is the only one) and `message.timestamp.type`
+/// (`LogAppendTime` stamps batches with the broker's clock). The rest have no
+/// effect on a single node with local storage and are kept for DescribeConfigs.
+pub const BROKER_TOPIC_KEYS: &[&str] = &[
+    "min.insync.replicas",
+    "message.timestamp.type",
+    "compression.type",
+    "unclean.leader.election.enable",
+    "preallocate",
+    "message.downconversion.enable",
+    "follower.replication.throttled.replicas",
+    "leader.replication.throttled.replicas",
+    "file.delete.delay.ms",
+    "max.compaction.lag.ms",
+    "message.timestamp.difference.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.after.max.ms",
+    "segment.jitter.ms",
+    "segment.index.bytes",
+    "flush.messages",
+    "local.retention.ms",
+    "local.retention.bytes",
+    "remote.storage.enable",
+];
+
+/// Checks the value of a broker-level topic setting.
+fn validate_broker_key(key: &str, value: &str) -> Result<(), String> {
+    let ok = match key {
+        "min.insync.replicas" => value.parse::<i32>().is_ok_and(|v| v >= 1),
+        "message.timestamp.type" => matches!(value, "CreateTime" | "LogAppendTime"),
+        "compression.type" => value == "producer",
+        "unclean.leader.election.enable"
+        | "preallocate"
+        | "message.downconversion.enable"
+        | "remote.storage.enable" => matches!(value, "true" | "false"),
+        "follower.replication.throttled.replicas" | "leader.replication.throttled.replicas" => true,
+        _ => value.parse::<i64>().is_ok(),
+    };
+    match ok {
+        true => Ok(()),
+        false if key == "compression.type" => Err(format!(
+            "{key}={value}: only \"producer\" is supported (batches are stored as sent)"
+        )),
+        false => Err(format!("{key}={value}: invalid value")),
+    }
+}
+
 impl TopicMeta {
+    /// A topic setting as stored (overrides only).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every topic setting as it applies: `(key, value, is_override)`, the
+    /// topic's overrides on top of the broker's defaults.
+    pub fn effective_configs(&self, defaults: &LogConfig) -> Vec<(String, String, bool)> {
+        let c = self
+            .log_config(defaults)
+            .unwrap_or_else(|_| defaults.clone());
+        let flush = c.flush_ms.map_or(i64::MAX.to_string(), |v| v.to_string());
+        let base = [
+            ("cleanup.policy", c.cleanup_policy.name().to_string()),
+            ("delete.retention.ms", c.delete_retention_ms.to_string()),
+            ("min.compaction.lag.ms", c.min_compaction_lag_ms.to_string()),
+            (
+                "min.cleanable.dirty.ratio",
+                format!(
+                    "{}",
+                    f64::from(c.min_cleanable_dirty_ratio_ppm) / 1_000_000.0
+                ),
+            ),
+            (
+                "producer.id.expiration.ms",
+                c.producer_id_expiration_ms.to_string(),
+            ),
+            ("segment.bytes", c.segment_bytes.to_string()),
+            ("segment.ms", c.segment_ms.to_string()),
+            ("retention.ms", c.retention_ms.to_string()),
+            ("retention.bytes", c.retention_bytes.to_string()),
+            ("max.message.bytes", c.max_message_bytes.to_string()),
+            ("index.interval.bytes", c.index_interval_bytes.to_string()),
+            ("flush.ms", flush),
+            ("min.insync.replicas", "1".to_string()),
+            ("message.timestamp.type", "CreateTime".to_string()),
+            ("compression.type", "producer".to_string()),
+        ];
+        let mut out: Vec<(String, String, bool)> = base
+            .into_iter()
+            .map(|(k, v)| match self.setting(k) {
+                Some(o) => (k.to_string(), o.to_string(), true),
+                None => (k.to_string(), v, false),
+            })
+            .collect();
+        for (k, v) in &self.configs {
+            if !out.iter().any(|(key, _, _)| key == k) {
+                out.push((k.clone(), v.clone(), true));
+            }
+        }
+        out
+    }
+
+    /// `min.insync.replicas` (default 1).
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.setting("min.insync.replicas")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Whether batches get the broker's append time (`LogAppendTime`).
+    pub fn log_append_time(&self) -> bool {
+        self.setting("message.timestamp.type") == Some("LogAppendTime")
+    }
+
+    /// A new topic with a fresh random id.
+    pub fn new(name: String, partitions: u32, configs: Vec<(String, String)>) -> TopicMeta {
+        let id = uuid::Uuid::new_v4().to_string();
+        TopicMeta {
+            name,
+            id,
+            partitions,
+            configs,
+        }
+    }
+
+    /// The topic id; topics written before ids existed get one derived from
+    /// their name, so it stays the same across restarts.
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::parse_str(&self.id).unwrap_or_else(|_| {
+            let a = crc32c::crc32c(self.name.as_bytes());
+            let b = crc32c::crc32c_append(a, b"sluice-topic-id");
+            uuid::Uuid::from_u64_pair(
+                u64::from(a) << 32 | u64::from(b),
+                u64::from(b) << 32 | u64::from(a),
+            )
+        })
+    }
+
+    /// Whether the topic is one of Sluice's internal topics.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with("__")
+    }
+
     pub fn log_config(&self, defaults: &LogConfig) -> Result<LogConfig, String> {
-        sluice_shard::store::topic_log_config(defaults, &self.configs).map_err(|e| e.to_string())
+        let mut storage = Vec::with_capacity(self.configs.len());
+        for (k, v) in &self.configs {
+            match BROKER_TOPIC_KEYS.contains(&k.as_str()) {
+                true => validate_broker_key(k, v)?,
+                false => storage.push((k.clone(), v.clone())),
+            }
+        }
+        sluice_shard::store::topic_log_config(defaults, &storage).map_err(|e| e.to_string())
     }
 }
 
@@ -174,11 +332,7 @@ mod tests {
     #[test]
     fn metadata_round_trips_through_the_data_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let meta = TopicMeta {
-            name: "t".into(),
-            partitions: 8,
-            configs: vec![("retention.ms".into(), "1000".into())],
-        };
+        let meta = TopicMeta::new("t".into(), 8, vec![("retention.ms".into(), "1000".into())]);
         persist(dir.path(), &meta).expect("persist");
         let table = load_all(dir.path()).expect("load");
         assert_eq!(table.get("t"), Some(&meta));

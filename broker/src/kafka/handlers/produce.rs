@@ -1,0 +1,175 @@
+//! Produce (served: v3-v11, RecordBatch v2 only; v0-v2 are advertised for old
+//! librdkafka's feature detection and refused). Records travel to their
+//! owning shards as slices of the request (no copy) through the same path as
+//! the native protocol; `acks=0` gets no response.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use sluice_protocol::batch;
+use sluice_protocol::native::{self, Acks, ProducePartition};
+use sluice_protocol::ErrorCode;
+
+use super::{decode, respond};
+use crate::kafka::versions::PRODUCE_VERSION_MIN_SERVED;
+use crate::kafka::KafkaRequest;
+use crate::shard::Shard;
+
+/// NOT_ENOUGH_REPLICAS: `acks=all` with `min.insync.replicas` above 1.
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+/// One partition of the request, in request order, with what is known
+/// before it is appended.
+struct Slot {
+    topic: usize,
+    partition: i32,
+    early_error: Option<i16>,
+    append_time: i64,
+}
+
+pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
+    if req.version < PRODUCE_VERSION_MIN_SERVED {
+        return Err(format!(
+            "Produce v{} (message format before v2) is not supported",
+            req.version
+        ));
+    }
+    let r: ProduceRequest = decode(req)?;
+    let acks = match r.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    let mut slots = Vec::new();
+    let mut parts = Vec::new();
+    for (t, topic) in r.topic_data.iter().enumerate() {
+        let name = topic.name.0.as_str();
+        for p in &topic.partition_data {
+            let (early_error, append_time, part) = prepare(shard, name, p.index, &p.records, acks);
+            slots.push(Slot {
+                topic: t,
+                partition: p.index,
+                early_error,
+                append_time,
+            });
+            parts.extend(part);
+        }
+    }
+    let request = native::ProduceRequest {
+        acks: acks.unwrap_or(Acks::Leader),
+        timeout_ms: r.timeout_ms.max(0) as u32,
+        partitions: parts,
+    };
+    let mut results = crate::handlers::produce(shard, request)
+        .await
+        .partitions
+        .into_iter();
+    if r.acks == 0 {
+        return Ok(None);
+    }
+    let mut topics: Vec<TopicProduceResponse> = r
+        .topic_data
+        .iter()
+        .map(|t| TopicProduceResponse::default().with_name(TopicName(t.name.0.clone())))
+        .collect();
+    for slot in slots {
+        let mut p = PartitionProduceResponse::default()
+            .with_index(slot.partition)
+            .with_base_offset(-1)
+            .with_log_append_time_ms(-1);
+        match slot.early_error {
+            Some(code) => p.error_code = code,
+            None => match results.next() {
+                Some(res) => {
+                    p.error_code = res.error.0;
+                    if res.error.is_ok() {
+                        p.base_offset = res.base_offset;
+                        p.log_append_time_ms = slot.append_time;
+                        if req.version >= 5 {
+                            p.log_start_offset = res.log_start_offset;
+                        }
+                    }
+                }
+                None => p.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.0,
+            },
+        }
+        topics[slot.topic].partition_responses.push(p);
+    }
+    respond(req, &ProduceResponse::default().with_responses(topics))
+}
+
+/// Checks one partition before it is appended: the error that refuses it at
+/// once, the append time it is stamped with (-1: CreateTime), and the part
+/// to append.
+fn prepare(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    records: &Option<Bytes>,
+    acks: Option<Acks>,
+) -> (Option<i16>, i64, Option<ProducePartition>) {
+    let Some(acks) = acks else {
+        return (Some(ErrorCode::INVALID_REQUIRED_ACKS.0), -1, None);
+    };
+    let meta = shard.topics.borrow().get(topic).cloned();
+    let Some(meta) = meta.filter(|m| partition >= 0 && (partition as u32) < m.partitions) else {
+        return (Some(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0), -1, None);
+    };
+    let Some(records) = records.clone() else {
+        return (Some(ErrorCode::CORRUPT_MESSAGE.0), -1, None);
+    };
+    if acks == Acks::All && meta.min_insync_replicas() > 1 {
+        return (Some(NOT_ENOUGH_REPLICAS), -1, None);
+    }
+    let (records, append_time) = match meta.log_append_time() {
+        false => (records, -1),
+        true => match stamp_append_time(&records) {
+            Ok(stamped) => stamped,
+            Err(code) => return (Some(code), -1, None),
+        },
+    };
+    let part = ProducePartition {
+        topic: topic.to_string(),
+        partition: partition as u32,
+        records,
+    };
+    (None, append_time, Some(part))
+}
+
+/// `message.timestamp.type=LogAppendTime`: every batch gets the broker's
+/// clock as its max timestamp and the log-append-time flag, with a fresh
+/// CRC. This copies the batches (only for such topics).
+fn stamp_append_time(records: &Bytes) -> Result<(Bytes, i64), i16> {
+    let now = sluice_shard::partition::now_ms();
+    let mut out = BytesMut::from(&records[..]);
+    let ranges: Vec<_> = batch::split(records)
+        .map(|b| b.map(|(range, _)| range))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.error_code().0)?;
+    for range in ranges {
+        let b = &mut out[range];
+        batch::validate(b).map_err(|e| e.error_code().0)?;
+        set_log_append_time(b, now);
+    }
+    Ok((out.freeze(), now))
+}
+
+/// Byte positions in a RecordBatch v2 header (see `sluice_protocol::batch`).
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const MAX_TIMESTAMP_AT: usize = 35;
+/// Attributes bit 3: timestamps are the broker's append time.
+const TIMESTAMP_TYPE_LOG_APPEND: i16 = 1 << 3;
+
+/// Marks a validated batch as log-append-time stamped at `now`.
+fn set_log_append_time(b: &mut [u8], now: i64) {
+    let attributes = i16::from_be_bytes([b[ATTRIBUTES_AT], b[ATTRIBUTES_AT + 1]]);
+    let attributes = attributes | TIMESTAMP_TYPE_LOG_APPEND;
+    b[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    b[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&now.to_be_bytes());
+    let crc = batch::compute_crc(b);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}

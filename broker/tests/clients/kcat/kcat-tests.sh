@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# kcat (Debian's 1.7.1 with librdkafka 2.0.2, the strictest old client)
+# against KAFKA_BOOTSTRAP. kcat has no admin API: topics are created and
+# offsets read with ../python/admin_tool.py (confluent-kafka).
+# Prints "PASS kcat/NAME" or "FAIL kcat/NAME: why" per check.
+set -uo pipefail
+cd "$(dirname "$0")"
+B="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+PY="${CLIENT_PYTHON:-${SLUICE_CACHE:-$HOME/.cache/sluice}/client-venv/bin/python}"
+ONLY="${1:-}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+TOPIC="kcat-$(date +%s%3N)-$RANDOM"
+GROUP="$TOPIC-g"
+FAILED=0
+
+admin() { KAFKA_BOOTSTRAP="$B" "$PY" ../python/admin_tool.py "$@"; }
+# Every kcat call is bounded in time.
+kc() { timeout 60 kcat -b "$B" -X socket.timeout.ms=10000 "$@"; }
+
+check() {
+  local name="$1"; shift
+  [ -n "$ONLY" ] && [[ "kcat/$name" != *"$ONLY"* ]] && return 0
+  local start=$SECONDS out
+  if out="$("$@" 2>&1)"; then
+    echo "PASS kcat/$name ($((SECONDS - start))s)"
+  else
+    echo "FAIL kcat/$name: $(echo "$out" | tail -5 | tr '\n' ' ' | cut -c1-600)"
+    FAILED=1
+  fi
+}
+
+fail() { echo "$*"; return 1; }
+
+setup() {
+  admin create "$TOPIC" 3
+}
+
+metadata() {
+  kc -L -t "$TOPIC" -J >"$WORK/md.json" || fail "kcat -L failed"
+  "$PY" - "$WORK/md.json" "$TOPIC" "${B%:*}" <<'PYEOF'
+import json, sys
+md = json.load(open(sys.argv[1]))
+topic, host = sys.argv[2], sys.argv[3]
+assert md["brokers"], f"no brokers in {md}"
+for b in md["brokers"]:
+    assert b["name"].startswith(host + ":"), f"broker advertised as {b['name']}, want {host}:PORT"
+ts = [t for t in md["topics"] if t["topic"] == topic]
+assert len(ts) == 1, f"topic missing: {md['topics']}"
+t = ts[0]
+assert "error" not in t or not t["error"], t
+ps = sorted(p["partition"] for p in t["partitions"])
+assert ps == [0, 1, 2], f"partitions {ps}"
+for p in t["partitions"]:
+    assert p["leader"] >= 0 and p["replicas"] and p["isrs"], p
+PYEOF
+}
+
+# 3 batches: 200 keyed records with the idempotent producer, 100 gzip, 100 lz4.
+produce() {
+  : >"$WORK/sent"
+  local i
+  for i in $(seq 0 199); do echo "k$((i % 10)):v$i"; done >"$WORK/b1"
+  for i in $(seq 200 299); do echo "k$((i % 10)):v$i"; done >"$WORK/b2"
+  for i in $(seq 300 399); do echo "k$((i % 10)):v$i"; done >"$WORK/b3"
+  kc -P -t "$TOPIC" -K: -X enable.idempotence=true -X acks=all <"$WORK/b1" || fail "produce (idempotent)"
+  kc -P -t "$TOPIC" -K: -z gzip <"$WORK/b2" || fail "produce (gzip)"
+  kc -P -t "$TOPIC" -K: -z lz4 <"$WORK/b3" || fail "produce (lz4)"
+  cat "$WORK/b1" "$WORK/b2" "$WORK/b3" >"$WORK/sent"
+  local total
+  total="$(admin ends "$TOPIC" | awk '{s += $2} END {print s}')"
+  [ "$total" = 400 ] || fail "sum of high watermarks $total, want 400"
+}
+
+# Reads everything back; checks content, per-partition offsets and per-key order.
+verify_dump() {
+  "$PY" - "$WORK/sent" "$1" <<'PYEOF'
+import sys
+sent = [l.rstrip("\n").split(":", 1) for l in open(sys.argv[1])]
+got = [l.rstrip("\n").split(" ", 3) for l in open(sys.argv[2]) if l.strip()]
+assert len(got) == len(sent), f"read {len(got)} records, want {len(sent)}"
+next_off, key_part, per_key = {}, {}, {}
+for p, o, k, v in got:
+    p, o = int(p), int(o)
+    assert o == next_off.get(p, 0), f"partition {p}: offset {o}, want {next_off.get(p, 0)}"
+    next_off[p] = o + 1
+    assert key_part.setdefault(k, p) == p, f"key {k} in partitions {key_part[k]} and {p}"
+    per_key.setdefault(k, []).append(v)
+want = {}
+for k, v in sent:
+    want.setdefault(k, []).append(v)
+assert per_key == want, "values per key differ from what was sent, in order"
+PYEOF
+}
+
+consume() {
+  kc -C -t "$TOPIC" -o beginning -e -q -f '%p %o %k %s\n' >"$WORK/dump" || fail "kcat -C failed"
+  verify_dump "$WORK/dump"
+}
+
+group() {
+  # One balanced-consumer member reads all, commits on close.
+  kc -G "$GROUP" -X auto.offset.reset=earliest -e -q -f '%p %o %k %s\n' \
+    -X session.timeout.ms=10000 "$TOPIC" >"$WORK/gdump" || fail "kcat -G failed"
+  verify_dump "$WORK/gdump" || return 1
+  admin ends "$TOPIC" | sort >"$WORK/ends"
+  admin committed "$GROUP" "$TOPIC" | sort >"$WORK/committed"
+  diff "$WORK/ends" "$WORK/committed" >/dev/null ||
+    fail "committed offsets ($(tr '\n' ' ' <"$WORK/committed")) != ends ($(tr '\n' ' ' <"$WORK/ends"))"
+  # A second run of the group resumes at the committed end: nothing to read.
+  # (No -o here: in -G mode kcat applies -o to every assigned partition,
+  # overriding the committed offsets.)
+  kc -G "$GROUP" -X auto.offset.reset=earliest -e -q -f '%p %o %k %s\n' -X session.timeout.ms=10000 "$TOPIC" >"$WORK/gdump2" ||
+    fail "second kcat -G failed"
+  [ ! -s "$WORK/gdump2" ] || fail "second group run read $(wc -l <"$WORK/gdump2") records, want 0"
+}
+
+check setup setup
+check metadata metadata
+check produce produce
+check consume consume
+check balanced_group group
+admin delete "$TOPIC" >/dev/null 2>&1 || true
+exit $FAILED
