@@ -22,6 +22,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub native_port: u16,
+    /// The Kafka listener (the last port of the reserved range).
+    pub kafka_port: u16,
     pub shard_port_base: u16,
     pub shards: u32,
 }
@@ -62,6 +64,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             config,
             native_port: base,
+            kafka_port: base + 9,
             shard_port_base: base + 1,
             shards,
         };
@@ -74,9 +77,10 @@ impl Broker {
         let (broker_extra, log_extra) = extra.split_once("[log]").unwrap_or((extra, ""));
         let text = format!(
             "[broker]\nnative_addr = \"127.0.0.1:{}\"\nnative_shard_port_base = {}\n\
+             kafka_addr = \"127.0.0.1:{}\"\n\
              tail_cache_bytes = 8388608\nio_memory_bytes = 4194304\nshutdown_timeout_ms = 5000\n{}\n\
              [log]\n{}\n",
-            self.native_port, self.shard_port_base, broker_extra, log_extra
+            self.native_port, self.shard_port_base, self.kafka_port, broker_extra, log_extra
         );
         std::fs::write(&self.config, text).expect("write config");
     }

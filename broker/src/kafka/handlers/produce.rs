@@ -31,10 +31,7 @@ struct Slot {
 
 pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
     if req.version < PRODUCE_VERSION_MIN_SERVED {
-        return Err(format!(
-            "Produce v{} (message format before v2) is not supported",
-            req.version
-        ));
+        return refuse_old(req);
     }
     let r: ProduceRequest = decode(req)?;
     let acks = match r.acks {
@@ -99,6 +96,81 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
         topics[slot.topic].partition_responses.push(p);
     }
     respond(req, &ProduceResponse::default().with_responses(topics))
+}
+
+/// Produce v0-v2 (message formats v0/v1): every partition is refused with
+/// UNSUPPORTED_VERSION, in the request's own (hand-decoded) shape:
+///
+/// ```text
+/// request  v0-v2: acks i16 | timeout i32 | [topic string | [partition i32 | records bytes]]
+/// response v0:    [topic string | [partition i32 | error i16 | base_offset i64
+///                                  | log_append_time i64 (v2)]] | throttle i32 (v1+)
+/// ```
+fn refuse_old(req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
+    use bytes::{Buf, BufMut};
+    let mut b = req.body.clone();
+    let bad = || format!("malformed Produce v{}", req.version);
+    let count = |b: &mut Bytes| -> Result<i32, String> {
+        if b.remaining() < 4 {
+            return Err(bad());
+        }
+        let n = b.get_i32();
+        // Each element takes at least one byte: a larger count is a lie.
+        if n < 0 || n as usize > b.remaining() {
+            return Err(bad());
+        }
+        Ok(n)
+    };
+    if b.remaining() < 6 {
+        return Err(bad());
+    }
+    let acks = b.get_i16();
+    b.advance(4);
+    let mut out = BytesMut::new();
+    let topics = count(&mut b)?;
+    out.put_i32(topics);
+    for _ in 0..topics {
+        if b.remaining() < 2 {
+            return Err(bad());
+        }
+        let len = b.get_i16();
+        if len < 0 || len as usize > b.remaining() {
+            return Err(bad());
+        }
+        let name = b.split_to(len as usize);
+        out.put_i16(len);
+        out.put_slice(&name);
+        let parts = count(&mut b)?;
+        out.put_i32(parts);
+        for _ in 0..parts {
+            if b.remaining() < 8 {
+                return Err(bad());
+            }
+            let index = b.get_i32();
+            let records = b.get_i32().max(0) as usize;
+            if b.remaining() < records {
+                return Err(bad());
+            }
+            b.advance(records);
+            out.put_i32(index);
+            out.put_i16(ErrorCode::UNSUPPORTED_VERSION.0);
+            out.put_i64(-1);
+            if req.version >= 2 {
+                out.put_i64(-1);
+            }
+        }
+    }
+    if req.version >= 1 {
+        out.put_i32(0);
+    }
+    if acks == 0 {
+        return Ok(None);
+    }
+    let mut frame = BytesMut::with_capacity(out.len() + 8);
+    frame.put_i32((out.len() + 4) as i32);
+    frame.put_i32(req.header.correlation_id);
+    frame.put_slice(&out);
+    Ok(Some(vec![frame.freeze()]))
 }
 
 /// Checks one partition before it is appended: the error that refuses it at
