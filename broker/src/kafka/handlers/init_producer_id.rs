@@ -22,7 +22,7 @@ pub async fn handle(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Byte
     let mut resp = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
-    if r.transactional_id.is_some() {
+    if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         resp.error_code = TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
         return respond(req, &resp);
     }
