@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alloc;
 mod cli;
 mod config;
 mod handlers;
@@ -19,6 +20,9 @@ mod router;
 mod server;
 mod shard;
 mod topics;
+
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

@@ -354,3 +354,67 @@ fn malformed_kafka_requests_close_only_their_connection() {
         .iter()
         .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "m")));
 }
+
+#[test]
+fn an_array_claiming_two_billion_elements_does_not_stop_the_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut b, port) = kafka_broker(dir.path());
+    let mut good = Conn::open(port);
+    create(&mut good, "big", 1);
+    for (key, version) in [
+        (ApiKey::Metadata, 1i16),
+        (ApiKey::Produce, 7),
+        (ApiKey::Fetch, 11),
+    ] {
+        let mut bad = Conn::open(port);
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(1);
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        header
+            .encode(&mut frame, key.request_header_version(version))
+            .expect("header");
+        match key {
+            ApiKey::Produce => {
+                frame.put_i16(-1); // transactional id: null
+                frame.put_i16(1);
+                frame.put_i32(1000);
+            }
+            ApiKey::Fetch => {
+                frame.put_i32(-1);
+                frame.put_i32(100);
+                frame.put_i32(1);
+                frame.put_i32(1 << 20);
+                frame.put_i8(0);
+                frame.put_i32(0);
+                frame.put_i32(-1);
+            }
+            _ => {}
+        }
+        frame.put_i32(i32::MAX); // the array count
+        frame.put_slice(&[0u8; 16]);
+        let size = (frame.len() - 4) as i32;
+        frame[0..4].copy_from_slice(&size.to_be_bytes());
+        bad.stream.write_all(&frame).expect("write");
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = b
+            .child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("wait")
+            .is_none();
+        assert!(
+            alive,
+            "{key:?} with a two-billion-element array stopped the broker"
+        );
+    }
+    let r: ProduceResponse = good.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("big", 0, batch(&["ok"], None), -1),
+    );
+    assert_eq!(partition_result(&r), (0, 0));
+}
