@@ -56,20 +56,72 @@ for p in t["partitions"]:
 PYEOF
 }
 
-# 3 batches: 200 keyed records with the idempotent producer, 100 gzip, 100 lz4.
+# Keyed records in 5 runs of kcat -P: 200 with the idempotent producer, then
+# 100 each compressed with gzip, snappy, lz4 and zstd (librdkafka 2.0.2 turns
+# a codec off unless the broker advertises Produce 0, and zstd needs Produce 7
+# and Fetch 10).
 produce() {
   : >"$WORK/sent"
-  local i
-  for i in $(seq 0 199); do echo "k$((i % 10)):v$i"; done >"$WORK/b1"
-  for i in $(seq 200 299); do echo "k$((i % 10)):v$i"; done >"$WORK/b2"
-  for i in $(seq 300 399); do echo "k$((i % 10)):v$i"; done >"$WORK/b3"
-  kc -P -t "$TOPIC" -K: -X enable.idempotence=true -X acks=all <"$WORK/b1" || fail "produce (idempotent)"
-  kc -P -t "$TOPIC" -K: -z gzip <"$WORK/b2" || fail "produce (gzip)"
-  kc -P -t "$TOPIC" -K: -z lz4 <"$WORK/b3" || fail "produce (lz4)"
-  cat "$WORK/b1" "$WORK/b2" "$WORK/b3" >"$WORK/sent"
+  local i n=0 codec
+  for codec in idempotent gzip snappy lz4 zstd; do
+    local count=100
+    [ $codec = idempotent ] && count=200
+    for i in $(seq $n $((n + count - 1))); do echo "k$((i % 10)):v$i"; done >"$WORK/b-$codec"
+    n=$((n + count))
+    if [ $codec = idempotent ]; then
+      kc -P -t "$TOPIC" -K: -X enable.idempotence=true -X acks=all <"$WORK/b-$codec" || fail "produce ($codec)"
+    else
+      kc -P -t "$TOPIC" -K: -z $codec <"$WORK/b-$codec" || fail "produce ($codec)"
+    fi
+    cat "$WORK/b-$codec" >>"$WORK/sent"
+  done
+  cat "$WORK/sent0" >>"$WORK/sent" 2>/dev/null || true
   local total
   total="$(admin ends "$TOPIC" | awk '{s += $2} END {print s}')"
-  [ "$total" = 400 ] || fail "sum of high watermarks $total, want 400"
+  [ "$total" = "$(wc -l <"$WORK/sent")" ] || fail "sum of high watermarks $total, want $(wc -l <"$WORK/sent")"
+}
+
+# The protocol features librdkafka 2.0.2 enables from the broker's ApiVersions
+# (it derives them from exact API versions inside the advertised ranges).
+features() {
+  echo "k:v" | kc -P -t "$TOPIC" -K: -p 0 -d feature 2>"$WORK/feat" >/dev/null || fail "kcat -P -d feature failed"
+  local line f
+  line="$(grep 'Updated enabled protocol features to' "$WORK/feat" | tail -1 | sed 's/.*features to //')"
+  for f in ApiVersion BrokerBalancedConsumer BrokerGroupCoordinator LZ4 OffsetTime MsgVer2 IdempotentProducer ZSTD; do
+    [[ ",$line," == *",$f,"* ]] || fail "feature $f not enabled; librdkafka enabled: $line"
+  done
+  echo "k:v" >"$WORK/sent0"
+}
+
+# Each record comes back in a batch with the codec it was produced with
+# (read with franz-go, which exposes the batch attributes).
+compression_kept() {
+  (cd ../go && go build -o "$WORK/codecs" ./cmd/codecs) || fail "building the codecs reader failed"
+  KAFKA_BOOTSTRAP="$B" timeout 60 "$WORK/codecs" -topic "$TOPIC" -n 601 >"$WORK/codecs.out" || fail "codecs reader failed"
+  "$PY" - "$WORK/codecs.out" <<'PYEOF'
+import sys
+want = {}
+for line in open(sys.argv[1]):
+    p, o, codec, value = line.split()
+    if value == "v":
+        continue  # the features probe record
+    i = int(value[1:])
+    expect = "none" if i < 200 else ["gzip", "snappy", "lz4", "zstd"][(i - 200) // 100]
+    assert codec == expect, f"record {value} at {p}:{o} came in a {codec} batch, produced as {expect}"
+    want[i] = 1
+assert len(want) == 600, f"{len(want)} records read"
+PYEOF
+}
+
+# -o -5: the last 5 records of partition 0 (ListOffsets latest, then Fetch).
+tail_offsets() {
+  local end
+  end="$(admin ends "$TOPIC" | awk '$1 == 0 {print $2}')"
+  [ "${end:-0}" -ge 5 ] || fail "partition 0 has ${end:-0} records, want >= 5"
+  kc -C -t "$TOPIC" -p 0 -o -5 -e -q -f '%o\n' >"$WORK/tail" || fail "kcat -C -o -5 failed"
+  local want
+  want="$(seq $((end - 5)) $((end - 1)) | tr '\n' ' ')"
+  [ "$(tr '\n' ' ' <"$WORK/tail")" = "$want" ] || fail "offsets $(tr '\n' ' ' <"$WORK/tail"), want $want"
 }
 
 # Reads everything back; checks content, per-partition offsets and per-key order.
@@ -117,8 +169,11 @@ group() {
 
 check setup setup
 check metadata metadata
+check features features
 check produce produce
 check consume consume
+check tail_offsets tail_offsets
+check compression_kept compression_kept
 check balanced_group group
 admin delete "$TOPIC" >/dev/null 2>&1 || true
 exit $FAILED

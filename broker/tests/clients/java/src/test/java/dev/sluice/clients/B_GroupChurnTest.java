@@ -40,7 +40,8 @@ import org.junit.jupiter.api.extension.ExtendWith;
 @ExtendWith(Check.class)
 class B_GroupChurnTest {
   static final int PARTITIONS = 6;
-  static final int RECORDS = 6_000;
+  /** Upper bound on records; the producer stops earlier once the churn is over. */
+  static final int MAX_RECORDS = 30_000;
 
   /** One group member on its own thread. */
   static final class Member implements Runnable {
@@ -52,6 +53,8 @@ class B_GroupChurnTest {
     final AtomicInteger commits = new AtomicInteger();
     final AtomicInteger failedCommits = new AtomicInteger();
     final AtomicInteger rebalances = new AtomicInteger();
+    final AtomicInteger records = new AtomicInteger();
+    final Set<TopicPartition> owned = ConcurrentHashMap.newKeySet();
     final AtomicReference<Throwable> error = new AtomicReference<>();
     final Thread thread;
 
@@ -85,18 +88,27 @@ class B_GroupChurnTest {
           @Override
           public void onPartitionsRevoked(Collection<TopicPartition> parts) {
             rebalances.incrementAndGet();
+            owned.removeAll(parts);
           }
 
           @Override
-          public void onPartitionsAssigned(Collection<TopicPartition> parts) {}
+          public void onPartitionsLost(Collection<TopicPartition> parts) {
+            owned.removeAll(parts);
+          }
+
+          @Override
+          public void onPartitionsAssigned(Collection<TopicPartition> parts) {
+            owned.addAll(parts);
+          }
         });
         long deadline = System.currentTimeMillis() + 180_000;
         while (!stop.get() && System.currentTimeMillis() < deadline) {
-          var records = c.poll(K.ms(200));
-          for (ConsumerRecord<String, String> r : records) {
+          var batch = c.poll(K.ms(200));
+          for (ConsumerRecord<String, String> r : batch) {
             consumed.put(r.partition() + ":" + r.offset(), r.key() + "=" + r.value());
+            records.incrementAndGet();
           }
-          if (!records.isEmpty()) {
+          if (!batch.isEmpty()) {
             try {
               c.commitSync(K.ms(15_000));
               commits.incrementAndGet();
@@ -113,6 +125,26 @@ class B_GroupChurnTest {
     }
   }
 
+  /** Waits until the live members own every partition exactly once, then 1 s more. */
+  static void awaitBalanced(List<Member> members, String after) throws InterruptedException {
+    K.waitFor("group rebalanced after " + after, 60_000, () -> {
+      int total = 0;
+      Set<TopicPartition> union = new HashSet<>();
+      for (Member m : members) {
+        if (m.stop.get()) {
+          continue;
+        }
+        if (m.owned.isEmpty()) {
+          return false;
+        }
+        total += m.owned.size();
+        union.addAll(m.owned);
+      }
+      return total == PARTITIONS && union.size() == PARTITIONS;
+    });
+    Thread.sleep(1000);
+  }
+
   @Test
   void membersJoinAndLeaveWhileRecordsFlow() throws Exception {
     String topic = K.unique("java-b");
@@ -122,11 +154,19 @@ class B_GroupChurnTest {
       Map<String, String> produced = new ConcurrentHashMap<>();
       Map<String, String> consumed = new ConcurrentHashMap<>();
       AtomicReference<Throwable> producerError = new AtomicReference<>();
+      AtomicBoolean churnDone = new AtomicBoolean();
+      AtomicInteger sent = new AtomicInteger();
 
-      // Producer: about 12 s of steady traffic, 50 records every 100 ms.
+      // Producer: steady traffic, 50 records every 100 ms, from before the
+      // first member joins until a second after the last membership change.
       Thread producer = new Thread(() -> {
         try (KafkaProducer<String, String> p = new KafkaProducer<>(K.producerProps())) {
-          for (int i = 0; i < RECORDS; i++) {
+          long stopAt = Long.MAX_VALUE;
+          for (int i = 0; i < MAX_RECORDS && System.currentTimeMillis() < stopAt; i++) {
+            if (churnDone.get() && stopAt == Long.MAX_VALUE) {
+              stopAt = System.currentTimeMillis() + 1000;
+            }
+            sent.incrementAndGet();
             String key = "k" + (i % 37);
             String value = Integer.toString(i);
             p.send(new ProducerRecord<>(topic, key, value), (md, ex) -> {
@@ -153,30 +193,39 @@ class B_GroupChurnTest {
         m.start();
         return m;
       };
+      // Each membership change waits until the group has rebalanced (every
+      // live member owns partitions, all 6 owned once), then lets records
+      // flow for a second. This holds whatever the broker's
+      // group.initial.rebalance.delay.ms is.
       producer.start();
       Member m1 = spawn.apply("m1");
-      Thread.sleep(1500);
+      awaitBalanced(all, "m1 joined");
       Member m2 = spawn.apply("m2");
-      Thread.sleep(1500);
+      awaitBalanced(all, "m2 joined");
       spawn.apply("m3");
-      Thread.sleep(2000);
+      awaitBalanced(all, "m3 joined");
       m1.stopAndJoin(); // leaves mid-stream
-      Thread.sleep(1500);
+      awaitBalanced(all, "m1 left");
       spawn.apply("m4");
-      Thread.sleep(1500);
+      awaitBalanced(all, "m4 joined");
       m2.stopAndJoin();
-      Thread.sleep(1000);
+      awaitBalanced(all, "m2 left");
       spawn.apply("m5");
+      awaitBalanced(all, "m5 joined");
+      assertTrue(producer.isAlive(), "producer still running after the last membership change");
+      churnDone.set(true);
 
       producer.join(120_000);
       assertTrue(!producer.isAlive(), "producer finished within 120 s");
       if (producerError.get() != null) {
         throw new AssertionError("producer failed", producerError.get());
       }
-      assertEquals(RECORDS, produced.size(), "records acknowledged");
+      int records = sent.get();
+      assertTrue(records < MAX_RECORDS, "the churn finished before the producer's record bound");
+      assertEquals(records, produced.size(), "records acknowledged");
 
       Map<TopicPartition, Long> end = K.offsets(admin, topic, PARTITIONS, OffsetSpec.latest());
-      assertEquals(RECORDS, end.values().stream().mapToLong(Long::longValue).sum(), "sum of log end offsets");
+      assertEquals(records, end.values().stream().mapToLong(Long::longValue).sum(), "sum of log end offsets");
 
       // The three remaining members catch up and commit the log end.
       Map<TopicPartition, Long> committed = new HashMap<>();
@@ -223,8 +272,11 @@ class B_GroupChurnTest {
         if (m.error.get() != null) {
           throw new AssertionError("member " + m.name + " failed", m.error.get());
         }
-        System.out.printf("  %s: %d commits, %d failed commits, %d revocations%n",
-            m.name, m.commits.get(), m.failedCommits.get(), m.rebalances.get());
+        System.out.printf("  %s: %d records, %d commits, %d failed commits, %d revocations%n",
+            m.name, m.records.get(), m.commits.get(), m.failedCommits.get(), m.rebalances.get());
+      }
+      for (Member m : all) {
+        assertTrue(m.records.get() > 0, "member " + m.name + " consumed records while it owned partitions");
       }
 
       // Every produced record was consumed, with the content it was produced with.
@@ -242,7 +294,7 @@ class B_GroupChurnTest {
         }
       }
       assertEquals(0, missing, "produced records never consumed (first: " + firstMissing + ")");
-      assertEquals(RECORDS, consumed.size(), "distinct partition:offset consumed");
+      assertEquals(records, consumed.size(), "distinct partition:offset consumed");
 
       // All members left: the group is empty and keeps its offsets.
       K.waitFor("group empty after all members left", 30_000, () -> {
