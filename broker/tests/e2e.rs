@@ -89,9 +89,11 @@ fn produce_fetch_list_offsets_across_shards_and_restart() {
     ))
     .expect("send acks=0");
     let meta = c.metadata(vec![]).expect("metadata after acks=0");
-    assert_eq!(meta.topics.len(), 1);
+    let names: Vec<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["__consumer_offsets", "events"], "every topic, internal ones included");
     assert_eq!(meta.shards.len(), 2);
-    let owners: Vec<u32> = meta.topics[0].partitions.iter().map(|p| p.shard).collect();
+    let events = &meta.topics[1];
+    let owners: Vec<u32> = events.partitions.iter().map(|p| p.shard).collect();
     assert!(
         owners.contains(&0) && owners.contains(&1),
         "both shards own partitions"
