@@ -63,3 +63,4 @@ mod recovery;
 mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod uring;

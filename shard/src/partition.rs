@@ -463,10 +463,7 @@ impl Partition {
         let want = max_bytes.max(FETCH_READ_BYTES_MIN);
         while pos < seg_size {
             let len = (seg_size - pos).min(want as u64) as usize;
-            let data = file
-                .read_at(pos, len)
-                .await
-                .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
+            let data = read_region(&file, &path, pos, len).await?;
             let buf: &[u8] = &data;
             let mut at = 0usize;
             let mut need_more = None;
@@ -491,10 +488,7 @@ impl Partition {
                     return Ok(out);
                 }
                 if header.last_offset() < offset {
-                    if buf.len() - at < total {
-                        need_more = Some(0);
-                        break;
-                    }
+                    // Skipped whole, even when it runs past this read.
                     at += total;
                     continue;
                 }
@@ -505,26 +499,22 @@ impl Partition {
                     need_more = Some(total);
                     break;
                 }
-                // A cold read is copied out of the DMA buffer once; the
-                // zero-copy cold path (splice) replaces this.
-                out.chunks
-                    .push(Bytes::copy_from_slice(&buf[at..at + total]));
+                // A slice of the read buffer: no copy.
+                out.chunks.push(data.slice(at..at + total));
                 out.bytes += total;
-                stats::add_payload_copies(1);
                 at += total;
             }
             pos += at as u64;
             match need_more {
                 Some(n) if at == 0 && n > len => {
                     // The next batch is larger than one read: read it whole.
-                    let data = file
-                        .read_at(pos, n)
-                        .await
-                        .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
-                    out.chunks
-                        .push(Bytes::copy_from_slice(&data[..n.min(data.len())]));
+                    let data = read_region(&file, &path, pos, n).await?;
+                    if data.len() < n {
+                        let msg = format!("truncated batch at {pos} in {}", path.display());
+                        return Err(ReadError::Storage(StorageError(msg)));
+                    }
+                    out.chunks.push(data);
                     out.bytes += n;
-                    stats::add_payload_copies(1);
                     pos += n as u64;
                     if out.bytes >= max_bytes {
                         return Ok(out);
@@ -755,6 +745,36 @@ fn read_log_start(dir: &Path, first: i64, end: i64) -> i64 {
         .and_then(|t| t.trim().parse::<i64>().ok())
         .filter(|o| *o > first && *o <= end)
         .unwrap_or(first)
+}
+
+/// Reads `len` bytes of a segment at `pos` as `Bytes` (shorter at the end of
+/// the file). Through the shard's side ring the device writes straight into
+/// the returned buffer and nothing is copied; without one (the ring could
+/// not be set up), glommio's read is copied once and counted.
+async fn read_region(
+    file: &DmaFile,
+    path: &Path,
+    pos: u64,
+    len: usize,
+) -> Result<Bytes, ReadError> {
+    use std::os::fd::AsRawFd;
+    let storage = |e: io::Error| ReadError::Storage(StorageError::io("read", path, e));
+    if let Some(ring) = crate::uring::side_ring() {
+        let start = align_down(pos);
+        let skip = (pos - start) as usize;
+        let data = ring
+            .read_direct(file.as_raw_fd(), start, skip + len)
+            .await
+            .map_err(storage)?;
+        let end = data.len().min(skip + len);
+        return Ok(data.slice(skip.min(end)..end));
+    }
+    let data = file
+        .read_at(pos, len)
+        .await
+        .map_err(|e| storage(e.into()))?;
+    stats::add_payload_copies(1);
+    Ok(Bytes::copy_from_slice(&data[..len.min(data.len())]))
 }
 
 /// Validates a produce payload: one or more whole batches, each within `max`.

@@ -408,3 +408,80 @@ fn produce_copies_each_payload_once_and_tail_reads_copy_nothing() {
         store.close_all().await.expect("close");
     });
 }
+
+#[test]
+fn cold_reads_through_the_side_ring_copy_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // No tail cache at all: every read goes to the segment files.
+        let (store, p) = open_with_cache(&path, small_segments(), 0).await;
+        for i in 0..300u64 {
+            p.append(make_batch(i * 2, 2, 5), Durability::Written)
+                .await
+                .expect("append");
+        }
+        assert!(
+            sluice_shard::uring::side_ring().is_some(),
+            "the side ring starts here"
+        );
+        let before = sluice_shard::stats::snapshot();
+        let mut offset = 0i64;
+        let mut seen = 0usize;
+        while offset < 600 {
+            let got = p.read(offset, 3000).await.expect("read");
+            let vals = values(&got.chunks);
+            assert!(!vals.is_empty(), "progress at {offset}");
+            seen += vals.iter().filter(|(o, _)| *o >= offset).count();
+            offset = vals.last().map_or(offset, |v| v.0 + 1);
+        }
+        assert_eq!(seen, 600);
+        let after = sluice_shard::stats::snapshot();
+        assert_eq!(
+            after.payload_copies, before.payload_copies,
+            "cold reads copied payload"
+        );
+        assert_eq!(
+            after.cache_reads, before.cache_reads,
+            "nothing came from the cache"
+        );
+        store.close_all().await.expect("close");
+    });
+}
+
+#[test]
+fn reads_skip_a_batch_larger_than_one_read_to_reach_a_later_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // No index entries and no cache: the read scans from the segment start.
+        let config = LogConfig {
+            index_interval_bytes: 16 * 1024 * 1024,
+            ..LogConfig::default()
+        };
+        let (store, p) = open_with_cache(&path, config, 0).await;
+        let mut big = BatchBuilder::new(1);
+        big.push(1, None, Some(&vec![b'x'; 200 * 1024]), &[]);
+        p.append(Bytes::from(big.finish()), Durability::Written)
+            .await
+            .expect("big");
+        p.append(make_batch(1, 2, 1), Durability::Written)
+            .await
+            .expect("small");
+        let got = p.read(2, 1024).await.expect("read past the big batch");
+        assert_eq!(
+            values(&got.chunks),
+            vec![
+                (1, "value-00000001".to_string()),
+                (2, "value-00000002".to_string())
+            ]
+        );
+        let whole = p.read(0, 10).await.expect("read the big batch");
+        assert_eq!(
+            values(&whole.chunks)[0].1.len(),
+            200 * 1024,
+            "returned whole"
+        );
+        store.close_all().await.expect("close");
+    });
+}

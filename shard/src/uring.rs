@@ -1,0 +1,214 @@
+//! A second io_uring ring per shard, for what glommio does not expose.
+//!
+//! Cold reads (fetches of data no longer in the tail cache) must reach the
+//! socket without a user-space copy. glommio's direct-I/O reads land in its
+//! own `!Send` DMA buffers, which cannot become the `Bytes` a response (or a
+//! cross-shard reply) carries without copying. So each shard owns a second
+//! ring, driven with the `io-uring` crate: `O_DIRECT` reads go straight from
+//! the device into 4 KiB-aligned heap buffers that become `Bytes` by
+//! ownership (`Bytes::from_owner`), and batches are sliced out of them. The
+//! payload is then touched once more, by the kernel, when `sendmsg` copies
+//! it into the socket.
+//!
+//! Integration with the executor: the ring signals completions on an eventfd
+//! (registered with the ring; opened blocking, wrapped as a glommio file), and
+//! one glommio task per shard reads that eventfd through glommio's own ring,
+//! then drains this ring's completion queue and wakes the waiting reads. The
+//! ring is set up without `DEFER_TASKRUN`, which would keep the eventfd from
+//! ever firing.
+//!
+//! Why not splice or zero-copy send from the segment file: segments are
+//! written with direct I/O, so the page cache does not hold them; splice would
+//! first read them into the page cache (a copy by the kernel plus page-cache
+//! pressure) and then splice pages into the socket, which on loopback is
+//! copied at the receiver anyway. A direct read into a buffer that is sent
+//! with scatter/gather costs one DMA and one kernel copy per byte, no
+//! user-space copy, and no page-cache churn; that is the cheapest per byte we
+//! measured (see docs/benchmarks.md).
+
+use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use io_uring::{opcode, types, IoUring};
+
+use crate::limits::BLOCK_BYTES;
+
+/// Entries in each side ring: bounds the reads in flight per shard.
+pub const SIDE_RING_ENTRIES: u32 = 256;
+
+/// A heap buffer aligned for direct I/O. `Send`: plain owned memory.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer is uniquely owned heap memory with no thread affinity.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access is read-only (`as_ref`).
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(capacity: usize) -> Option<Layout> {
+        Layout::from_size_align(capacity, BLOCK_BYTES).ok()
+    }
+
+    /// A zeroed buffer of `capacity` bytes (rounded up to a block).
+    pub fn new(capacity: usize) -> Option<AlignedBuf> {
+        let capacity = capacity.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
+        let layout = Self::layout(capacity)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(AlignedBuf {
+            ptr,
+            capacity,
+            len: 0,
+        })
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len <= capacity` bytes were allocated and initialised.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.capacity) {
+            // SAFETY: allocated with this very layout in `new`.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// A read in flight: its buffer is kept alive until the kernel is done.
+struct InFlight {
+    buf: AlignedBuf,
+    done: oneshot::Sender<(i32, AlignedBuf)>,
+}
+
+/// The shard's side ring (`!Send`: one per shard).
+pub struct SideRing {
+    ring: RefCell<IoUring>,
+    in_flight: RefCell<HashMap<u64, InFlight>>,
+    next_id: Cell<u64>,
+}
+
+thread_local! {
+    static SIDE_RING: RefCell<Option<Option<Rc<SideRing>>>> = const { RefCell::new(None) };
+}
+
+/// The calling shard's side ring, set up on first use; `None` when it cannot
+/// be (callers then fall back to glommio's reads and one copy).
+pub fn side_ring() -> Option<Rc<SideRing>> {
+    SIDE_RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let ring = SideRing::start()
+                .map_err(|e| tracing::warn!(error = %e, "no side ring: cold reads will copy"))
+                .ok();
+            *slot = Some(ring);
+        }
+        slot.as_ref().and_then(Clone::clone)
+    })
+}
+
+impl SideRing {
+    fn start() -> io::Result<Rc<SideRing>> {
+        let ring = IoUring::new(SIDE_RING_ENTRIES)?;
+        // SAFETY: a plain eventfd; blocking, so glommio's read of it waits.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Err(e) = ring.submitter().register_eventfd(efd) {
+            // SAFETY: we own `efd` and nothing else uses it yet.
+            unsafe { libc::close(efd) };
+            return Err(e);
+        }
+        let side = Rc::new(SideRing {
+            ring: RefCell::new(ring),
+            in_flight: RefCell::new(HashMap::new()),
+            next_id: Cell::new(0),
+        });
+        // SAFETY: the task below owns the eventfd from here on.
+        let events = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
+        glommio::spawn_local(completions(Rc::downgrade(&side), events)).detach();
+        Ok(side)
+    }
+
+    /// Reads `len` bytes at `offset` of an `O_DIRECT` file descriptor into a
+    /// fresh aligned buffer; `offset` must be block-aligned. The result may
+    /// be shorter at the end of the file.
+    pub async fn read_direct(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<Bytes> {
+        debug_assert_eq!(offset % BLOCK_BYTES as u64, 0);
+        let mut buf = AlignedBuf::new(len).ok_or_else(|| io::Error::other("buffer allocation"))?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let entry = opcode::Read::new(types::Fd(fd), buf.ptr.as_ptr(), buf.capacity as u32)
+            .offset(offset)
+            .build()
+            .user_data(id);
+        let (done, answer) = oneshot::channel();
+        buf.len = 0;
+        self.in_flight
+            .borrow_mut()
+            .insert(id, InFlight { buf, done });
+        {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the buffer stays alive in `in_flight` until the
+            // completion for `id` is reaped.
+            let pushed = unsafe { ring.submission().push(&entry) };
+            if pushed.is_err() {
+                self.in_flight.borrow_mut().remove(&id);
+                return Err(io::Error::other("side ring full"));
+            }
+            ring.submit()?;
+        }
+        let (res, mut buf) = answer
+            .await
+            .map_err(|_| io::Error::other("side ring stopped"))?;
+        if res < 0 {
+            return Err(io::Error::from_raw_os_error(-res));
+        }
+        buf.len = (res as usize).min(len);
+        Ok(Bytes::from_owner(buf))
+    }
+
+    fn reap(&self) {
+        let mut ring = self.ring.borrow_mut();
+        let done: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        drop(ring);
+        for (id, res) in done {
+            if let Some(f) = self.in_flight.borrow_mut().remove(&id) {
+                let _ = f.done.send((res, f.buf));
+            }
+        }
+    }
+}
+
+/// Waits on the eventfd through glommio's ring and wakes finished reads.
+async fn completions(side: std::rc::Weak<SideRing>, events: glommio::io::BufferedFile) {
+    loop {
+        if events.read_at(0, 8).await.is_err() {
+            tracing::error!("side ring eventfd failed; cold reads stop");
+            return;
+        }
+        match side.upgrade() {
+            Some(s) => s.reap(),
+            None => return,
+        }
+    }
+}
