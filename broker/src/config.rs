@@ -27,6 +27,7 @@ pub struct BrokerSection {
     pub native_shard_port_base: u16,
     pub advertised_host: String,
     pub kafka_addr: String,
+    pub metrics_addr: String,
     pub auto_create_topics: bool,
     pub default_partitions: u32,
     pub offsets_topic_partitions: u32,
@@ -118,6 +119,7 @@ impl Config {
         }
         self.native_socket_addr()?;
         self.kafka_socket_addr()?;
+        self.metrics_socket_addr()?;
         self.log_defaults()?;
         Ok(())
     }
@@ -137,6 +139,14 @@ impl Config {
         LogConfig::default()
             .with_overrides(pairs.iter().map(|(k, v)| (*k, v.as_str())))
             .map_err(|e| format!("[log] {e}"))
+    }
+
+    /// The metrics listener, or `None` when disabled (empty address).
+    pub fn metrics_socket_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.broker.metrics_addr.as_str() {
+            "" => Ok(None),
+            a => resolve(a, "broker.metrics_addr").map(Some),
+        }
     }
 
     pub fn kafka_socket_addr(&self) -> Result<SocketAddr, String> {

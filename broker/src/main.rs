@@ -14,6 +14,7 @@ mod cli;
 mod config;
 mod handlers;
 mod kafka;
+mod metrics;
 mod native;
 mod preflight;
 mod router;

@@ -51,6 +51,9 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             format!("shard {id} listener"),
         ));
     }
+    if let Some(addr) = config.metrics_socket_addr()? {
+        addrs.push((addr, "metrics listener".into()));
+    }
     let named: Vec<(SocketAddr, &str)> = addrs.iter().map(|(a, w)| (*a, w.as_str())).collect();
     preflight::check_addresses_free(&named)?;
     // Fail before starting anything if the topic metadata is unreadable.
@@ -332,6 +335,11 @@ fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         glommio::spawn_local(crate::native::accept_loop(shard.clone(), listener, serve)).detach();
+    }
+    if let (0, Some(addr)) = (shard.id, shard.config.metrics_socket_addr()?) {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        glommio::spawn_local(crate::metrics::serve(shard.clone(), listener)).detach();
     }
     Ok(())
 }

@@ -564,6 +564,9 @@ impl Shard {
                 self.local_watch(parts, timeout).await;
                 let _ = reply.send(());
             }
+            ShardMsg::Metrics { reply } => {
+                let _ = reply.send(self.local_metrics());
+            }
             ShardMsg::Group { request, reply } => {
                 let _ = reply.send(self.groups.handle(request).await);
             }

@@ -90,7 +90,11 @@ fn produce_fetch_list_offsets_across_shards_and_restart() {
     .expect("send acks=0");
     let meta = c.metadata(vec![]).expect("metadata after acks=0");
     let names: Vec<&str> = meta.topics.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["__consumer_offsets", "events"], "every topic, internal ones included");
+    assert_eq!(
+        names,
+        ["__consumer_offsets", "events"],
+        "every topic, internal ones included"
+    );
     assert_eq!(meta.shards.len(), 2);
     let events = &meta.topics[1];
     let owners: Vec<u32> = events.partitions.iter().map(|p| p.shard).collect();
@@ -641,4 +645,51 @@ fn startup_refuses_when_seccomp_blocks_io_uring() {
         err.contains("io_uring is unavailable") && err.contains("seccomp"),
         "{err}"
     );
+}
+
+/// Sums a metric over the shards from the Prometheus text at `port`.
+fn scrape(port: u16, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+#[test]
+fn metrics_count_bytes_and_prove_one_payload_copy_per_produced_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("m", 4);
+    let metrics_port = b.kafka_port + 1;
+    let copies_before = scrape(metrics_port, "sluice_payload_copies_total");
+    let mut c = b.client();
+    for i in 0..40u32 {
+        let part = ProducePartition {
+            topic: "m".into(),
+            partition: i % 4,
+            records: batch_of(&[format!("record {i}").as_bytes()]),
+        };
+        assert_eq!(
+            c.produce(Acks::All, 1000, vec![part]).expect("produce")[0].error,
+            ErrorCode::NONE
+        );
+    }
+    for p in 0..4 {
+        assert_eq!(fetch_all(&b, "m", p, 0).len(), 10);
+    }
+    let copies = scrape(metrics_port, "sluice_payload_copies_total") - copies_before;
+    assert_eq!(
+        copies, 40,
+        "one copy per produced batch, none on the fetch path"
+    );
+    assert!(scrape(metrics_port, "sluice_bytes_appended_total") > 0);
+    assert!(scrape(metrics_port, "sluice_bytes_read_total") > 0);
+    assert!(scrape(metrics_port, "sluice_partitions") >= 4);
 }

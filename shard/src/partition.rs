@@ -429,10 +429,14 @@ impl Partition {
                 out.chunks.push(b.prefix);
                 out.chunks.push(b.body);
             }
+            stats::add_bytes_read(out.bytes as u64);
             return Ok(out);
         }
-        self.read_from_segments(offset, max_bytes, offsets.log_end)
-            .await
+        let out = self
+            .read_from_segments(offset, max_bytes, offsets.log_end)
+            .await?;
+        stats::add_bytes_read(out.bytes as u64);
+        Ok(out)
     }
 
     async fn read_from_segments(
@@ -1297,5 +1301,6 @@ fn cache_placed(p: &Partition, placed: Vec<(u64, BatchHeader, Bytes)>) {
             },
         );
         p.appended_batches.set(p.appended_batches.get() + 1);
+        stats::add_bytes_appended(bytes.len() as u64);
     }
 }

@@ -10,6 +10,16 @@ use std::cell::Cell;
 thread_local! {
     static PAYLOAD_COPIES: Cell<u64> = const { Cell::new(0) };
     static CACHE_READS: Cell<u64> = const { Cell::new(0) };
+    static BYTES_APPENDED: Cell<u64> = const { Cell::new(0) };
+    static BYTES_READ: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_bytes_appended(n: u64) {
+    BYTES_APPENDED.with(|c| c.set(c.get() + n));
+}
+
+pub fn add_bytes_read(n: u64) {
+    BYTES_READ.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_payload_copies(n: u64) {
@@ -25,11 +35,17 @@ pub fn add_cache_reads(n: u64) {
 pub struct ShardCounters {
     pub payload_copies: u64,
     pub cache_reads: u64,
+    /// Bytes of batches written to segment files.
+    pub bytes_appended: u64,
+    /// Bytes of batches returned by reads (cache and segments).
+    pub bytes_read: u64,
 }
 
 pub fn snapshot() -> ShardCounters {
     ShardCounters {
         payload_copies: PAYLOAD_COPIES.with(Cell::get),
         cache_reads: CACHE_READS.with(Cell::get),
+        bytes_appended: BYTES_APPENDED.with(Cell::get),
+        bytes_read: BYTES_READ.with(Cell::get),
     }
 }
