@@ -1,7 +1,10 @@
 //! Native protocol request handlers: split each request by owning shard, do
 //! local parts in place, send the rest over the mesh, gather the answers in
 //! request order. A failure for one partition is that partition's error code,
-//! never a failure of the whole request.
+//! never a failure of the whole request. Consumer-group requests go to the
+//! group's coordinating shard ([`groups`]).
+
+mod groups;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -40,6 +43,14 @@ pub async fn handle(shard: Rc<Shard>, correlation_id: u32, request: Request) -> 
         Request::CreateTopics(r) => ResponseBody::CreateTopics(create_topics(&shard, r).await),
         Request::DeleteTopics(r) => ResponseBody::DeleteTopics(delete_topics(&shard, r).await),
         Request::Metadata(r) => ResponseBody::Metadata(metadata(&shard, r)),
+        Request::JoinGroup(r) => ResponseBody::JoinGroup(groups::join(&shard, r).await),
+        Request::SyncGroup(r) => ResponseBody::SyncGroup(groups::sync(&shard, r).await),
+        Request::Heartbeat(r) => ResponseBody::Heartbeat(groups::heartbeat(&shard, r).await),
+        Request::LeaveGroup(r) => ResponseBody::LeaveGroup(groups::leave(&shard, r).await),
+        Request::OffsetCommit(r) => {
+            ResponseBody::OffsetCommit(groups::offset_commit(&shard, r).await)
+        }
+        Request::OffsetFetch(r) => ResponseBody::OffsetFetch(groups::offset_fetch(&shard, r).await),
     };
     Some(Response {
         correlation_id,

@@ -92,7 +92,8 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 }
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
-    let series: [(&str, &str, fn(&ShardMetrics) -> u64); 6] = [
+    type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+    let series: [Series; 6] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),

@@ -90,7 +90,9 @@ pub enum ShardMsg {
         reply: Reply<GroupResponse>,
     },
     /// This shard's counters, for a metrics scrape. Retryable.
-    Metrics { reply: Reply<crate::metrics::ShardMetrics> },
+    Metrics {
+        reply: Reply<crate::metrics::ShardMetrics>,
+    },
     /// To shard 0, the controller: create topics. Retryable (a topic that
     /// exists is reported as TOPIC_ALREADY_EXISTS, never created twice).
     CreateTopics {

@@ -36,9 +36,12 @@ use bytes::Bytes;
 
 use crate::native::{
     self, Acks, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest, FetchPartitionResponse,
-    FetchRequest, ListOffsetsPartition, ListOffsetsPartitionResponse, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, ProducePartition, ProducePartitionResponse, ProduceRequest,
-    Request, Response, ResponseBody, TopicResult,
+    FetchRequest, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsPartition, ListOffsetsPartitionResponse,
+    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetCommitPartitionResponse,
+    OffsetCommitRequest, OffsetFetchRequest, OffsetFetchResponse, ProducePartition,
+    ProducePartitionResponse, ProduceRequest, Request, Response, ResponseBody, SyncGroupRequest,
+    SyncGroupResponse, TopicResult,
 };
 use crate::ErrorCode;
 
@@ -274,6 +277,76 @@ impl Client {
     pub fn metadata(&mut self, topics: Vec<String>) -> Result<MetadataResponse, ClientError> {
         match self.call(&Request::Metadata(MetadataRequest { topics }))? {
             ResponseBody::Metadata(r) => Ok(r),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    /// Joins (or rejoins) a consumer group. The answer's `error` is the
+    /// coordinator's: MEMBER_ID_REQUIRED (79) asks to join again with the
+    /// `member_id` it carries. The broker holds the answer until the
+    /// rebalance completes, up to the rebalance timeout: a read timeout
+    /// shorter than that breaks the connection.
+    pub fn join_group(
+        &mut self,
+        request: JoinGroupRequest,
+    ) -> Result<JoinGroupResponse, ClientError> {
+        match self.call(&Request::JoinGroup(request))? {
+            ResponseBody::JoinGroup(r) => Ok(r),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    /// Sends the leader's assignments (or a follower's empty list) and
+    /// receives this member's assignment.
+    pub fn sync_group(
+        &mut self,
+        request: SyncGroupRequest,
+    ) -> Result<SyncGroupResponse, ClientError> {
+        match self.call(&Request::SyncGroup(request))? {
+            ResponseBody::SyncGroup(r) => Ok(r),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    /// Keeps a member alive; REBALANCE_IN_PROGRESS (27) says to rejoin.
+    pub fn heartbeat(
+        &mut self,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        match self.call(&Request::Heartbeat(request))? {
+            ResponseBody::Heartbeat(r) => Ok(r),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    pub fn leave_group(
+        &mut self,
+        request: LeaveGroupRequest,
+    ) -> Result<LeaveGroupResponse, ClientError> {
+        match self.call(&Request::LeaveGroup(request))? {
+            ResponseBody::LeaveGroup(r) => Ok(r),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    /// Commits offsets; acknowledged once they are durable.
+    pub fn offset_commit(
+        &mut self,
+        request: OffsetCommitRequest,
+    ) -> Result<Vec<OffsetCommitPartitionResponse>, ClientError> {
+        match self.call(&Request::OffsetCommit(request))? {
+            ResponseBody::OffsetCommit(r) => Ok(r.partitions),
+            _ => Err(ClientError::UnexpectedResponse),
+        }
+    }
+
+    /// A group's committed offsets (-1 where nothing is committed).
+    pub fn offset_fetch(
+        &mut self,
+        request: OffsetFetchRequest,
+    ) -> Result<OffsetFetchResponse, ClientError> {
+        match self.call(&Request::OffsetFetch(request))? {
+            ResponseBody::OffsetFetch(r) => Ok(r),
             _ => Err(ClientError::UnexpectedResponse),
         }
     }

@@ -4,8 +4,19 @@
 //! shard's partitions) before reading any answer, so shards serve in
 //! parallel. Records are decoded in place from the response's bytes and
 //! written to a buffered, locked stdout: nothing is allocated per record.
+//!
+//! With `--group G` the command is a member of consumer group G
+//! ([`super::group`]): it reads only the partitions the group assigns it,
+//! starts each at the group's committed offset (or `--from` where nothing is
+//! committed), and commits after printing each fetched batch, once stdout
+//! has been flushed. So members that end normally print every record exactly
+//! once between them; one that dies may have printed records it did not
+//! commit, which another prints again (at least once).
 
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +29,7 @@ use sluice_protocol::native::{
 use sluice_protocol::types::list_offsets_timestamp;
 use sluice_protocol::ErrorCode;
 
+use super::group::{Member, Rejoin};
 use super::{shard_of_partitions, topic_metadata, CliError, ConnectArgs, Connections};
 
 /// How long the broker may hold a fetch waiting for records.
@@ -68,8 +80,12 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub count: Option<u64>,
     /// Read only this partition.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<u32>,
+    /// Consume as a member of this consumer group: read the partitions the
+    /// group assigns, from its committed offsets, and commit what is printed.
+    #[arg(long)]
+    pub group: Option<String>,
     /// Stop (successfully) once this long passes with no new record.
     #[arg(long)]
     pub timeout_ms: Option<u64>,
@@ -94,6 +110,9 @@ impl ConsumeArgs {
     pub fn run(self) -> Result<(), CliError> {
         if self.count == Some(0) {
             return Ok(());
+        }
+        if let Some(group) = self.group.clone() {
+            return self.run_group(group);
         }
         let mut bootstrap = self.connect.connect()?;
         let (topic, metadata) = topic_metadata(&mut bootstrap, &self.topic)?;
@@ -131,6 +150,180 @@ impl ConsumeArgs {
             None => Ok((0..count).collect()),
         }
     }
+}
+
+impl ConsumeArgs {
+    /// Consumes as a member of `group` until `--count`, `--timeout-ms` idle
+    /// or SIGINT; then leaves the group.
+    fn run_group(self, group: String) -> Result<(), CliError> {
+        let interrupted = interrupt_flag()?;
+        let mut bootstrap = self.connect.connect()?;
+        let (topic, metadata) = topic_metadata(&mut bootstrap, &self.topic)?;
+        let shard_of = shard_of_partitions(&topic)?;
+        let mut connections = Connections::open(&self.connect, &metadata, &shard_of)?;
+        let mut member = Member::new(self.connect.connect()?, group, self.topic.clone());
+        let stdout = io::stdout();
+        let out = BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
+        let mut session = GroupSession {
+            args: &self,
+            bootstrap,
+            shard_of,
+            printer: Printer::new(out, self.print_offsets, self.count),
+            last_record_at: Instant::now(),
+            interrupted,
+        };
+        let result = session.run(&mut member, &mut connections);
+        let flushed = session.printer.flush();
+        member.leave();
+        result.and(flushed.map_err(CliError::from))
+    }
+}
+
+/// Set by SIGINT; a second SIGINT while it is set exits at once.
+fn interrupt_flag() -> Result<Arc<AtomicBool>, CliError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let sigint = signal_hook::consts::SIGINT;
+    signal_hook::flag::register_conditional_shutdown(sigint, 130, flag.clone())?;
+    signal_hook::flag::register(sigint, flag.clone())?;
+    Ok(flag)
+}
+
+/// One `--group` run: generations of join, consume, rejoin.
+struct GroupSession<'a, W: Write> {
+    args: &'a ConsumeArgs,
+    /// For metadata and list offsets.
+    bootstrap: Client,
+    shard_of: Vec<u32>,
+    printer: Printer<W>,
+    last_record_at: Instant,
+    interrupted: Arc<AtomicBool>,
+}
+
+impl<W: Write> GroupSession<'_, W> {
+    fn run(&mut self, member: &mut Member, connections: &mut Connections) -> Result<(), CliError> {
+        loop {
+            let bootstrap = &mut self.bootstrap;
+            let joined = member.join(&mut |topics| partition_counts(bootstrap, topics))?;
+            let partitions: Vec<String> = joined.partitions.iter().map(u32::to_string).collect();
+            eprintln!(
+                "sluice consume: group {} generation {} member {}: partitions [{}]",
+                self.args.group.as_deref().unwrap_or_default(),
+                joined.generation,
+                joined.member_id,
+                partitions.join(",")
+            );
+            let mut reader = self.reader(member, &joined.partitions, connections)?;
+            if self.consume(member, &mut reader, connections)?.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A reader of `partitions` from the group's committed offsets.
+    fn reader(
+        &mut self,
+        member: &mut Member,
+        partitions: &[u32],
+        connections: &Connections,
+    ) -> Result<Reader, CliError> {
+        let known: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|&p| (p as usize) < self.shard_of.len())
+            .collect();
+        let committed = member.committed(&known)?;
+        let fresh: Vec<u32> = known
+            .iter()
+            .zip(&committed)
+            .filter(|(_, c)| c.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        let topic = &self.args.topic;
+        let starts = start_offsets(&mut self.bootstrap, topic, &fresh, self.args.from)?;
+        let mut starts = fresh
+            .into_iter()
+            .zip(starts)
+            .collect::<BTreeMap<u32, i64>>();
+        let cursors = known
+            .iter()
+            .zip(committed)
+            .map(|(&partition, committed)| Cursor {
+                partition,
+                next: committed.or_else(|| starts.remove(&partition)).unwrap_or(0),
+                conn: connections.index_of(self.shard_of[partition as usize]),
+            });
+        Ok(Reader::new(
+            topic.clone(),
+            cursors.collect(),
+            self.shard_of.len(),
+        ))
+    }
+
+    /// Fetches, prints and commits until the generation ends (`Some`) or
+    /// the run is over (`None`).
+    fn consume(
+        &mut self,
+        member: &mut Member,
+        reader: &mut Reader,
+        connections: &mut Connections,
+    ) -> Result<Option<Rejoin>, CliError> {
+        let timeout = self.args.timeout_ms.map(Duration::from_millis);
+        let mut committed: Vec<i64> = reader.cursors.iter().map(|c| c.next).collect();
+        loop {
+            let printed_before = self.printer.printed;
+            let left = timeout.map(|t| t.saturating_sub(self.last_record_at.elapsed()));
+            let wait = fetch_wait_ms(left).min(duration_ms(member.heartbeat_in()));
+            if reader.cursors.is_empty() {
+                std::thread::sleep(Duration::from_millis(u64::from(wait.clamp(1, 100))));
+            } else {
+                reader.round(connections, &mut self.printer, wait)?;
+            }
+            if self.printer.printed > printed_before {
+                self.last_record_at = Instant::now();
+                // What is committed must have reached stdout first.
+                self.printer.flush()?;
+            }
+            let moved: Vec<(u32, i64)> = reader
+                .cursors
+                .iter()
+                .zip(&committed)
+                .filter(|(c, &done)| c.next > done)
+                .map(|(c, _)| (c.partition, c.next))
+                .collect();
+            if let Some(rejoin) = member.commit(&moved)? {
+                return Ok(Some(rejoin));
+            }
+            committed = reader.cursors.iter().map(|c| c.next).collect();
+            let idle = timeout.is_some_and(|t| self.last_record_at.elapsed() >= t);
+            if self.printer.done() || idle || self.interrupted.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            if let Some(rejoin) = member.heartbeat()? {
+                return Ok(Some(rejoin));
+            }
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The partition counts of `topics` (the leader's view, for assigning).
+fn partition_counts(
+    client: &mut Client,
+    topics: &[String],
+) -> Result<BTreeMap<String, u32>, CliError> {
+    if topics.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let metadata = client.metadata(topics.to_vec())?;
+    let known = metadata.topics.into_iter().filter(|t| t.error.is_ok());
+    let counts = known.map(|t| {
+        let n = u32::try_from(t.partitions.len()).unwrap_or(u32::MAX);
+        (t.name, n)
+    });
+    Ok(counts.collect())
 }
 
 /// The first offset to read in each of `partitions`.
@@ -459,6 +652,7 @@ mod tests {
             from: StartAt::Earliest,
             count: None,
             partition: None,
+            group: None,
             timeout_ms: None,
             print_offsets: false,
             connect: ConnectArgs {
@@ -498,6 +692,13 @@ mod tests {
         );
         assert!(parse(&["t", "--from", "-1"]).is_err());
         assert!(parse(&["t", "--from", "soon"]).is_err());
+    }
+
+    #[test]
+    fn group_parses_and_excludes_a_single_partition() {
+        let args = parse(&["t", "--group", "g", "--from", "latest"]).expect("parses");
+        assert_eq!(args.group.as_deref(), Some("g"));
+        assert!(parse(&["t", "--group", "g", "--partition", "1"]).is_err());
     }
 
     /// A batch of `values` starting at `base_offset`.

@@ -1,4 +1,5 @@
-//! The client side of the `sluice` binary: `topic`, `produce` and `consume`.
+//! The client side of the `sluice` binary: `topic`, `produce` and `consume`
+//! (alone, or as a consumer-group member: [`group`]).
 //!
 //! These commands run on the caller's thread with the blocking
 //! [`sluice_protocol::client::Client`]; nothing here touches a shard or the
@@ -14,6 +15,7 @@
 //!   prints as `error: ...` with exit status 1.
 
 mod consume;
+mod group;
 mod produce;
 mod topic;
 

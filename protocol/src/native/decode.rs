@@ -53,6 +53,57 @@ pub(super) fn request(
             })
         }
         fb::RequestBody::NONE => return Err(missing),
+        other => return group_request(header, other),
+    };
+    Ok(request)
+}
+
+/// The consumer-group bodies, which have no payload.
+fn group_request(
+    header: &fb::Request<'_>,
+    body_type: fb::RequestBody,
+) -> Result<Request, DecodeErrorKind> {
+    let missing = DecodeErrorKind::BodyMissing;
+    let request = match body_type {
+        fb::RequestBody::JoinGroupRequest => Request::JoinGroup(join_group_request(
+            &header.body_as_join_group_request().ok_or(missing)?,
+        )),
+        fb::RequestBody::SyncGroupRequest => Request::SyncGroup(sync_group_request(
+            &header.body_as_sync_group_request().ok_or(missing)?,
+        )),
+        fb::RequestBody::HeartbeatRequest => {
+            let r = header.body_as_heartbeat_request().ok_or(missing)?;
+            Request::Heartbeat(HeartbeatRequest {
+                group_id: r.group_id().to_owned(),
+                generation_id: r.generation_id(),
+                member_id: string(r.member_id()),
+                group_instance_id: optional_string(r.group_instance_id()),
+            })
+        }
+        fb::RequestBody::LeaveGroupRequest => {
+            let r = header.body_as_leave_group_request().ok_or(missing)?;
+            Request::LeaveGroup(LeaveGroupRequest {
+                group_id: r.group_id().to_owned(),
+                members: list(r.members(), |m| LeavingMember {
+                    member_id: string(m.member_id()),
+                    group_instance_id: optional_string(m.group_instance_id()),
+                }),
+            })
+        }
+        fb::RequestBody::OffsetCommitRequest => Request::OffsetCommit(offset_commit_request(
+            &header.body_as_offset_commit_request().ok_or(missing)?,
+        )),
+        fb::RequestBody::OffsetFetchRequest => {
+            let r = header.body_as_offset_fetch_request().ok_or(missing)?;
+            Request::OffsetFetch(OffsetFetchRequest {
+                group_id: r.group_id().to_owned(),
+                partitions: list(r.partitions(), |p| OffsetFetchPartition {
+                    topic: p.topic().to_owned(),
+                    partition: p.partition(),
+                }),
+                require_stable: r.require_stable(),
+            })
+        }
         unknown => return Err(DecodeErrorKind::BodyUnknown { tag: unknown.0 }),
     };
     Ok(request)
@@ -106,6 +157,60 @@ fn response_body(header: &fb::Response<'_>) -> Result<ResponseBody, DecodeErrorK
             &header.body_as_metadata_response().ok_or(missing)?,
         )),
         fb::ResponseBody::NONE => ResponseBody::Error,
+        other => return group_response(header, other),
+    };
+    Ok(body)
+}
+
+/// The consumer-group bodies.
+fn group_response(
+    header: &fb::Response<'_>,
+    body_type: fb::ResponseBody,
+) -> Result<ResponseBody, DecodeErrorKind> {
+    let missing = DecodeErrorKind::BodyMissing;
+    let body = match body_type {
+        fb::ResponseBody::JoinGroupResponse => ResponseBody::JoinGroup(join_group_response(
+            &header.body_as_join_group_response().ok_or(missing)?,
+        )),
+        fb::ResponseBody::SyncGroupResponse => {
+            let r = header.body_as_sync_group_response().ok_or(missing)?;
+            ResponseBody::SyncGroup(SyncGroupResponse {
+                error: ErrorCode(r.error()),
+                protocol_type: string(r.protocol_type()),
+                protocol_name: string(r.protocol_name()),
+                assignment: bytes(r.assignment()),
+            })
+        }
+        fb::ResponseBody::HeartbeatResponse => {
+            let r = header.body_as_heartbeat_response().ok_or(missing)?;
+            ResponseBody::Heartbeat(HeartbeatResponse {
+                error: ErrorCode(r.error()),
+            })
+        }
+        fb::ResponseBody::LeaveGroupResponse => {
+            let r = header.body_as_leave_group_response().ok_or(missing)?;
+            ResponseBody::LeaveGroup(LeaveGroupResponse {
+                error: ErrorCode(r.error()),
+                members: list(r.members(), |m| LeavingMemberResponse {
+                    member_id: string(m.member_id()),
+                    group_instance_id: optional_string(m.group_instance_id()),
+                    error: ErrorCode(m.error()),
+                }),
+            })
+        }
+        fb::ResponseBody::OffsetCommitResponse => {
+            let r = header.body_as_offset_commit_response().ok_or(missing)?;
+            ResponseBody::OffsetCommit(OffsetCommitResponse {
+                partitions: list(r.partitions(), |p| OffsetCommitPartitionResponse {
+                    topic: p.topic().to_owned(),
+                    partition: p.partition(),
+                    error: ErrorCode(p.error()),
+                }),
+            })
+        }
+        fb::ResponseBody::OffsetFetchResponse => ResponseBody::OffsetFetch(offset_fetch_response(
+            &header.body_as_offset_fetch_response().ok_or(missing)?,
+        )),
         unknown => return Err(DecodeErrorKind::BodyUnknown { tag: unknown.0 }),
     };
     Ok(body)
@@ -124,6 +229,22 @@ where
 
 fn strings(v: TableVec<'_, &str>) -> Vec<String> {
     list(v, str::to_owned)
+}
+
+/// An absent string reads as empty.
+fn string(s: Option<&str>) -> String {
+    s.unwrap_or_default().to_owned()
+}
+
+fn optional_string(s: Option<&str>) -> Option<String> {
+    s.map(str::to_owned)
+}
+
+/// A copy: these bytes are member metadata and assignments, small and rare,
+/// and a copy keeps the decoded message independent of the frame.
+fn bytes(v: Option<Vector<'_, u8>>) -> Bytes {
+    v.map(|v| Bytes::copy_from_slice(v.bytes()))
+        .unwrap_or_default()
 }
 
 fn configs(v: TableVec<'_, fb::Config<'_>>) -> Vec<(String, String)> {
@@ -320,5 +441,82 @@ fn metadata_response(r: &fb::MetadataResponse<'_>) -> MetadataResponse {
         bootstrap_port: r.bootstrap_port(),
         shards,
         topics,
+    }
+}
+
+fn join_group_request(r: &fb::JoinGroupRequest<'_>) -> JoinGroupRequest {
+    JoinGroupRequest {
+        group_id: r.group_id().to_owned(),
+        session_timeout_ms: r.session_timeout_ms(),
+        rebalance_timeout_ms: r.rebalance_timeout_ms(),
+        member_id: string(r.member_id()),
+        group_instance_id: optional_string(r.group_instance_id()),
+        protocol_type: string(r.protocol_type()),
+        protocols: list(r.protocols(), |p| GroupProtocol {
+            name: p.name().to_owned(),
+            metadata: bytes(p.metadata()),
+        }),
+        client_id: string(r.client_id()),
+    }
+}
+
+fn join_group_response(r: &fb::JoinGroupResponse<'_>) -> JoinGroupResponse {
+    JoinGroupResponse {
+        error: ErrorCode(r.error()),
+        generation_id: r.generation_id(),
+        protocol_type: string(r.protocol_type()),
+        protocol_name: string(r.protocol_name()),
+        leader: string(r.leader()),
+        member_id: string(r.member_id()),
+        members: list(r.members(), |m| JoinGroupMember {
+            member_id: m.member_id().to_owned(),
+            group_instance_id: optional_string(m.group_instance_id()),
+            metadata: bytes(m.metadata()),
+        }),
+    }
+}
+
+fn sync_group_request(r: &fb::SyncGroupRequest<'_>) -> SyncGroupRequest {
+    SyncGroupRequest {
+        group_id: r.group_id().to_owned(),
+        generation_id: r.generation_id(),
+        member_id: string(r.member_id()),
+        group_instance_id: optional_string(r.group_instance_id()),
+        protocol_type: string(r.protocol_type()),
+        protocol_name: string(r.protocol_name()),
+        assignments: list(r.assignments(), |a| GroupAssignment {
+            member_id: a.member_id().to_owned(),
+            assignment: bytes(a.assignment()),
+        }),
+    }
+}
+
+fn offset_commit_request(r: &fb::OffsetCommitRequest<'_>) -> OffsetCommitRequest {
+    OffsetCommitRequest {
+        group_id: r.group_id().to_owned(),
+        generation_id: r.generation_id(),
+        member_id: string(r.member_id()),
+        group_instance_id: optional_string(r.group_instance_id()),
+        partitions: list(r.partitions(), |p| OffsetCommitPartition {
+            topic: p.topic().to_owned(),
+            partition: p.partition(),
+            offset: p.offset(),
+            leader_epoch: p.leader_epoch(),
+            metadata: string(p.metadata()),
+        }),
+    }
+}
+
+fn offset_fetch_response(r: &fb::OffsetFetchResponse<'_>) -> OffsetFetchResponse {
+    OffsetFetchResponse {
+        error: ErrorCode(r.error()),
+        partitions: list(r.partitions(), |p| OffsetFetchPartitionResponse {
+            topic: p.topic().to_owned(),
+            partition: p.partition(),
+            error: ErrorCode(p.error()),
+            offset: p.offset(),
+            leader_epoch: p.leader_epoch(),
+            metadata: string(p.metadata()),
+        }),
     }
 }

@@ -42,6 +42,7 @@ pub(super) fn request(fbb: &mut Fbb<'_>, correlation_id: u32, request: &Request)
             fb::RequestBody::MetadataRequest,
             metadata_request(fbb, r).as_union_value(),
         ),
+        group => group_request(fbb, group),
     };
     let args = fb::RequestArgs {
         correlation_id,
@@ -119,6 +120,83 @@ fn response_body(
             metadata_response(fbb, r).as_union_value(),
         ),
         ResponseBody::Error => return None,
+        group => group_response(fbb, group)?,
+    };
+    Some(built)
+}
+
+/// The consumer-group requests, which have no payload.
+///
+/// # Panics
+///
+/// On a request that is not a group request: [`request`] handles the rest.
+fn group_request(
+    fbb: &mut Fbb<'_>,
+    request: &Request,
+) -> (fb::RequestBody, WIPOffset<UnionWIPOffset>) {
+    match request {
+        Request::JoinGroup(r) => (
+            fb::RequestBody::JoinGroupRequest,
+            join_group_request(fbb, r).as_union_value(),
+        ),
+        Request::SyncGroup(r) => (
+            fb::RequestBody::SyncGroupRequest,
+            sync_group_request(fbb, r).as_union_value(),
+        ),
+        Request::Heartbeat(r) => (
+            fb::RequestBody::HeartbeatRequest,
+            heartbeat_request(fbb, r).as_union_value(),
+        ),
+        Request::LeaveGroup(r) => (
+            fb::RequestBody::LeaveGroupRequest,
+            leave_group_request(fbb, r).as_union_value(),
+        ),
+        Request::OffsetCommit(r) => (
+            fb::RequestBody::OffsetCommitRequest,
+            offset_commit_request(fbb, r).as_union_value(),
+        ),
+        Request::OffsetFetch(r) => (
+            fb::RequestBody::OffsetFetchRequest,
+            offset_fetch_request(fbb, r).as_union_value(),
+        ),
+        other => unreachable!("not a group request: {other:?}"),
+    }
+}
+
+/// The consumer-group responses; `None` for any other body.
+fn group_response(
+    fbb: &mut Fbb<'_>,
+    body: &ResponseBody,
+) -> Option<(fb::ResponseBody, WIPOffset<UnionWIPOffset>)> {
+    let built = match body {
+        ResponseBody::JoinGroup(r) => (
+            fb::ResponseBody::JoinGroupResponse,
+            join_group_response(fbb, r).as_union_value(),
+        ),
+        ResponseBody::SyncGroup(r) => (
+            fb::ResponseBody::SyncGroupResponse,
+            sync_group_response(fbb, r).as_union_value(),
+        ),
+        ResponseBody::Heartbeat(r) => {
+            let args = fb::HeartbeatResponseArgs { error: r.error.0 };
+            (
+                fb::ResponseBody::HeartbeatResponse,
+                fb::HeartbeatResponse::create(fbb, &args).as_union_value(),
+            )
+        }
+        ResponseBody::LeaveGroup(r) => (
+            fb::ResponseBody::LeaveGroupResponse,
+            leave_group_response(fbb, r).as_union_value(),
+        ),
+        ResponseBody::OffsetCommit(r) => (
+            fb::ResponseBody::OffsetCommitResponse,
+            offset_commit_response(fbb, r).as_union_value(),
+        ),
+        ResponseBody::OffsetFetch(r) => (
+            fb::ResponseBody::OffsetFetchResponse,
+            offset_fetch_response(fbb, r).as_union_value(),
+        ),
+        _ => return None,
     };
     Some(built)
 }
@@ -134,6 +212,15 @@ fn records_len(bytes: usize) -> u32 {
 
 fn optional_string<'a>(fbb: &mut Fbb<'a>, s: &str) -> Option<WIPOffset<&'a str>> {
     (!s.is_empty()).then(|| fbb.create_string(s))
+}
+
+fn some_string<'a>(fbb: &mut Fbb<'a>, s: Option<&str>) -> Option<WIPOffset<&'a str>> {
+    s.map(|s| fbb.create_string(s))
+}
+
+/// Empty bytes are left out; they decode as empty.
+fn optional_bytes<'a>(fbb: &mut Fbb<'a>, b: &Bytes) -> Option<WIPOffset<Vector<'a, u8>>> {
+    (!b.is_empty()).then(|| fbb.create_vector(&b[..]))
 }
 
 /// Builds one table per item, then the vector of them.
@@ -382,4 +469,219 @@ fn topic_metadata<'a>(fbb: &mut Fbb<'a>, t: &TopicMetadata) -> WIPOffset<fb::Top
         configs,
     };
     fb::TopicMetadata::create(fbb, &args)
+}
+
+fn join_group_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &JoinGroupRequest,
+) -> WIPOffset<fb::JoinGroupRequest<'a>> {
+    let protocols = table_vec(fbb, &r.protocols, |fbb, p| {
+        let name = Some(fbb.create_string(&p.name));
+        let metadata = optional_bytes(fbb, &p.metadata);
+        fb::GroupProtocol::create(fbb, &fb::GroupProtocolArgs { name, metadata })
+    });
+    let args = fb::JoinGroupRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        session_timeout_ms: r.session_timeout_ms,
+        rebalance_timeout_ms: r.rebalance_timeout_ms,
+        member_id: optional_string(fbb, &r.member_id),
+        group_instance_id: some_string(fbb, r.group_instance_id.as_deref()),
+        protocol_type: optional_string(fbb, &r.protocol_type),
+        protocols: Some(protocols),
+        client_id: optional_string(fbb, &r.client_id),
+    };
+    fb::JoinGroupRequest::create(fbb, &args)
+}
+
+fn join_group_response<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &JoinGroupResponse,
+) -> WIPOffset<fb::JoinGroupResponse<'a>> {
+    let members = table_vec(fbb, &r.members, |fbb, m| {
+        let args = fb::JoinGroupMemberArgs {
+            member_id: Some(fbb.create_string(&m.member_id)),
+            group_instance_id: some_string(fbb, m.group_instance_id.as_deref()),
+            metadata: optional_bytes(fbb, &m.metadata),
+        };
+        fb::JoinGroupMember::create(fbb, &args)
+    });
+    let args = fb::JoinGroupResponseArgs {
+        error: r.error.0,
+        generation_id: r.generation_id,
+        protocol_type: optional_string(fbb, &r.protocol_type),
+        protocol_name: optional_string(fbb, &r.protocol_name),
+        leader: optional_string(fbb, &r.leader),
+        member_id: optional_string(fbb, &r.member_id),
+        members: Some(members),
+    };
+    fb::JoinGroupResponse::create(fbb, &args)
+}
+
+fn sync_group_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &SyncGroupRequest,
+) -> WIPOffset<fb::SyncGroupRequest<'a>> {
+    let assignments = table_vec(fbb, &r.assignments, |fbb, a| {
+        let args = fb::GroupAssignmentArgs {
+            member_id: Some(fbb.create_string(&a.member_id)),
+            assignment: optional_bytes(fbb, &a.assignment),
+        };
+        fb::GroupAssignment::create(fbb, &args)
+    });
+    let args = fb::SyncGroupRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        generation_id: r.generation_id,
+        member_id: optional_string(fbb, &r.member_id),
+        group_instance_id: some_string(fbb, r.group_instance_id.as_deref()),
+        protocol_type: optional_string(fbb, &r.protocol_type),
+        protocol_name: optional_string(fbb, &r.protocol_name),
+        assignments: Some(assignments),
+    };
+    fb::SyncGroupRequest::create(fbb, &args)
+}
+
+fn sync_group_response<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &SyncGroupResponse,
+) -> WIPOffset<fb::SyncGroupResponse<'a>> {
+    let args = fb::SyncGroupResponseArgs {
+        error: r.error.0,
+        protocol_type: optional_string(fbb, &r.protocol_type),
+        protocol_name: optional_string(fbb, &r.protocol_name),
+        assignment: optional_bytes(fbb, &r.assignment),
+    };
+    fb::SyncGroupResponse::create(fbb, &args)
+}
+
+fn heartbeat_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &HeartbeatRequest,
+) -> WIPOffset<fb::HeartbeatRequest<'a>> {
+    let args = fb::HeartbeatRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        generation_id: r.generation_id,
+        member_id: optional_string(fbb, &r.member_id),
+        group_instance_id: some_string(fbb, r.group_instance_id.as_deref()),
+    };
+    fb::HeartbeatRequest::create(fbb, &args)
+}
+
+fn leave_group_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &LeaveGroupRequest,
+) -> WIPOffset<fb::LeaveGroupRequest<'a>> {
+    let members = table_vec(fbb, &r.members, |fbb, m| {
+        let args = fb::LeavingMemberArgs {
+            member_id: optional_string(fbb, &m.member_id),
+            group_instance_id: some_string(fbb, m.group_instance_id.as_deref()),
+        };
+        fb::LeavingMember::create(fbb, &args)
+    });
+    let args = fb::LeaveGroupRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        members: Some(members),
+    };
+    fb::LeaveGroupRequest::create(fbb, &args)
+}
+
+fn leave_group_response<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &LeaveGroupResponse,
+) -> WIPOffset<fb::LeaveGroupResponse<'a>> {
+    let members = table_vec(fbb, &r.members, |fbb, m| {
+        let args = fb::LeavingMemberResponseArgs {
+            member_id: optional_string(fbb, &m.member_id),
+            group_instance_id: some_string(fbb, m.group_instance_id.as_deref()),
+            error: m.error.0,
+        };
+        fb::LeavingMemberResponse::create(fbb, &args)
+    });
+    let args = fb::LeaveGroupResponseArgs {
+        error: r.error.0,
+        members: Some(members),
+    };
+    fb::LeaveGroupResponse::create(fbb, &args)
+}
+
+fn offset_commit_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &OffsetCommitRequest,
+) -> WIPOffset<fb::OffsetCommitRequest<'a>> {
+    let partitions = table_vec(fbb, &r.partitions, |fbb, p| {
+        let args = fb::OffsetCommitPartitionArgs {
+            topic: Some(fbb.create_string(&p.topic)),
+            partition: p.partition,
+            offset: p.offset,
+            leader_epoch: p.leader_epoch,
+            metadata: optional_string(fbb, &p.metadata),
+        };
+        fb::OffsetCommitPartition::create(fbb, &args)
+    });
+    let args = fb::OffsetCommitRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        generation_id: r.generation_id,
+        member_id: optional_string(fbb, &r.member_id),
+        group_instance_id: some_string(fbb, r.group_instance_id.as_deref()),
+        partitions: Some(partitions),
+    };
+    fb::OffsetCommitRequest::create(fbb, &args)
+}
+
+fn offset_commit_response<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &OffsetCommitResponse,
+) -> WIPOffset<fb::OffsetCommitResponse<'a>> {
+    let partitions = table_vec(fbb, &r.partitions, |fbb, p| {
+        let args = fb::OffsetCommitPartitionResponseArgs {
+            topic: Some(fbb.create_string(&p.topic)),
+            partition: p.partition,
+            error: p.error.0,
+        };
+        fb::OffsetCommitPartitionResponse::create(fbb, &args)
+    });
+    let args = fb::OffsetCommitResponseArgs {
+        partitions: Some(partitions),
+    };
+    fb::OffsetCommitResponse::create(fbb, &args)
+}
+
+fn offset_fetch_request<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &OffsetFetchRequest,
+) -> WIPOffset<fb::OffsetFetchRequest<'a>> {
+    let partitions = table_vec(fbb, &r.partitions, |fbb, p| {
+        let args = fb::OffsetFetchPartitionArgs {
+            topic: Some(fbb.create_string(&p.topic)),
+            partition: p.partition,
+        };
+        fb::OffsetFetchPartition::create(fbb, &args)
+    });
+    let args = fb::OffsetFetchRequestArgs {
+        group_id: Some(fbb.create_string(&r.group_id)),
+        partitions: Some(partitions),
+        require_stable: r.require_stable,
+    };
+    fb::OffsetFetchRequest::create(fbb, &args)
+}
+
+fn offset_fetch_response<'a>(
+    fbb: &mut Fbb<'a>,
+    r: &OffsetFetchResponse,
+) -> WIPOffset<fb::OffsetFetchResponse<'a>> {
+    let partitions = table_vec(fbb, &r.partitions, |fbb, p| {
+        let args = fb::OffsetFetchPartitionResponseArgs {
+            topic: Some(fbb.create_string(&p.topic)),
+            partition: p.partition,
+            error: p.error.0,
+            offset: p.offset,
+            leader_epoch: p.leader_epoch,
+            metadata: optional_string(fbb, &p.metadata),
+        };
+        fb::OffsetFetchPartitionResponse::create(fbb, &args)
+    });
+    let args = fb::OffsetFetchResponseArgs {
+        error: r.error.0,
+        partitions: Some(partitions),
+    };
+    fb::OffsetFetchResponse::create(fbb, &args)
 }

@@ -205,6 +205,191 @@ pub struct MetadataResponse {
     pub topics: Vec<TopicMetadata>,
 }
 
+/// A protocol a group member can use (e.g. `"range"`), with its member
+/// metadata: bytes only the members read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Bytes,
+}
+
+/// Kafka's JoinGroup. `member_id` is empty on a first join; the coordinator
+/// answers MEMBER_ID_REQUIRED with an id to join again with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinGroupRequest {
+    pub group_id: String,
+    pub session_timeout_ms: i32,
+    /// -1: the session timeout.
+    pub rebalance_timeout_ms: i32,
+    pub member_id: String,
+    /// A static member's id; `None` for a dynamic member.
+    pub group_instance_id: Option<String>,
+    /// `"consumer"` for consumers.
+    pub protocol_type: String,
+    pub protocols: Vec<GroupProtocol>,
+    /// Prefixes the member id given out (Kafka takes it from its request
+    /// header, which the native protocol does not have).
+    pub client_id: String,
+}
+
+/// A member as the leader sees it in its JoinGroup answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinGroupMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    /// Its metadata for the chosen protocol.
+    pub metadata: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinGroupResponse {
+    pub error: ErrorCode,
+    pub generation_id: i32,
+    pub protocol_type: String,
+    /// The protocol chosen for the generation.
+    pub protocol_name: String,
+    pub leader: String,
+    /// This member's id (also on MEMBER_ID_REQUIRED).
+    pub member_id: String,
+    /// Every member, for the leader only; empty for the others.
+    pub members: Vec<JoinGroupMember>,
+}
+
+/// One member's assignment, as the leader sends it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupAssignment {
+    pub member_id: String,
+    pub assignment: Bytes,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncGroupRequest {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    /// Empty: not checked against the group's.
+    pub protocol_type: String,
+    /// Empty: not checked against the group's.
+    pub protocol_name: String,
+    /// From the leader only.
+    pub assignments: Vec<GroupAssignment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncGroupResponse {
+    pub error: ErrorCode,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    /// This member's assignment.
+    pub assignment: Bytes,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    pub error: ErrorCode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeavingMember {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaveGroupRequest {
+    pub group_id: String,
+    pub members: Vec<LeavingMember>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeavingMemberResponse {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub error: ErrorCode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaveGroupResponse {
+    /// A group-level error; the members' own are beside them.
+    pub error: ErrorCode,
+    pub members: Vec<LeavingMemberResponse>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetCommitPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset to consume.
+    pub offset: i64,
+    /// -1: unknown.
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+/// `generation_id` -1 with an empty `member_id`: a consumer that assigns
+/// partitions itself and uses the group for offsets only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetCommitRequest {
+    pub group_id: String,
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub partitions: Vec<OffsetCommitPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommitPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetCommitResponse {
+    pub partitions: Vec<OffsetCommitPartitionResponse>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetFetchPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+/// Empty `partitions`: every partition the group has committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetFetchRequest {
+    pub group_id: String,
+    pub partitions: Vec<OffsetFetchPartition>,
+    pub require_stable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetFetchPartitionResponse {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    /// -1: nothing committed.
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetFetchResponse {
+    /// A group-level error, e.g. COORDINATOR_LOAD_IN_PROGRESS.
+    pub error: ErrorCode,
+    pub partitions: Vec<OffsetFetchPartitionResponse>,
+}
+
 /// A request's body; the correlation id travels beside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -214,6 +399,12 @@ pub enum Request {
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     Metadata(MetadataRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,6 +415,12 @@ pub enum ResponseBody {
     CreateTopics(CreateTopicsResponse),
     DeleteTopics(DeleteTopicsResponse),
     Metadata(MetadataResponse),
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
     /// No body: the whole request failed (see [`Response::error`]).
     Error,
 }

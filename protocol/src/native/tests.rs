@@ -88,6 +88,147 @@ fn sample_requests() -> Vec<Request> {
             topics: vec!["orders".into()],
         }),
     ]
+    .into_iter()
+    .chain(group_requests())
+    .collect()
+}
+
+fn group_requests() -> Vec<Request> {
+    let protocol = |name: &str, metadata: &'static [u8]| GroupProtocol {
+        name: name.into(),
+        metadata: Bytes::from_static(metadata),
+    };
+    let join = JoinGroupRequest {
+        group_id: "g".into(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 30_000,
+        member_id: String::new(),
+        group_instance_id: Some("i-1".into()),
+        protocol_type: "consumer".into(),
+        protocols: vec![protocol("range", b"\x00\x01t"), protocol("none", b"")],
+        client_id: "sluice-consume".into(),
+    };
+    let sync = SyncGroupRequest {
+        group_id: "g".into(),
+        generation_id: 3,
+        member_id: "m-1".into(),
+        group_instance_id: None,
+        protocol_type: "consumer".into(),
+        protocol_name: "range".into(),
+        assignments: vec![GroupAssignment {
+            member_id: "m-1".into(),
+            assignment: Bytes::from_static(b"\x00\x02"),
+        }],
+    };
+    let commit = OffsetCommitPartition {
+        topic: "t".into(),
+        partition: 2,
+        offset: 99,
+        leader_epoch: -1,
+        metadata: "note".into(),
+    };
+    vec![
+        Request::JoinGroup(join),
+        Request::JoinGroup(JoinGroupRequest {
+            group_id: String::new(),
+            ..JoinGroupRequest::default()
+        }),
+        Request::SyncGroup(sync),
+        Request::Heartbeat(HeartbeatRequest {
+            group_id: "g".into(),
+            generation_id: 3,
+            member_id: "m-1".into(),
+            group_instance_id: Some(String::new()),
+        }),
+        Request::LeaveGroup(LeaveGroupRequest {
+            group_id: "g".into(),
+            members: vec![LeavingMember {
+                member_id: "m-1".into(),
+                group_instance_id: None,
+            }],
+        }),
+        Request::OffsetCommit(OffsetCommitRequest {
+            group_id: "g".into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            partitions: vec![commit],
+        }),
+        Request::OffsetFetch(OffsetFetchRequest {
+            group_id: "g".into(),
+            partitions: vec![OffsetFetchPartition {
+                topic: "t".into(),
+                partition: 2,
+            }],
+            require_stable: true,
+        }),
+        Request::OffsetFetch(OffsetFetchRequest::default()),
+    ]
+}
+
+fn group_bodies() -> Vec<ResponseBody> {
+    let member = JoinGroupMember {
+        member_id: "m-1".into(),
+        group_instance_id: None,
+        metadata: Bytes::from_static(b"meta"),
+    };
+    let join = JoinGroupResponse {
+        error: ErrorCode::NONE,
+        generation_id: 4,
+        protocol_type: "consumer".into(),
+        protocol_name: "range".into(),
+        leader: "m-1".into(),
+        member_id: "m-1".into(),
+        members: vec![member],
+    };
+    let fetched = OffsetFetchPartitionResponse {
+        topic: "t".into(),
+        partition: 1,
+        error: ErrorCode::NONE,
+        offset: 1234,
+        leader_epoch: 2,
+        metadata: String::new(),
+    };
+    vec![
+        ResponseBody::JoinGroup(join),
+        ResponseBody::JoinGroup(JoinGroupResponse {
+            error: ErrorCode(79),
+            generation_id: -1,
+            protocol_type: String::new(),
+            protocol_name: String::new(),
+            leader: String::new(),
+            member_id: "new-id".into(),
+            members: vec![],
+        }),
+        ResponseBody::SyncGroup(SyncGroupResponse {
+            error: ErrorCode::NONE,
+            protocol_type: "consumer".into(),
+            protocol_name: "range".into(),
+            assignment: Bytes::from_static(b"\x00\x00\x00\x01"),
+        }),
+        ResponseBody::Heartbeat(HeartbeatResponse {
+            error: ErrorCode(27),
+        }),
+        ResponseBody::LeaveGroup(LeaveGroupResponse {
+            error: ErrorCode::NONE,
+            members: vec![LeavingMemberResponse {
+                member_id: "m-1".into(),
+                group_instance_id: Some("i".into()),
+                error: ErrorCode(25),
+            }],
+        }),
+        ResponseBody::OffsetCommit(OffsetCommitResponse {
+            partitions: vec![OffsetCommitPartitionResponse {
+                topic: "t".into(),
+                partition: 0,
+                error: ErrorCode(22),
+            }],
+        }),
+        ResponseBody::OffsetFetch(OffsetFetchResponse {
+            error: ErrorCode::NONE,
+            partitions: vec![fetched],
+        }),
+    ]
 }
 
 fn fetch_response() -> ResponseBody {
@@ -174,6 +315,9 @@ fn sample_bodies() -> Vec<ResponseBody> {
         metadata_response(),
         ResponseBody::Metadata(MetadataResponse::default()),
     ]
+    .into_iter()
+    .chain(group_bodies())
+    .collect()
 }
 
 fn sample_responses() -> Vec<Response> {
@@ -685,6 +829,93 @@ fn arb_fetch_response() -> impl Strategy<Value = Response> {
     )
 }
 
+fn arb_optional_string() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(".{0,8}")
+}
+
+fn arb_join_group() -> impl Strategy<Value = Request> {
+    let protocol =
+        (".{0,8}", arb_bytes(16)).prop_map(|(name, metadata)| GroupProtocol { name, metadata });
+    let ids = (
+        ".{0,8}",
+        ".{0,8}",
+        arb_optional_string(),
+        ".{0,8}",
+        ".{0,8}",
+    );
+    let timeouts = any::<[i32; 2]>();
+    let protocols = proptest::collection::vec(protocol, 0..4);
+    (ids, timeouts, protocols).prop_map(
+        |((group_id, member_id, group_instance_id, protocol_type, client_id), t, protocols)| {
+            Request::JoinGroup(JoinGroupRequest {
+                group_id,
+                session_timeout_ms: t[0],
+                rebalance_timeout_ms: t[1],
+                member_id,
+                group_instance_id,
+                protocol_type,
+                protocols,
+                client_id,
+            })
+        },
+    )
+}
+
+fn arb_offset_commit() -> impl Strategy<Value = Request> {
+    let partition = (".{0,8}", any::<u32>(), any::<i64>(), any::<i32>(), ".{0,8}").prop_map(
+        |(topic, partition, offset, leader_epoch, metadata)| OffsetCommitPartition {
+            topic,
+            partition,
+            offset,
+            leader_epoch,
+            metadata,
+        },
+    );
+    let ids = (".{0,8}", any::<i32>(), ".{0,8}", arb_optional_string());
+    (ids, proptest::collection::vec(partition, 0..6)).prop_map(
+        |((group_id, generation_id, member_id, group_instance_id), partitions)| {
+            Request::OffsetCommit(OffsetCommitRequest {
+                group_id,
+                generation_id,
+                member_id,
+                group_instance_id,
+                partitions,
+            })
+        },
+    )
+}
+
+fn arb_join_group_response() -> impl Strategy<Value = Response> {
+    let member = (".{0,8}", arb_optional_string(), arb_bytes(16)).prop_map(
+        |(member_id, group_instance_id, metadata)| JoinGroupMember {
+            member_id,
+            group_instance_id,
+            metadata,
+        },
+    );
+    let names = (".{0,8}", ".{0,8}", ".{0,8}", ".{0,8}");
+    let members = proptest::collection::vec(member, 0..4);
+    (any::<u32>(), any::<i16>(), any::<i32>(), names, members).prop_map(
+        |(correlation_id, error, generation_id, names, members)| {
+            let (protocol_type, protocol_name, leader, member_id) = names;
+            Response {
+                correlation_id,
+                error: ErrorCode::NONE,
+                message: String::new(),
+                body: ResponseBody::JoinGroup(JoinGroupResponse {
+                    error: ErrorCode(error),
+                    generation_id,
+                    protocol_type,
+                    protocol_name,
+                    leader,
+                    member_id,
+                    members,
+                }),
+            }
+        },
+    )
+}
+
 proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in arb_bytes(512)) {
@@ -719,6 +950,21 @@ proptest! {
     fn random_produce_requests_round_trip(id in any::<u32>(), request in arb_produce()) {
         let frame = concat(&encode_request(id, &request));
         prop_assert_eq!(decode_request(frame), Ok((id, request)));
+    }
+
+    #[test]
+    fn random_group_requests_round_trip(
+        id in any::<u32>(),
+        request in prop_oneof![arb_join_group(), arb_offset_commit()],
+    ) {
+        let frame = concat(&encode_request(id, &request));
+        prop_assert_eq!(decode_request(frame), Ok((id, request)));
+    }
+
+    #[test]
+    fn random_join_group_responses_round_trip(response in arb_join_group_response()) {
+        let frame = concat(&encode_response(&response));
+        prop_assert_eq!(decode_response(frame), Ok(response));
     }
 
     #[test]

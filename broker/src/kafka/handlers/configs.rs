@@ -202,10 +202,13 @@ pub async fn incremental_alter(
     )
 }
 
+/// A setting to set (`Some`) or remove (`None`).
+type ConfigEdit = (String, Option<String>);
+
 /// SET and DELETE; APPEND and SUBTRACT (for list-valued settings) are refused.
 fn edits(
     configs: &[incremental_alter_configs_request::AlterableConfig],
-) -> Result<Vec<(String, Option<String>)>, (i16, String)> {
+) -> Result<Vec<ConfigEdit>, (i16, String)> {
     configs
         .iter()
         .map(|c| {

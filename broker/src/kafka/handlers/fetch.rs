@@ -77,7 +77,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
                 Some((_, _, code)) => failed(p.partition, *code),
                 None => fetched
                     .next()
-                    .map_or_else(|| failed(p.partition, -1), |f| converted(f)),
+                    .map_or_else(|| failed(p.partition, -1), converted),
             });
         }
         topics.push(FetchedTopic {

@@ -88,13 +88,13 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
 }
 
 /// The shard coordinating `group`.
-fn coordinator_shard(shard: &Shard, group: &str) -> u32 {
+pub(crate) fn coordinator_shard(shard: &Shard, group: &str) -> u32 {
     let partition = offsets_partition_for(group, shard.config.broker.offsets_topic_partitions);
     shard.owner(OFFSETS_TOPIC, partition)
 }
 
 /// Runs a group request on its coordinating shard.
-async fn call(
+pub(crate) async fn call(
     shard: &Rc<Shard>,
     group: &str,
     request: GroupRequest,

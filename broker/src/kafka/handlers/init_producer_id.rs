@@ -27,7 +27,7 @@ pub async fn handle(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Byte
         return respond(req, &resp);
     }
     let (id, epoch) = match (r.producer_id.0, r.producer_epoch) {
-        (id, epoch) if id >= 0 && epoch >= 0 && epoch < i16::MAX => (id, epoch + 1),
+        (id, epoch) if id >= 0 && (0..i16::MAX).contains(&epoch) => (id, epoch + 1),
         _ => (shard.next_producer_id(), 0),
     };
     resp.producer_id = ProducerId(id);

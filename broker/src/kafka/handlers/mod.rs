@@ -8,7 +8,7 @@ mod api_versions;
 mod configs;
 mod fetch;
 mod find_coordinator;
-mod groups;
+pub(crate) mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;

@@ -30,7 +30,8 @@ check() {
   fi
 }
 
-fail() { echo "$*"; return 1; }
+# Checks run in a subshell (see check): exit ends just the failing check.
+fail() { echo "$*"; exit 1; }
 
 setup() {
   admin create "$TOPIC" 3

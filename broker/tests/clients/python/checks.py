@@ -50,7 +50,8 @@ def run(prefix, checks, only=None):
             fn()
         except Exception as e:  # noqa: BLE001 - every failure is reported
             _results["failed"] += 1
-            why = f"{type(e).__name__}: {e}".replace("\n", " ")[:600]
+            detail = str(e) or ("timed out" if isinstance(e, TimeoutError) else repr(e))
+            why = f"{type(e).__name__}: {detail}".replace("\n", " ")[:600]
             print(f"FAIL {name}: {why}", flush=True)
             traceback.print_exc(file=sys.stderr)
         else:

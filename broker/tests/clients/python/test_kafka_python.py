@@ -9,7 +9,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from checks import BOOTSTRAP, expect, expect_eq, run, unique, wait_for
+from checks import BOOTSTRAP, CheckFailed, expect, expect_eq, run, unique, wait_for
 
 # Plain callables as (de)serializers are what most code uses; kafka-python 3
 # warns about them.
@@ -26,6 +26,12 @@ def admin():
     return state["admin"]
 
 
+def topic_of_suite():
+    if "topic" not in state:
+        raise CheckFailed("no topic: admin_create_topic failed")
+    return state["topic"]
+
+
 def admin_create_topic():
     topic = unique("py-kp")
     admin().create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1,
@@ -39,7 +45,7 @@ def admin_create_topic():
 
 
 def produce_keyed():
-    topic = state["topic"]
+    topic = topic_of_suite()
     p = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5,
                       key_serializer=str.encode, value_serializer=str.encode)
     futures = []
@@ -60,7 +66,7 @@ def produce_keyed():
 
 
 def consume_from_beginning():
-    topic = state["topic"]
+    topic = topic_of_suite()
     c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False,
                       key_deserializer=bytes.decode, value_deserializer=bytes.decode)
     tps = [TopicPartition(topic, pt) for pt in range(PARTITIONS)]
@@ -87,7 +93,7 @@ def consume_from_beginning():
 
 
 def group_consume_and_commit():
-    topic = state["topic"]
+    topic = topic_of_suite()
     group = unique("py-kp-g")
     c = KafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False,
                       auto_offset_reset="earliest", value_deserializer=bytes.decode)
@@ -132,7 +138,7 @@ def group_consume_and_commit():
 
 
 def admin_delete_topic():
-    topic = state["topic"]
+    topic = topic_of_suite()
     admin().delete_topics([topic])
     wait_for("topic gone", 30, lambda: topic not in admin().list_topics())
 

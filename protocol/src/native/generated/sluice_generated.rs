@@ -110,13 +110,13 @@ pub mod sluice {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_REQUEST_BODY: u8 = 6;
+        pub const ENUM_MAX_REQUEST_BODY: u8 = 12;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 7] = [
+        pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 13] = [
             RequestBody::NONE,
             RequestBody::ProduceRequest,
             RequestBody::FetchRequest,
@@ -124,6 +124,12 @@ pub mod sluice {
             RequestBody::CreateTopicsRequest,
             RequestBody::DeleteTopicsRequest,
             RequestBody::MetadataRequest,
+            RequestBody::JoinGroupRequest,
+            RequestBody::SyncGroupRequest,
+            RequestBody::HeartbeatRequest,
+            RequestBody::LeaveGroupRequest,
+            RequestBody::OffsetCommitRequest,
+            RequestBody::OffsetFetchRequest,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -138,9 +144,15 @@ pub mod sluice {
             pub const CreateTopicsRequest: Self = Self(4);
             pub const DeleteTopicsRequest: Self = Self(5);
             pub const MetadataRequest: Self = Self(6);
+            pub const JoinGroupRequest: Self = Self(7);
+            pub const SyncGroupRequest: Self = Self(8);
+            pub const HeartbeatRequest: Self = Self(9);
+            pub const LeaveGroupRequest: Self = Self(10);
+            pub const OffsetCommitRequest: Self = Self(11);
+            pub const OffsetFetchRequest: Self = Self(12);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 6;
+            pub const ENUM_MAX: u8 = 12;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::ProduceRequest,
@@ -149,6 +161,12 @@ pub mod sluice {
                 Self::CreateTopicsRequest,
                 Self::DeleteTopicsRequest,
                 Self::MetadataRequest,
+                Self::JoinGroupRequest,
+                Self::SyncGroupRequest,
+                Self::HeartbeatRequest,
+                Self::LeaveGroupRequest,
+                Self::OffsetCommitRequest,
+                Self::OffsetFetchRequest,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -160,6 +178,12 @@ pub mod sluice {
                     Self::CreateTopicsRequest => Some("CreateTopicsRequest"),
                     Self::DeleteTopicsRequest => Some("DeleteTopicsRequest"),
                     Self::MetadataRequest => Some("MetadataRequest"),
+                    Self::JoinGroupRequest => Some("JoinGroupRequest"),
+                    Self::SyncGroupRequest => Some("SyncGroupRequest"),
+                    Self::HeartbeatRequest => Some("HeartbeatRequest"),
+                    Self::LeaveGroupRequest => Some("LeaveGroupRequest"),
+                    Self::OffsetCommitRequest => Some("OffsetCommitRequest"),
+                    Self::OffsetFetchRequest => Some("OffsetFetchRequest"),
                     _ => None,
                 }
             }
@@ -226,13 +250,13 @@ pub mod sluice {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_RESPONSE_BODY: u8 = 6;
+        pub const ENUM_MAX_RESPONSE_BODY: u8 = 12;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 7] = [
+        pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 13] = [
             ResponseBody::NONE,
             ResponseBody::ProduceResponse,
             ResponseBody::FetchResponse,
@@ -240,6 +264,12 @@ pub mod sluice {
             ResponseBody::CreateTopicsResponse,
             ResponseBody::DeleteTopicsResponse,
             ResponseBody::MetadataResponse,
+            ResponseBody::JoinGroupResponse,
+            ResponseBody::SyncGroupResponse,
+            ResponseBody::HeartbeatResponse,
+            ResponseBody::LeaveGroupResponse,
+            ResponseBody::OffsetCommitResponse,
+            ResponseBody::OffsetFetchResponse,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -254,9 +284,15 @@ pub mod sluice {
             pub const CreateTopicsResponse: Self = Self(4);
             pub const DeleteTopicsResponse: Self = Self(5);
             pub const MetadataResponse: Self = Self(6);
+            pub const JoinGroupResponse: Self = Self(7);
+            pub const SyncGroupResponse: Self = Self(8);
+            pub const HeartbeatResponse: Self = Self(9);
+            pub const LeaveGroupResponse: Self = Self(10);
+            pub const OffsetCommitResponse: Self = Self(11);
+            pub const OffsetFetchResponse: Self = Self(12);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 6;
+            pub const ENUM_MAX: u8 = 12;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::ProduceResponse,
@@ -265,6 +301,12 @@ pub mod sluice {
                 Self::CreateTopicsResponse,
                 Self::DeleteTopicsResponse,
                 Self::MetadataResponse,
+                Self::JoinGroupResponse,
+                Self::SyncGroupResponse,
+                Self::HeartbeatResponse,
+                Self::LeaveGroupResponse,
+                Self::OffsetCommitResponse,
+                Self::OffsetFetchResponse,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -276,6 +318,12 @@ pub mod sluice {
                     Self::CreateTopicsResponse => Some("CreateTopicsResponse"),
                     Self::DeleteTopicsResponse => Some("DeleteTopicsResponse"),
                     Self::MetadataResponse => Some("MetadataResponse"),
+                    Self::JoinGroupResponse => Some("JoinGroupResponse"),
+                    Self::SyncGroupResponse => Some("SyncGroupResponse"),
+                    Self::HeartbeatResponse => Some("HeartbeatResponse"),
+                    Self::LeaveGroupResponse => Some("LeaveGroupResponse"),
+                    Self::OffsetCommitResponse => Some("OffsetCommitResponse"),
+                    Self::OffsetFetchResponse => Some("OffsetFetchResponse"),
                     _ => None,
                 }
             }
@@ -4446,6 +4494,4223 @@ pub mod sluice {
                 ds.finish()
             }
         }
+        pub enum GroupProtocolOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A protocol a member can use (e.g. "range"), with its member metadata.
+        pub struct GroupProtocol<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for GroupProtocol<'a> {
+            type Inner = GroupProtocol<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> GroupProtocol<'a> {
+            pub const VT_NAME: ::flatbuffers::VOffsetT = 4;
+            pub const VT_METADATA: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                GroupProtocol { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args GroupProtocolArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<GroupProtocol<'bldr>> {
+                let mut builder = GroupProtocolBuilder::new(_fbb);
+                if let Some(x) = args.metadata {
+                    builder.add_metadata(x);
+                }
+                if let Some(x) = args.name {
+                    builder.add_name(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn name(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(GroupProtocol::VT_NAME, None)
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            GroupProtocol::VT_METADATA,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for GroupProtocol<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "name",
+                        Self::VT_NAME,
+                        true,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "metadata",
+                        Self::VT_METADATA,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupProtocolArgs<'a> {
+            pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for GroupProtocolArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupProtocolArgs {
+                    name: None, // required field
+                    metadata: None,
+                }
+            }
+        }
+
+        pub struct GroupProtocolBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupProtocolBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_name(&mut self, name: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupProtocol::VT_NAME, name);
+            }
+            #[inline]
+            pub fn add_metadata(
+                &mut self,
+                metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    GroupProtocol::VT_METADATA,
+                    metadata,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> GroupProtocolBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                GroupProtocolBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupProtocol<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, GroupProtocol::VT_NAME, "name");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for GroupProtocol<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("GroupProtocol");
+                ds.field("name", &self.name());
+                ds.field("metadata", &self.metadata());
+                ds.finish()
+            }
+        }
+        pub enum JoinGroupRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `member_id`: empty on a first join. `client_id` prefixes the member id the
+        /// coordinator gives out (Kafka takes it from the request header).
+        pub struct JoinGroupRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for JoinGroupRequest<'a> {
+            type Inner = JoinGroupRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> JoinGroupRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_SESSION_TIMEOUT_MS: ::flatbuffers::VOffsetT = 6;
+            pub const VT_REBALANCE_TIMEOUT_MS: ::flatbuffers::VOffsetT = 8;
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 10;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 12;
+            pub const VT_PROTOCOL_TYPE: ::flatbuffers::VOffsetT = 14;
+            pub const VT_PROTOCOLS: ::flatbuffers::VOffsetT = 16;
+            pub const VT_CLIENT_ID: ::flatbuffers::VOffsetT = 18;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                JoinGroupRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args JoinGroupRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<JoinGroupRequest<'bldr>> {
+                let mut builder = JoinGroupRequestBuilder::new(_fbb);
+                if let Some(x) = args.client_id {
+                    builder.add_client_id(x);
+                }
+                if let Some(x) = args.protocols {
+                    builder.add_protocols(x);
+                }
+                if let Some(x) = args.protocol_type {
+                    builder.add_protocol_type(x);
+                }
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.add_rebalance_timeout_ms(args.rebalance_timeout_ms);
+                builder.add_session_timeout_ms(args.session_timeout_ms);
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            JoinGroupRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn session_timeout_ms(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(JoinGroupRequest::VT_SESSION_TIMEOUT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn rebalance_timeout_ms(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(JoinGroupRequest::VT_REBALANCE_TIMEOUT_MS, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupRequest::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupRequest::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocol_type(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupRequest::VT_PROTOCOL_TYPE,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocols(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupProtocol<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupProtocol>>,
+                    >>(JoinGroupRequest::VT_PROTOCOLS, None)
+                }
+            }
+            #[inline]
+            pub fn client_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupRequest::VT_CLIENT_ID,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for JoinGroupRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<i32>("session_timeout_ms", Self::VT_SESSION_TIMEOUT_MS, false)?
+                    .visit_field::<i32>(
+                        "rebalance_timeout_ms",
+                        Self::VT_REBALANCE_TIMEOUT_MS,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_type",
+                        Self::VT_PROTOCOL_TYPE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupProtocol>>,
+                    >>("protocols", Self::VT_PROTOCOLS, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "client_id",
+                        Self::VT_CLIENT_ID,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct JoinGroupRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub session_timeout_ms: i32,
+            pub rebalance_timeout_ms: i32,
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocol_type: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocols: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupProtocol<'a>>>,
+                >,
+            >,
+            pub client_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for JoinGroupRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                JoinGroupRequestArgs {
+                    group_id: None, // required field
+                    session_timeout_ms: 0,
+                    rebalance_timeout_ms: -1,
+                    member_id: None,
+                    group_instance_id: None,
+                    protocol_type: None,
+                    protocols: None,
+                    client_id: None,
+                }
+            }
+        }
+
+        pub struct JoinGroupRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinGroupRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_session_timeout_ms(&mut self, session_timeout_ms: i32) {
+                self.fbb_.push_slot::<i32>(
+                    JoinGroupRequest::VT_SESSION_TIMEOUT_MS,
+                    session_timeout_ms,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_rebalance_timeout_ms(&mut self, rebalance_timeout_ms: i32) {
+                self.fbb_.push_slot::<i32>(
+                    JoinGroupRequest::VT_REBALANCE_TIMEOUT_MS,
+                    rebalance_timeout_ms,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn add_protocol_type(&mut self, protocol_type: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_PROTOCOL_TYPE,
+                    protocol_type,
+                );
+            }
+            #[inline]
+            pub fn add_protocols(
+                &mut self,
+                protocols: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<GroupProtocol<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_PROTOCOLS,
+                    protocols,
+                );
+            }
+            #[inline]
+            pub fn add_client_id(&mut self, client_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupRequest::VT_CLIENT_ID,
+                    client_id,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> JoinGroupRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                JoinGroupRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<JoinGroupRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, JoinGroupRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for JoinGroupRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("JoinGroupRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("session_timeout_ms", &self.session_timeout_ms());
+                ds.field("rebalance_timeout_ms", &self.rebalance_timeout_ms());
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.field("protocol_type", &self.protocol_type());
+                ds.field("protocols", &self.protocols());
+                ds.field("client_id", &self.client_id());
+                ds.finish()
+            }
+        }
+        pub enum JoinGroupMemberOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct JoinGroupMember<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for JoinGroupMember<'a> {
+            type Inner = JoinGroupMember<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> JoinGroupMember<'a> {
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_METADATA: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                JoinGroupMember { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args JoinGroupMemberArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<JoinGroupMember<'bldr>> {
+                let mut builder = JoinGroupMemberBuilder::new(_fbb);
+                if let Some(x) = args.metadata {
+                    builder.add_metadata(x);
+                }
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn member_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            JoinGroupMember::VT_MEMBER_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupMember::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn metadata(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            JoinGroupMember::VT_METADATA,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for JoinGroupMember<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        true,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "metadata",
+                        Self::VT_METADATA,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct JoinGroupMemberArgs<'a> {
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for JoinGroupMemberArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                JoinGroupMemberArgs {
+                    member_id: None, // required field
+                    group_instance_id: None,
+                    metadata: None,
+                }
+            }
+        }
+
+        pub struct JoinGroupMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinGroupMemberBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupMember::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupMember::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn add_metadata(
+                &mut self,
+                metadata: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupMember::VT_METADATA,
+                    metadata,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> JoinGroupMemberBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                JoinGroupMemberBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<JoinGroupMember<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, JoinGroupMember::VT_MEMBER_ID, "member_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for JoinGroupMember<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("JoinGroupMember");
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.field("metadata", &self.metadata());
+                ds.finish()
+            }
+        }
+        pub enum JoinGroupResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `members` is filled for the leader only.
+        pub struct JoinGroupResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for JoinGroupResponse<'a> {
+            type Inner = JoinGroupResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> JoinGroupResponse<'a> {
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GENERATION_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PROTOCOL_TYPE: ::flatbuffers::VOffsetT = 8;
+            pub const VT_PROTOCOL_NAME: ::flatbuffers::VOffsetT = 10;
+            pub const VT_LEADER: ::flatbuffers::VOffsetT = 12;
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 14;
+            pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                JoinGroupResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args JoinGroupResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<JoinGroupResponse<'bldr>> {
+                let mut builder = JoinGroupResponseBuilder::new(_fbb);
+                if let Some(x) = args.members {
+                    builder.add_members(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                if let Some(x) = args.leader {
+                    builder.add_leader(x);
+                }
+                if let Some(x) = args.protocol_name {
+                    builder.add_protocol_name(x);
+                }
+                if let Some(x) = args.protocol_type {
+                    builder.add_protocol_type(x);
+                }
+                builder.add_generation_id(args.generation_id);
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(JoinGroupResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn generation_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(JoinGroupResponse::VT_GENERATION_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn protocol_type(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupResponse::VT_PROTOCOL_TYPE,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocol_name(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupResponse::VT_PROTOCOL_NAME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn leader(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupResponse::VT_LEADER,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        JoinGroupResponse::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn members(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JoinGroupMember<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JoinGroupMember>>,
+                    >>(JoinGroupResponse::VT_MEMBERS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for JoinGroupResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .visit_field::<i32>("generation_id", Self::VT_GENERATION_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_type",
+                        Self::VT_PROTOCOL_TYPE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_name",
+                        Self::VT_PROTOCOL_NAME,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "leader",
+                        Self::VT_LEADER,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<JoinGroupMember>>,
+                    >>("members", Self::VT_MEMBERS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct JoinGroupResponseArgs<'a> {
+            pub error: i16,
+            pub generation_id: i32,
+            pub protocol_type: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocol_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub leader: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub members: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<JoinGroupMember<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for JoinGroupResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                JoinGroupResponseArgs {
+                    error: 0,
+                    generation_id: -1,
+                    protocol_type: None,
+                    protocol_name: None,
+                    leader: None,
+                    member_id: None,
+                    members: None,
+                }
+            }
+        }
+
+        pub struct JoinGroupResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinGroupResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(JoinGroupResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn add_generation_id(&mut self, generation_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(JoinGroupResponse::VT_GENERATION_ID, generation_id, -1);
+            }
+            #[inline]
+            pub fn add_protocol_type(&mut self, protocol_type: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupResponse::VT_PROTOCOL_TYPE,
+                    protocol_type,
+                );
+            }
+            #[inline]
+            pub fn add_protocol_name(&mut self, protocol_name: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupResponse::VT_PROTOCOL_NAME,
+                    protocol_name,
+                );
+            }
+            #[inline]
+            pub fn add_leader(&mut self, leader: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupResponse::VT_LEADER,
+                    leader,
+                );
+            }
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupResponse::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_members(
+                &mut self,
+                members: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<JoinGroupMember<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    JoinGroupResponse::VT_MEMBERS,
+                    members,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> JoinGroupResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                JoinGroupResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<JoinGroupResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for JoinGroupResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("JoinGroupResponse");
+                ds.field("error", &self.error());
+                ds.field("generation_id", &self.generation_id());
+                ds.field("protocol_type", &self.protocol_type());
+                ds.field("protocol_name", &self.protocol_name());
+                ds.field("leader", &self.leader());
+                ds.field("member_id", &self.member_id());
+                ds.field("members", &self.members());
+                ds.finish()
+            }
+        }
+        pub enum GroupAssignmentOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct GroupAssignment<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for GroupAssignment<'a> {
+            type Inner = GroupAssignment<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> GroupAssignment<'a> {
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ASSIGNMENT: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                GroupAssignment { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args GroupAssignmentArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<GroupAssignment<'bldr>> {
+                let mut builder = GroupAssignmentBuilder::new(_fbb);
+                if let Some(x) = args.assignment {
+                    builder.add_assignment(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn member_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            GroupAssignment::VT_MEMBER_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn assignment(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            GroupAssignment::VT_ASSIGNMENT,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for GroupAssignment<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        true,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "assignment",
+                        Self::VT_ASSIGNMENT,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct GroupAssignmentArgs<'a> {
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub assignment: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for GroupAssignmentArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                GroupAssignmentArgs {
+                    member_id: None, // required field
+                    assignment: None,
+                }
+            }
+        }
+
+        pub struct GroupAssignmentBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupAssignmentBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    GroupAssignment::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_assignment(
+                &mut self,
+                assignment: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    GroupAssignment::VT_ASSIGNMENT,
+                    assignment,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> GroupAssignmentBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                GroupAssignmentBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupAssignment<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, GroupAssignment::VT_MEMBER_ID, "member_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for GroupAssignment<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("GroupAssignment");
+                ds.field("member_id", &self.member_id());
+                ds.field("assignment", &self.assignment());
+                ds.finish()
+            }
+        }
+        pub enum SyncGroupRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `assignments`: from the leader only; empty from every other member.
+        pub struct SyncGroupRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for SyncGroupRequest<'a> {
+            type Inner = SyncGroupRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> SyncGroupRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GENERATION_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 10;
+            pub const VT_PROTOCOL_TYPE: ::flatbuffers::VOffsetT = 12;
+            pub const VT_PROTOCOL_NAME: ::flatbuffers::VOffsetT = 14;
+            pub const VT_ASSIGNMENTS: ::flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                SyncGroupRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args SyncGroupRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<SyncGroupRequest<'bldr>> {
+                let mut builder = SyncGroupRequestBuilder::new(_fbb);
+                if let Some(x) = args.assignments {
+                    builder.add_assignments(x);
+                }
+                if let Some(x) = args.protocol_name {
+                    builder.add_protocol_name(x);
+                }
+                if let Some(x) = args.protocol_type {
+                    builder.add_protocol_type(x);
+                }
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.add_generation_id(args.generation_id);
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            SyncGroupRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn generation_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(SyncGroupRequest::VT_GENERATION_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupRequest::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupRequest::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocol_type(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupRequest::VT_PROTOCOL_TYPE,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocol_name(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupRequest::VT_PROTOCOL_NAME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn assignments(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupAssignment<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupAssignment>>,
+                    >>(SyncGroupRequest::VT_ASSIGNMENTS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for SyncGroupRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<i32>("generation_id", Self::VT_GENERATION_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_type",
+                        Self::VT_PROTOCOL_TYPE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_name",
+                        Self::VT_PROTOCOL_NAME,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupAssignment>>,
+                    >>("assignments", Self::VT_ASSIGNMENTS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SyncGroupRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub generation_id: i32,
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocol_type: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocol_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub assignments: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupAssignment<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for SyncGroupRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                SyncGroupRequestArgs {
+                    group_id: None, // required field
+                    generation_id: -1,
+                    member_id: None,
+                    group_instance_id: None,
+                    protocol_type: None,
+                    protocol_name: None,
+                    assignments: None,
+                }
+            }
+        }
+
+        pub struct SyncGroupRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncGroupRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_generation_id(&mut self, generation_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(SyncGroupRequest::VT_GENERATION_ID, generation_id, -1);
+            }
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn add_protocol_type(&mut self, protocol_type: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_PROTOCOL_TYPE,
+                    protocol_type,
+                );
+            }
+            #[inline]
+            pub fn add_protocol_name(&mut self, protocol_name: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_PROTOCOL_NAME,
+                    protocol_name,
+                );
+            }
+            #[inline]
+            pub fn add_assignments(
+                &mut self,
+                assignments: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<GroupAssignment<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupRequest::VT_ASSIGNMENTS,
+                    assignments,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> SyncGroupRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                SyncGroupRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<SyncGroupRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, SyncGroupRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for SyncGroupRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("SyncGroupRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("generation_id", &self.generation_id());
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.field("protocol_type", &self.protocol_type());
+                ds.field("protocol_name", &self.protocol_name());
+                ds.field("assignments", &self.assignments());
+                ds.finish()
+            }
+        }
+        pub enum SyncGroupResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct SyncGroupResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for SyncGroupResponse<'a> {
+            type Inner = SyncGroupResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> SyncGroupResponse<'a> {
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PROTOCOL_TYPE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PROTOCOL_NAME: ::flatbuffers::VOffsetT = 8;
+            pub const VT_ASSIGNMENT: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                SyncGroupResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args SyncGroupResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<SyncGroupResponse<'bldr>> {
+                let mut builder = SyncGroupResponseBuilder::new(_fbb);
+                if let Some(x) = args.assignment {
+                    builder.add_assignment(x);
+                }
+                if let Some(x) = args.protocol_name {
+                    builder.add_protocol_name(x);
+                }
+                if let Some(x) = args.protocol_type {
+                    builder.add_protocol_type(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(SyncGroupResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn protocol_type(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupResponse::VT_PROTOCOL_TYPE,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn protocol_name(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        SyncGroupResponse::VT_PROTOCOL_NAME,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn assignment(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            SyncGroupResponse::VT_ASSIGNMENT,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for SyncGroupResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_type",
+                        Self::VT_PROTOCOL_TYPE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "protocol_name",
+                        Self::VT_PROTOCOL_NAME,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "assignment",
+                        Self::VT_ASSIGNMENT,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct SyncGroupResponseArgs<'a> {
+            pub error: i16,
+            pub protocol_type: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub protocol_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub assignment: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for SyncGroupResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                SyncGroupResponseArgs {
+                    error: 0,
+                    protocol_type: None,
+                    protocol_name: None,
+                    assignment: None,
+                }
+            }
+        }
+
+        pub struct SyncGroupResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SyncGroupResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(SyncGroupResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn add_protocol_type(&mut self, protocol_type: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupResponse::VT_PROTOCOL_TYPE,
+                    protocol_type,
+                );
+            }
+            #[inline]
+            pub fn add_protocol_name(&mut self, protocol_name: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupResponse::VT_PROTOCOL_NAME,
+                    protocol_name,
+                );
+            }
+            #[inline]
+            pub fn add_assignment(
+                &mut self,
+                assignment: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    SyncGroupResponse::VT_ASSIGNMENT,
+                    assignment,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> SyncGroupResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                SyncGroupResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<SyncGroupResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for SyncGroupResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("SyncGroupResponse");
+                ds.field("error", &self.error());
+                ds.field("protocol_type", &self.protocol_type());
+                ds.field("protocol_name", &self.protocol_name());
+                ds.field("assignment", &self.assignment());
+                ds.finish()
+            }
+        }
+        pub enum HeartbeatRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct HeartbeatRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for HeartbeatRequest<'a> {
+            type Inner = HeartbeatRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> HeartbeatRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GENERATION_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                HeartbeatRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args HeartbeatRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<HeartbeatRequest<'bldr>> {
+                let mut builder = HeartbeatRequestBuilder::new(_fbb);
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.add_generation_id(args.generation_id);
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            HeartbeatRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn generation_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(HeartbeatRequest::VT_GENERATION_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        HeartbeatRequest::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        HeartbeatRequest::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for HeartbeatRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<i32>("generation_id", Self::VT_GENERATION_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct HeartbeatRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub generation_id: i32,
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for HeartbeatRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                HeartbeatRequestArgs {
+                    group_id: None, // required field
+                    generation_id: -1,
+                    member_id: None,
+                    group_instance_id: None,
+                }
+            }
+        }
+
+        pub struct HeartbeatRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    HeartbeatRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_generation_id(&mut self, generation_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(HeartbeatRequest::VT_GENERATION_ID, generation_id, -1);
+            }
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    HeartbeatRequest::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    HeartbeatRequest::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> HeartbeatRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                HeartbeatRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<HeartbeatRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, HeartbeatRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for HeartbeatRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("HeartbeatRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("generation_id", &self.generation_id());
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.finish()
+            }
+        }
+        pub enum HeartbeatResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct HeartbeatResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for HeartbeatResponse<'a> {
+            type Inner = HeartbeatResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> HeartbeatResponse<'a> {
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                HeartbeatResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args HeartbeatResponseArgs,
+            ) -> ::flatbuffers::WIPOffset<HeartbeatResponse<'bldr>> {
+                let mut builder = HeartbeatResponseBuilder::new(_fbb);
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(HeartbeatResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for HeartbeatResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct HeartbeatResponseArgs {
+            pub error: i16,
+        }
+        impl<'a> Default for HeartbeatResponseArgs {
+            #[inline]
+            fn default() -> Self {
+                HeartbeatResponseArgs { error: 0 }
+            }
+        }
+
+        pub struct HeartbeatResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HeartbeatResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(HeartbeatResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> HeartbeatResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                HeartbeatResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<HeartbeatResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for HeartbeatResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("HeartbeatResponse");
+                ds.field("error", &self.error());
+                ds.finish()
+            }
+        }
+        pub enum LeavingMemberOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct LeavingMember<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for LeavingMember<'a> {
+            type Inner = LeavingMember<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> LeavingMember<'a> {
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                LeavingMember { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args LeavingMemberArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<LeavingMember<'bldr>> {
+                let mut builder = LeavingMemberBuilder::new(_fbb);
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        LeavingMember::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        LeavingMember::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for LeavingMember<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct LeavingMemberArgs<'a> {
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for LeavingMemberArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                LeavingMemberArgs {
+                    member_id: None,
+                    group_instance_id: None,
+                }
+            }
+        }
+
+        pub struct LeavingMemberBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeavingMemberBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeavingMember::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeavingMember::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> LeavingMemberBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                LeavingMemberBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<LeavingMember<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for LeavingMember<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("LeavingMember");
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.finish()
+            }
+        }
+        pub enum LeaveGroupRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct LeaveGroupRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for LeaveGroupRequest<'a> {
+            type Inner = LeaveGroupRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> LeaveGroupRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                LeaveGroupRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args LeaveGroupRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<LeaveGroupRequest<'bldr>> {
+                let mut builder = LeaveGroupRequestBuilder::new(_fbb);
+                if let Some(x) = args.members {
+                    builder.add_members(x);
+                }
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            LeaveGroupRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn members(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeavingMember<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeavingMember>>,
+                    >>(LeaveGroupRequest::VT_MEMBERS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for LeaveGroupRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<LeavingMember>>,
+                    >>("members", Self::VT_MEMBERS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct LeaveGroupRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub members: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<LeavingMember<'a>>>,
+                >,
+            >,
+        }
+        impl<'a> Default for LeaveGroupRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                LeaveGroupRequestArgs {
+                    group_id: None, // required field
+                    members: None,
+                }
+            }
+        }
+
+        pub struct LeaveGroupRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveGroupRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeaveGroupRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_members(
+                &mut self,
+                members: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<LeavingMember<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeaveGroupRequest::VT_MEMBERS,
+                    members,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> LeaveGroupRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                LeaveGroupRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaveGroupRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, LeaveGroupRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for LeaveGroupRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("LeaveGroupRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("members", &self.members());
+                ds.finish()
+            }
+        }
+        pub enum LeavingMemberResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct LeavingMemberResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for LeavingMemberResponse<'a> {
+            type Inner = LeavingMemberResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> LeavingMemberResponse<'a> {
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                LeavingMemberResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args LeavingMemberResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<LeavingMemberResponse<'bldr>> {
+                let mut builder = LeavingMemberResponseBuilder::new(_fbb);
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        LeavingMemberResponse::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        LeavingMemberResponse::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(LeavingMemberResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for LeavingMemberResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct LeavingMemberResponseArgs<'a> {
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub error: i16,
+        }
+        impl<'a> Default for LeavingMemberResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                LeavingMemberResponseArgs {
+                    member_id: None,
+                    group_instance_id: None,
+                    error: 0,
+                }
+            }
+        }
+
+        pub struct LeavingMemberResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeavingMemberResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeavingMemberResponse::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeavingMemberResponse::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(LeavingMemberResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> LeavingMemberResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                LeavingMemberResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<LeavingMemberResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for LeavingMemberResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("LeavingMemberResponse");
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.field("error", &self.error());
+                ds.finish()
+            }
+        }
+        pub enum LeaveGroupResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct LeaveGroupResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for LeaveGroupResponse<'a> {
+            type Inner = LeaveGroupResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> LeaveGroupResponse<'a> {
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+            pub const VT_MEMBERS: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                LeaveGroupResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args LeaveGroupResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<LeaveGroupResponse<'bldr>> {
+                let mut builder = LeaveGroupResponseBuilder::new(_fbb);
+                if let Some(x) = args.members {
+                    builder.add_members(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(LeaveGroupResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn members(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<
+                    'a,
+                    ::flatbuffers::ForwardsUOffset<LeavingMemberResponse<'a>>,
+                >,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<LeavingMemberResponse>,
+                        >,
+                    >>(LeaveGroupResponse::VT_MEMBERS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for LeaveGroupResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<LeavingMemberResponse>,
+                        >,
+                    >>("members", Self::VT_MEMBERS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct LeaveGroupResponseArgs<'a> {
+            pub error: i16,
+            pub members: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<LeavingMemberResponse<'a>>,
+                    >,
+                >,
+            >,
+        }
+        impl<'a> Default for LeaveGroupResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                LeaveGroupResponseArgs {
+                    error: 0,
+                    members: None,
+                }
+            }
+        }
+
+        pub struct LeaveGroupResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveGroupResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(LeaveGroupResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn add_members(
+                &mut self,
+                members: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<LeavingMemberResponse<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    LeaveGroupResponse::VT_MEMBERS,
+                    members,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> LeaveGroupResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                LeaveGroupResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<LeaveGroupResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for LeaveGroupResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("LeaveGroupResponse");
+                ds.field("error", &self.error());
+                ds.field("members", &self.members());
+                ds.finish()
+            }
+        }
+        pub enum OffsetCommitPartitionOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `leader_epoch`: -1 unknown. `metadata`: the committer's note, stored as is.
+        pub struct OffsetCommitPartition<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitPartition<'a> {
+            type Inner = OffsetCommitPartition<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetCommitPartition<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+            pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 10;
+            pub const VT_METADATA: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetCommitPartition { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetCommitPartitionArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetCommitPartition<'bldr>> {
+                let mut builder = OffsetCommitPartitionBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                if let Some(x) = args.metadata {
+                    builder.add_metadata(x);
+                }
+                builder.add_leader_epoch(args.leader_epoch);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetCommitPartition::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partition(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(OffsetCommitPartition::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(OffsetCommitPartition::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn leader_epoch(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(OffsetCommitPartition::VT_LEADER_EPOCH, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn metadata(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        OffsetCommitPartition::VT_METADATA,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetCommitPartition<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "metadata",
+                        Self::VT_METADATA,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetCommitPartitionArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: u32,
+            pub offset: i64,
+            pub leader_epoch: i32,
+            pub metadata: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for OffsetCommitPartitionArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetCommitPartitionArgs {
+                    topic: None, // required field
+                    partition: 0,
+                    offset: 0,
+                    leader_epoch: -1,
+                    metadata: None,
+                }
+            }
+        }
+
+        pub struct OffsetCommitPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitPartitionBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitPartition::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: u32) {
+                self.fbb_
+                    .push_slot::<u32>(OffsetCommitPartition::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: i64) {
+                self.fbb_
+                    .push_slot::<i64>(OffsetCommitPartition::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+                self.fbb_.push_slot::<i32>(
+                    OffsetCommitPartition::VT_LEADER_EPOCH,
+                    leader_epoch,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitPartition::VT_METADATA,
+                    metadata,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetCommitPartitionBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetCommitPartitionBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitPartition<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetCommitPartition::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetCommitPartition<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetCommitPartition");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.field("offset", &self.offset());
+                ds.field("leader_epoch", &self.leader_epoch());
+                ds.field("metadata", &self.metadata());
+                ds.finish()
+            }
+        }
+        pub enum OffsetCommitRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `generation_id` -1 with an empty `member_id`: a consumer that assigns
+        /// partitions itself and uses the group for offsets only.
+        pub struct OffsetCommitRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitRequest<'a> {
+            type Inner = OffsetCommitRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetCommitRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_GENERATION_ID: ::flatbuffers::VOffsetT = 6;
+            pub const VT_MEMBER_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_GROUP_INSTANCE_ID: ::flatbuffers::VOffsetT = 10;
+            pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 12;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetCommitRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetCommitRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetCommitRequest<'bldr>> {
+                let mut builder = OffsetCommitRequestBuilder::new(_fbb);
+                if let Some(x) = args.partitions {
+                    builder.add_partitions(x);
+                }
+                if let Some(x) = args.group_instance_id {
+                    builder.add_group_instance_id(x);
+                }
+                if let Some(x) = args.member_id {
+                    builder.add_member_id(x);
+                }
+                builder.add_generation_id(args.generation_id);
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetCommitRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn generation_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(OffsetCommitRequest::VT_GENERATION_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn member_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        OffsetCommitRequest::VT_MEMBER_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn group_instance_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        OffsetCommitRequest::VT_GROUP_INSTANCE_ID,
+                        None,
+                    )
+                }
+            }
+            #[inline]
+            pub fn partitions(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<
+                    'a,
+                    ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>,
+                >,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<OffsetCommitPartition>,
+                        >,
+                    >>(OffsetCommitRequest::VT_PARTITIONS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetCommitRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<i32>("generation_id", Self::VT_GENERATION_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "member_id",
+                        Self::VT_MEMBER_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_instance_id",
+                        Self::VT_GROUP_INSTANCE_ID,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<OffsetCommitPartition>,
+                        >,
+                    >>("partitions", Self::VT_PARTITIONS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetCommitRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub generation_id: i32,
+            pub member_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub group_instance_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partitions: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'a>>,
+                    >,
+                >,
+            >,
+        }
+        impl<'a> Default for OffsetCommitRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetCommitRequestArgs {
+                    group_id: None, // required field
+                    generation_id: -1,
+                    member_id: None,
+                    group_instance_id: None,
+                    partitions: None,
+                }
+            }
+        }
+
+        pub struct OffsetCommitRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_generation_id(&mut self, generation_id: i32) {
+                self.fbb_.push_slot::<i32>(
+                    OffsetCommitRequest::VT_GENERATION_ID,
+                    generation_id,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_member_id(&mut self, member_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitRequest::VT_MEMBER_ID,
+                    member_id,
+                );
+            }
+            #[inline]
+            pub fn add_group_instance_id(
+                &mut self,
+                group_instance_id: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitRequest::VT_GROUP_INSTANCE_ID,
+                    group_instance_id,
+                );
+            }
+            #[inline]
+            pub fn add_partitions(
+                &mut self,
+                partitions: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<OffsetCommitPartition<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitRequest::VT_PARTITIONS,
+                    partitions,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetCommitRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetCommitRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetCommitRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetCommitRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetCommitRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("generation_id", &self.generation_id());
+                ds.field("member_id", &self.member_id());
+                ds.field("group_instance_id", &self.group_instance_id());
+                ds.field("partitions", &self.partitions());
+                ds.finish()
+            }
+        }
+        pub enum OffsetCommitPartitionResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct OffsetCommitPartitionResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitPartitionResponse<'a> {
+            type Inner = OffsetCommitPartitionResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetCommitPartitionResponse<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetCommitPartitionResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetCommitPartitionResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetCommitPartitionResponse<'bldr>> {
+                let mut builder = OffsetCommitPartitionResponseBuilder::new(_fbb);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetCommitPartitionResponse::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partition(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(OffsetCommitPartitionResponse::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(OffsetCommitPartitionResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetCommitPartitionResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetCommitPartitionResponseArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: u32,
+            pub error: i16,
+        }
+        impl<'a> Default for OffsetCommitPartitionResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetCommitPartitionResponseArgs {
+                    topic: None, // required field
+                    partition: 0,
+                    error: 0,
+                }
+            }
+        }
+
+        pub struct OffsetCommitPartitionResponseBuilder<
+            'a: 'b,
+            'b,
+            A: ::flatbuffers::Allocator + 'a,
+        > {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitPartitionResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitPartitionResponse::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: u32) {
+                self.fbb_.push_slot::<u32>(
+                    OffsetCommitPartitionResponse::VT_PARTITION,
+                    partition,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(OffsetCommitPartitionResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetCommitPartitionResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetCommitPartitionResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitPartitionResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetCommitPartitionResponse::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetCommitPartitionResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetCommitPartitionResponse");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.field("error", &self.error());
+                ds.finish()
+            }
+        }
+        pub enum OffsetCommitResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct OffsetCommitResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetCommitResponse<'a> {
+            type Inner = OffsetCommitResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetCommitResponse<'a> {
+            pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetCommitResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetCommitResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetCommitResponse<'bldr>> {
+                let mut builder = OffsetCommitResponseBuilder::new(_fbb);
+                if let Some(x) = args.partitions {
+                    builder.add_partitions(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn partitions(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<
+                    'a,
+                    ::flatbuffers::ForwardsUOffset<OffsetCommitPartitionResponse<'a>>,
+                >,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<OffsetCommitPartitionResponse>,
+                        >,
+                    >>(OffsetCommitResponse::VT_PARTITIONS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetCommitResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<OffsetCommitPartitionResponse>,
+                        >,
+                    >>("partitions", Self::VT_PARTITIONS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetCommitResponseArgs<'a> {
+            pub partitions: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<OffsetCommitPartitionResponse<'a>>,
+                    >,
+                >,
+            >,
+        }
+        impl<'a> Default for OffsetCommitResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetCommitResponseArgs { partitions: None }
+            }
+        }
+
+        pub struct OffsetCommitResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetCommitResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_partitions(
+                &mut self,
+                partitions: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<OffsetCommitPartitionResponse<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetCommitResponse::VT_PARTITIONS,
+                    partitions,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetCommitResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetCommitResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetCommitResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetCommitResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetCommitResponse");
+                ds.field("partitions", &self.partitions());
+                ds.finish()
+            }
+        }
+        pub enum OffsetFetchPartitionOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct OffsetFetchPartition<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchPartition<'a> {
+            type Inner = OffsetFetchPartition<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetFetchPartition<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetFetchPartition { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetFetchPartitionArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetFetchPartition<'bldr>> {
+                let mut builder = OffsetFetchPartitionBuilder::new(_fbb);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetFetchPartition::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partition(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(OffsetFetchPartition::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetFetchPartition<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetFetchPartitionArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: u32,
+        }
+        impl<'a> Default for OffsetFetchPartitionArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetFetchPartitionArgs {
+                    topic: None, // required field
+                    partition: 0,
+                }
+            }
+        }
+
+        pub struct OffsetFetchPartitionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchPartitionBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchPartition::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: u32) {
+                self.fbb_
+                    .push_slot::<u32>(OffsetFetchPartition::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetFetchPartitionBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetFetchPartitionBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchPartition<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetFetchPartition::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetFetchPartition<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetFetchPartition");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.finish()
+            }
+        }
+        pub enum OffsetFetchRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Absent or empty `partitions`: every partition the group has committed.
+        pub struct OffsetFetchRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchRequest<'a> {
+            type Inner = OffsetFetchRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetFetchRequest<'a> {
+            pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+            pub const VT_REQUIRE_STABLE: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetFetchRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetFetchRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetFetchRequest<'bldr>> {
+                let mut builder = OffsetFetchRequestBuilder::new(_fbb);
+                if let Some(x) = args.partitions {
+                    builder.add_partitions(x);
+                }
+                if let Some(x) = args.group_id {
+                    builder.add_group_id(x);
+                }
+                builder.add_require_stable(args.require_stable);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn group_id(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetFetchRequest::VT_GROUP_ID,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partitions(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<OffsetFetchPartition>,
+                        >,
+                    >>(OffsetFetchRequest::VT_PARTITIONS, None)
+                }
+            }
+            #[inline]
+            pub fn require_stable(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(OffsetFetchRequest::VT_REQUIRE_STABLE, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetFetchRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "group_id",
+                        Self::VT_GROUP_ID,
+                        true,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<OffsetFetchPartition>,
+                        >,
+                    >>("partitions", Self::VT_PARTITIONS, false)?
+                    .visit_field::<bool>("require_stable", Self::VT_REQUIRE_STABLE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetFetchRequestArgs<'a> {
+            pub group_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partitions: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'a>>,
+                    >,
+                >,
+            >,
+            pub require_stable: bool,
+        }
+        impl<'a> Default for OffsetFetchRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetFetchRequestArgs {
+                    group_id: None, // required field
+                    partitions: None,
+                    require_stable: false,
+                }
+            }
+        }
+
+        pub struct OffsetFetchRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_group_id(&mut self, group_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchRequest::VT_GROUP_ID,
+                    group_id,
+                );
+            }
+            #[inline]
+            pub fn add_partitions(
+                &mut self,
+                partitions: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<OffsetFetchPartition<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchRequest::VT_PARTITIONS,
+                    partitions,
+                );
+            }
+            #[inline]
+            pub fn add_require_stable(&mut self, require_stable: bool) {
+                self.fbb_.push_slot::<bool>(
+                    OffsetFetchRequest::VT_REQUIRE_STABLE,
+                    require_stable,
+                    false,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetFetchRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetFetchRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetFetchRequest::VT_GROUP_ID, "group_id");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetFetchRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetFetchRequest");
+                ds.field("group_id", &self.group_id());
+                ds.field("partitions", &self.partitions());
+                ds.field("require_stable", &self.require_stable());
+                ds.finish()
+            }
+        }
+        pub enum OffsetFetchPartitionResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `offset` -1: nothing committed.
+        pub struct OffsetFetchPartitionResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchPartitionResponse<'a> {
+            type Inner = OffsetFetchPartitionResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetFetchPartitionResponse<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 8;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+            pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 12;
+            pub const VT_METADATA: ::flatbuffers::VOffsetT = 14;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetFetchPartitionResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetFetchPartitionResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetFetchPartitionResponse<'bldr>> {
+                let mut builder = OffsetFetchPartitionResponseBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                if let Some(x) = args.metadata {
+                    builder.add_metadata(x);
+                }
+                builder.add_leader_epoch(args.leader_epoch);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            OffsetFetchPartitionResponse::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partition(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(OffsetFetchPartitionResponse::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(OffsetFetchPartitionResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(OffsetFetchPartitionResponse::VT_OFFSET, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn leader_epoch(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(OffsetFetchPartitionResponse::VT_LEADER_EPOCH, Some(-1))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn metadata(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        OffsetFetchPartitionResponse::VT_METADATA,
+                        None,
+                    )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetFetchPartitionResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<u32>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .visit_field::<i64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<i32>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "metadata",
+                        Self::VT_METADATA,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetFetchPartitionResponseArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: u32,
+            pub error: i16,
+            pub offset: i64,
+            pub leader_epoch: i32,
+            pub metadata: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for OffsetFetchPartitionResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetFetchPartitionResponseArgs {
+                    topic: None, // required field
+                    partition: 0,
+                    error: 0,
+                    offset: -1,
+                    leader_epoch: -1,
+                    metadata: None,
+                }
+            }
+        }
+
+        pub struct OffsetFetchPartitionResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchPartitionResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchPartitionResponse::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: u32) {
+                self.fbb_.push_slot::<u32>(
+                    OffsetFetchPartitionResponse::VT_PARTITION,
+                    partition,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(OffsetFetchPartitionResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: i64) {
+                self.fbb_
+                    .push_slot::<i64>(OffsetFetchPartitionResponse::VT_OFFSET, offset, -1);
+            }
+            #[inline]
+            pub fn add_leader_epoch(&mut self, leader_epoch: i32) {
+                self.fbb_.push_slot::<i32>(
+                    OffsetFetchPartitionResponse::VT_LEADER_EPOCH,
+                    leader_epoch,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_metadata(&mut self, metadata: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchPartitionResponse::VT_METADATA,
+                    metadata,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetFetchPartitionResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetFetchPartitionResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchPartitionResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, OffsetFetchPartitionResponse::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetFetchPartitionResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetFetchPartitionResponse");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.field("error", &self.error());
+                ds.field("offset", &self.offset());
+                ds.field("leader_epoch", &self.leader_epoch());
+                ds.field("metadata", &self.metadata());
+                ds.finish()
+            }
+        }
+        pub enum OffsetFetchResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// `error`: a group-level error (e.g. COORDINATOR_LOAD_IN_PROGRESS).
+        pub struct OffsetFetchResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for OffsetFetchResponse<'a> {
+            type Inner = OffsetFetchResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> OffsetFetchResponse<'a> {
+            pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                OffsetFetchResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args OffsetFetchResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<OffsetFetchResponse<'bldr>> {
+                let mut builder = OffsetFetchResponseBuilder::new(_fbb);
+                if let Some(x) = args.partitions {
+                    builder.add_partitions(x);
+                }
+                builder.add_error(args.error);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn error(&self) -> i16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i16>(OffsetFetchResponse::VT_ERROR, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn partitions(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<
+                    'a,
+                    ::flatbuffers::ForwardsUOffset<OffsetFetchPartitionResponse<'a>>,
+                >,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<OffsetFetchPartitionResponse>,
+                        >,
+                    >>(OffsetFetchResponse::VT_PARTITIONS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for OffsetFetchResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i16>("error", Self::VT_ERROR, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<OffsetFetchPartitionResponse>,
+                        >,
+                    >>("partitions", Self::VT_PARTITIONS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct OffsetFetchResponseArgs<'a> {
+            pub error: i16,
+            pub partitions: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<OffsetFetchPartitionResponse<'a>>,
+                    >,
+                >,
+            >,
+        }
+        impl<'a> Default for OffsetFetchResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                OffsetFetchResponseArgs {
+                    error: 0,
+                    partitions: None,
+                }
+            }
+        }
+
+        pub struct OffsetFetchResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OffsetFetchResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error(&mut self, error: i16) {
+                self.fbb_
+                    .push_slot::<i16>(OffsetFetchResponse::VT_ERROR, error, 0);
+            }
+            #[inline]
+            pub fn add_partitions(
+                &mut self,
+                partitions: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<OffsetFetchPartitionResponse<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    OffsetFetchResponse::VT_PARTITIONS,
+                    partitions,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> OffsetFetchResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                OffsetFetchResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<OffsetFetchResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for OffsetFetchResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("OffsetFetchResponse");
+                ds.field("error", &self.error());
+                ds.field("partitions", &self.partitions());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -4615,6 +8880,96 @@ pub mod sluice {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_join_group_request(&self) -> Option<JoinGroupRequest<'a>> {
+                if self.body_type() == RequestBody::JoinGroupRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { JoinGroupRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_sync_group_request(&self) -> Option<SyncGroupRequest<'a>> {
+                if self.body_type() == RequestBody::SyncGroupRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { SyncGroupRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_heartbeat_request(&self) -> Option<HeartbeatRequest<'a>> {
+                if self.body_type() == RequestBody::HeartbeatRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { HeartbeatRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_leave_group_request(&self) -> Option<LeaveGroupRequest<'a>> {
+                if self.body_type() == RequestBody::LeaveGroupRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { LeaveGroupRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_offset_commit_request(&self) -> Option<OffsetCommitRequest<'a>> {
+                if self.body_type() == RequestBody::OffsetCommitRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { OffsetCommitRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_offset_fetch_request(&self) -> Option<OffsetFetchRequest<'a>> {
+                if self.body_type() == RequestBody::OffsetFetchRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { OffsetFetchRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -4633,6 +8988,12 @@ pub mod sluice {
           RequestBody::CreateTopicsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateTopicsRequest>>("RequestBody::CreateTopicsRequest", pos),
           RequestBody::DeleteTopicsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteTopicsRequest>>("RequestBody::DeleteTopicsRequest", pos),
           RequestBody::MetadataRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MetadataRequest>>("RequestBody::MetadataRequest", pos),
+          RequestBody::JoinGroupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinGroupRequest>>("RequestBody::JoinGroupRequest", pos),
+          RequestBody::SyncGroupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SyncGroupRequest>>("RequestBody::SyncGroupRequest", pos),
+          RequestBody::HeartbeatRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HeartbeatRequest>>("RequestBody::HeartbeatRequest", pos),
+          RequestBody::LeaveGroupRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupRequest>>("RequestBody::LeaveGroupRequest", pos),
+          RequestBody::OffsetCommitRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetCommitRequest>>("RequestBody::OffsetCommitRequest", pos),
+          RequestBody::OffsetFetchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetFetchRequest>>("RequestBody::OffsetFetchRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -4757,6 +9118,66 @@ pub mod sluice {
                     }
                     RequestBody::MetadataRequest => {
                         if let Some(x) = self.body_as_metadata_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::JoinGroupRequest => {
+                        if let Some(x) = self.body_as_join_group_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::SyncGroupRequest => {
+                        if let Some(x) = self.body_as_sync_group_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::HeartbeatRequest => {
+                        if let Some(x) = self.body_as_heartbeat_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::LeaveGroupRequest => {
+                        if let Some(x) = self.body_as_leave_group_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::OffsetCommitRequest => {
+                        if let Some(x) = self.body_as_offset_commit_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::OffsetFetchRequest => {
+                        if let Some(x) = self.body_as_offset_fetch_request() {
                             ds.field("body", &x)
                         } else {
                             ds.field(
@@ -5082,6 +9503,96 @@ pub mod sluice {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_join_group_response(&self) -> Option<JoinGroupResponse<'a>> {
+                if self.body_type() == ResponseBody::JoinGroupResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { JoinGroupResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_sync_group_response(&self) -> Option<SyncGroupResponse<'a>> {
+                if self.body_type() == ResponseBody::SyncGroupResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { SyncGroupResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_heartbeat_response(&self) -> Option<HeartbeatResponse<'a>> {
+                if self.body_type() == ResponseBody::HeartbeatResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { HeartbeatResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_leave_group_response(&self) -> Option<LeaveGroupResponse<'a>> {
+                if self.body_type() == ResponseBody::LeaveGroupResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { LeaveGroupResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_offset_commit_response(&self) -> Option<OffsetCommitResponse<'a>> {
+                if self.body_type() == ResponseBody::OffsetCommitResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { OffsetCommitResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_offset_fetch_response(&self) -> Option<OffsetFetchResponse<'a>> {
+                if self.body_type() == ResponseBody::OffsetFetchResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { OffsetFetchResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5102,6 +9613,12 @@ pub mod sluice {
           ResponseBody::CreateTopicsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CreateTopicsResponse>>("ResponseBody::CreateTopicsResponse", pos),
           ResponseBody::DeleteTopicsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DeleteTopicsResponse>>("ResponseBody::DeleteTopicsResponse", pos),
           ResponseBody::MetadataResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MetadataResponse>>("ResponseBody::MetadataResponse", pos),
+          ResponseBody::JoinGroupResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<JoinGroupResponse>>("ResponseBody::JoinGroupResponse", pos),
+          ResponseBody::SyncGroupResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SyncGroupResponse>>("ResponseBody::SyncGroupResponse", pos),
+          ResponseBody::HeartbeatResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HeartbeatResponse>>("ResponseBody::HeartbeatResponse", pos),
+          ResponseBody::LeaveGroupResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LeaveGroupResponse>>("ResponseBody::LeaveGroupResponse", pos),
+          ResponseBody::OffsetCommitResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetCommitResponse>>("ResponseBody::OffsetCommitResponse", pos),
+          ResponseBody::OffsetFetchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<OffsetFetchResponse>>("ResponseBody::OffsetFetchResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -5241,6 +9758,66 @@ pub mod sluice {
                     }
                     ResponseBody::MetadataResponse => {
                         if let Some(x) = self.body_as_metadata_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::JoinGroupResponse => {
+                        if let Some(x) = self.body_as_join_group_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::SyncGroupResponse => {
+                        if let Some(x) = self.body_as_sync_group_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::HeartbeatResponse => {
+                        if let Some(x) = self.body_as_heartbeat_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::LeaveGroupResponse => {
+                        if let Some(x) = self.body_as_leave_group_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::OffsetCommitResponse => {
+                        if let Some(x) = self.body_as_offset_commit_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::OffsetFetchResponse => {
+                        if let Some(x) = self.body_as_offset_fetch_response() {
                             ds.field("body", &x)
                         } else {
                             ds.field(
