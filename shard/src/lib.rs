@@ -18,6 +18,13 @@
 //!   [`store::ShardStore::clean`].
 //! - [`cache::TailCache`]: a bounded per-shard cache of recently written
 //!   batches, so consumers at the tail are served from memory without a copy.
+//! - [`uring::SideRing`]: a second io_uring ring per shard for cold reads
+//!   that land, without a user-space copy, in buffers a response can carry.
+//!
+//! Copies of record payloads in user space: one on the produce path (the
+//! request buffer into the aligned write buffer), none on the fetch path
+//! (tail cache or side-ring reads, sent with scatter/gather). [`stats`]
+//! counts them and the tests assert the count.
 //!
 //! Every type here is `!Send` and lives on one shard. Cross-shard routing is
 //! the broker's job; this crate never talks to another core.
