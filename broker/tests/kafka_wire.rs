@@ -418,3 +418,60 @@ fn an_array_claiming_two_billion_elements_does_not_stop_the_broker() {
     );
     assert_eq!(partition_result(&r), (0, 0));
 }
+
+#[test]
+fn committed_offsets_survive_a_broker_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut b, port) = kafka_broker(dir.path());
+    let mut c = Conn::open(port);
+    create(&mut c, "durable", 3);
+    let partitions = (0..3)
+        .map(|p| {
+            offset_commit_request::OffsetCommitRequestPartition::default()
+                .with_partition_index(p)
+                .with_committed_offset(100 + i64::from(p))
+                .with_committed_metadata(Some(StrBytes::from_static_str("meta")))
+        })
+        .collect();
+    let topic = offset_commit_request::OffsetCommitRequestTopic::default()
+        .with_name(name("durable"))
+        .with_partitions(partitions);
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("restart-group")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(StrBytes::from_static_str(""))
+        .with_topics(vec![topic]);
+    let r: OffsetCommitResponse = c.call(ApiKey::OffsetCommit, 8, &commit);
+    assert!(
+        r.topics[0].partitions.iter().all(|p| p.error_code == 0),
+        "{r:?}"
+    );
+    assert!(b.terminate().success());
+    b.spawn();
+    let mut c = Conn::open(port);
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("restart-group")))
+        .with_topics(None);
+    let mut got = None;
+    // The coordinator may still be loading right after start (error 14).
+    for _ in 0..50 {
+        let r: OffsetFetchResponse = c.call(ApiKey::OffsetFetch, 7, &fetch);
+        if r.error_code == 0 {
+            got = Some(r);
+            break;
+        }
+        assert_eq!(
+            r.error_code, 14,
+            "only COORDINATOR_LOAD_IN_PROGRESS is expected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = got.expect("offsets after restart");
+    let mut offsets: Vec<(i32, i64)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, vec![(0, 100), (1, 101), (2, 102)]);
+}
