@@ -71,13 +71,12 @@ run_suite() {
   grep -E '^(PASS|FAIL|SKIP) ' "$log" | sed 's/^/  /'
   p=$(grep -cE '^PASS ' "$log")
   f=$(grep -cE '^FAIL ' "$log")
-  if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
-    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-      echo "  FAIL $name: suite timed out after ${SUITE_TIMEOUT}s"
-    else
-      echo "  FAIL $name: suite exited $rc without a failed check; last lines:"
-      tail -15 "$log" | sed 's/^/      /'
-    fi
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "  FAIL $name: suite timed out after ${SUITE_TIMEOUT}s (checks not listed did not run)"
+    f=$((f + 1))
+  elif [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "  FAIL $name: suite exited $rc without a failed check; last lines:"
+    tail -15 "$log" | sed 's/^/      /'
     f=1
   fi
   if [ $rc -eq 0 ] && [ "$p" -eq 0 ]; then

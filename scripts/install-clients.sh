@@ -50,8 +50,8 @@ command -v mvn >/dev/null || { echo "mvn not found: apt-get install maven" >&2; 
 # JUnit provider is resolved only when tests run, so it is fetched by name.
 SUREFIRE_VERSION="$(sed -n 's:.*<surefire.version>\(.*\)</surefire.version>.*:\1:p' broker/tests/clients/java/pom.xml)"
 (cd broker/tests/clients/java &&
-  mvn -q -B -Dstyle.color=never dependency:go-offline test-compile -DskipTests >/dev/null &&
-  mvn -q -B dependency:get -Dartifact="org.apache.maven.surefire:surefire-junit-platform:$SUREFIRE_VERSION" >/dev/null) || {
+  mvn -q -B -Dstyle.color=never dependency:go-offline test-compile -DskipTests >/dev/null 2>&1 &&
+  mvn -q -B -Dstyle.color=never dependency:get -Dartifact="org.apache.maven.surefire:surefire-junit-platform:$SUREFIRE_VERSION" >/dev/null 2>&1) || {
   (cd broker/tests/clients/java && mvn -B dependency:go-offline test-compile -DskipTests | tail -40) >&2
   exit 1
 }

@@ -3,7 +3,7 @@
 # assembled from Maven Central artifacts (no tarball is needed).
 #
 #   scripts/kafka-peer.sh fetch                       # download the jars only
-#   scripts/kafka-peer.sh start  [--port 9092] [--dir DIR]
+#   scripts/kafka-peer.sh start  [--port 9092] [--dir DIR]   # controller on port+1
 #   scripts/kafka-peer.sh status [--port 9092] [--dir DIR]
 #   scripts/kafka-peer.sh stop   [--port 9092] [--dir DIR]
 #   scripts/kafka-peer.sh classpath                   # print the libs classpath
@@ -194,8 +194,15 @@ start() {
     log "port $PORT is already in use by another process"
     exit 1
   fi
+  # The data directory is recreated on every start; refuse to wipe a folder
+  # that this script did not make.
+  if [ -d "$DIR" ] && [ -n "$(ls -A "$DIR")" ] && ! [ -f "$DIR/.sluice-kafka-peer" ]; then
+    log "$DIR is not empty and was not made by this script: choose another --dir"
+    exit 1
+  fi
   rm -rf "$DIR"
   mkdir -p "$DIR/logs"
+  touch "$DIR/.sluice-kafka-peer"
   write_properties
   local cluster_id
   cluster_id="$(java_run kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)"

@@ -63,7 +63,7 @@ struct ServeArgs {
     /// Native protocol listener (default 127.0.0.1:9192).
     #[arg(long)]
     native_addr: Option<String>,
-    /// Kafka protocol listener (reserved: not served by this release).
+    /// Kafka protocol listener (default 127.0.0.1:9092).
     #[arg(long)]
     kafka_addr: Option<String>,
 }

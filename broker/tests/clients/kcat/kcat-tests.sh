@@ -85,13 +85,15 @@ produce() {
 # The protocol features librdkafka 2.0.2 enables from the broker's ApiVersions
 # (it derives them from exact API versions inside the advertised ranges).
 features() {
-  echo "k:v" | kc -P -t "$TOPIC" -K: -p 0 -d feature 2>"$WORK/feat" >/dev/null || fail "kcat -P -d feature failed"
+  # (-d broker too: the full feature line is logged at that debug level)
+  echo "k:v" | kc -P -t "$TOPIC" -K: -p 0 -d feature,broker 2>"$WORK/feat" >/dev/null ||
+    fail "kcat -P -d feature failed"
+  echo "k:v" >"$WORK/sent0"
   local line f
   line="$(grep 'Updated enabled protocol features to' "$WORK/feat" | tail -1 | sed 's/.*features to //')"
   for f in ApiVersion BrokerBalancedConsumer BrokerGroupCoordinator LZ4 OffsetTime MsgVer2 IdempotentProducer ZSTD; do
     [[ ",$line," == *",$f,"* ]] || fail "feature $f not enabled; librdkafka enabled: $line"
   done
-  echo "k:v" >"$WORK/sent0"
 }
 
 # Each record comes back in a batch with the codec it was produced with
