@@ -23,8 +23,9 @@
 //! pressure) and then splice pages into the socket, which on loopback is
 //! copied at the receiver anyway. A direct read into a buffer that is sent
 //! with scatter/gather costs one DMA and one kernel copy per byte, no
-//! user-space copy, and no page-cache churn; that is the cheapest per byte we
-//! measured (see docs/benchmarks.md).
+//! user-space copy, and no page-cache churn. Splice was not built: the
+//! argument above is why; the side ring is measured against the copying
+//! read it replaced (`SLUICE_SIDE_RING=0`) in docs/benchmarks.md.
 
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
@@ -108,10 +109,15 @@ thread_local! {
 }
 
 /// The calling shard's side ring, set up on first use; `None` when it cannot
-/// be (callers then fall back to glommio's reads and one copy).
+/// be (callers then fall back to glommio's reads and one copy). Setting
+/// `SLUICE_SIDE_RING=0` in the environment turns it off, to measure the
+/// copying path against it (see docs/benchmarks.md).
 pub fn side_ring() -> Option<Rc<SideRing>> {
     SIDE_RING.with(|cell| {
         let mut slot = cell.borrow_mut();
+        if slot.is_none() && std::env::var("SLUICE_SIDE_RING").is_ok_and(|v| v == "0") {
+            *slot = Some(None);
+        }
         if slot.is_none() {
             let ring = SideRing::start()
                 .map_err(|e| tracing::warn!(error = %e, "no side ring: cold reads will copy"))
