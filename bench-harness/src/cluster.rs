@@ -9,6 +9,8 @@ use sluice_protocol::native::{CreateTopic, MetadataResponse, TopicMetadata};
 use sluice_protocol::ErrorCode;
 
 use crate::error::BenchError;
+use crate::kafka::KafkaClient;
+use crate::Protocol;
 
 /// How often, and how long apart, Metadata is asked again while a new
 /// topic's partitions come up.
@@ -48,9 +50,131 @@ impl Topic {
     }
 }
 
-/// The topic's layout; creates it with `create_partitions` first when it is
-/// missing and `create_partitions` is given.
+/// The topic's layout over `protocol`; creates it with `create_partitions`
+/// first when it is missing and `create_partitions` is given.
 pub fn topic(
+    protocol: Protocol,
+    bootstrap: &str,
+    name: &str,
+    create_partitions: Option<u32>,
+) -> Result<Topic, BenchError> {
+    match protocol {
+        Protocol::Native => native_topic(bootstrap, name, create_partitions),
+        Protocol::Kafka => kafka_topic(bootstrap, name, create_partitions),
+    }
+}
+
+/// Kafka's error codes the topic lookup tells apart.
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const LEADER_NOT_AVAILABLE: i16 = 5;
+/// A new topic's leaders may take a while (1,000 partitions on Kafka).
+const KAFKA_METADATA_TRIES: u32 = 600;
+
+/// The Kafka-protocol lookup: each partition is served by its leader's
+/// `host:port` from Metadata (one broker here: every partition the same).
+fn kafka_topic(
+    bootstrap: &str,
+    name: &str,
+    create_partitions: Option<u32>,
+) -> Result<Topic, BenchError> {
+    let conn = crate::conn::connect_stream(bootstrap)?;
+    let mut client =
+        KafkaClient::from_stream(conn).map_err(|e| e.context(&format!("Kafka at {bootstrap}")))?;
+    let mut created = false;
+    let mut last_error = String::new();
+    for _ in 0..KAFKA_METADATA_TRIES {
+        let metadata = client.metadata(&[name])?;
+        let found = metadata
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == name));
+        let code = found.map_or(UNKNOWN_TOPIC_OR_PARTITION, |t| t.error_code);
+        match (found, code) {
+            (Some(t), 0) => {
+                let mut leaders: Vec<(i32, i32, i16)> = t
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition_index, p.leader_id.0, p.error_code))
+                    .collect();
+                leaders.sort_unstable();
+                let brokers: Vec<(i32, String)> = metadata
+                    .brokers
+                    .iter()
+                    .map(|b| {
+                        let port = u16::try_from(b.port).unwrap_or(0);
+                        (b.node_id.0, shard_addr(bootstrap, b.host.as_str(), port))
+                    })
+                    .collect();
+                if let Some(addr_of) = kafka_layout(&leaders, &brokers) {
+                    let topic = Topic {
+                        name: name.to_owned(),
+                        addr_of,
+                    };
+                    // Metadata can name a leader before that broker serves
+                    // the partition (NOT_LEADER_OR_FOLLOWER right after
+                    // creation): ready means every leader lists its offsets.
+                    match kafka_leaders_answer(&topic) {
+                        Ok(()) => return Ok(topic),
+                        Err(e) => last_error = e.to_string(),
+                    }
+                }
+            }
+            (_, UNKNOWN_TOPIC_OR_PARTITION) if !created => {
+                let Some(partitions) = create_partitions else {
+                    return Err(BenchError::new(format!("topic {name} does not exist")));
+                };
+                client.create_topic(name, partitions)?;
+                eprintln!("created topic {name} with {partitions} partitions");
+                created = true;
+                continue;
+            }
+            (_, UNKNOWN_TOPIC_OR_PARTITION | LEADER_NOT_AVAILABLE) => {}
+            (_, code) => return Err(BenchError::new(format!("topic {name}: Kafka error {code}"))),
+        }
+        thread::sleep(METADATA_RETRY_WAIT);
+    }
+    Err(BenchError::new(format!(
+        "topic {name}: partitions not ready after {KAFKA_METADATA_TRIES} tries {last_error}"
+    )))
+}
+
+/// Every partition's leader answers ListOffsets for it without an error.
+fn kafka_leaders_answer(topic: &Topic) -> Result<(), BenchError> {
+    let all: Vec<u32> = (0..topic.partitions()).collect();
+    for (addr, partitions) in topic.group_by_shard(&all) {
+        let mut conn = crate::conn::Conn::connect(&addr, Protocol::Kafka)?;
+        conn.list_offsets(
+            &topic.name,
+            &partitions,
+            sluice_protocol::types::list_offsets_timestamp::LATEST,
+        )?;
+    }
+    Ok(())
+}
+
+/// Each partition's leader address, when every partition 0..n is listed
+/// (sorted) with no error and a known leader; `None` while not ready.
+fn kafka_layout(leaders: &[(i32, i32, i16)], brokers: &[(i32, String)]) -> Option<Vec<String>> {
+    if leaders.is_empty() {
+        return None;
+    }
+    leaders
+        .iter()
+        .enumerate()
+        .map(|(i, &(index, leader, error))| {
+            let in_order = usize::try_from(index).is_ok_and(|p| p == i);
+            if !in_order || error != 0 || leader < 0 {
+                return None;
+            }
+            brokers
+                .iter()
+                .find(|(id, _)| *id == leader)
+                .map(|(_, addr)| addr.clone())
+        })
+        .collect()
+}
+
+fn native_topic(
     bootstrap: &str,
     name: &str,
     create_partitions: Option<u32>,
@@ -179,5 +303,24 @@ mod tests {
         assert_eq!(shard_addr("h:9192", "0.0.0.0", 9194), "h:9194");
         assert_eq!(shard_addr("h:9192", "127.0.0.1", 9194), "127.0.0.1:9194");
         assert_eq!(shard_addr("h:9192", "::1", 9194), "[::1]:9194");
+    }
+
+    #[test]
+    fn kafka_layout_waits_for_every_leader() {
+        let brokers = vec![(1, "127.0.0.1:9092".to_owned())];
+        let ok = [(0, 1, 0), (1, 1, 0)];
+        assert_eq!(
+            kafka_layout(&ok, &brokers),
+            Some(vec!["127.0.0.1:9092".to_owned(); 2])
+        );
+        assert_eq!(kafka_layout(&[(0, -1, 0), (1, 1, 0)], &brokers), None);
+        assert_eq!(kafka_layout(&[(0, 1, 5)], &brokers), None);
+        assert_eq!(
+            kafka_layout(&[(1, 1, 0)], &brokers),
+            None,
+            "partition 0 missing"
+        );
+        assert_eq!(kafka_layout(&[(0, 2, 0)], &brokers), None, "unknown broker");
+        assert_eq!(kafka_layout(&[], &brokers), None);
     }
 }

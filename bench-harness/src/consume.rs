@@ -8,11 +8,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use sluice_protocol::batch::{self, BatchError};
-use sluice_protocol::native::{
-    FetchPartition, FetchPartitionResponse, FetchRequest, Request, ResponseBody,
-};
 
-use crate::conn::{self, Conn};
+use crate::conn::{self, Conn, Fetched};
 use crate::error::BenchError;
 use crate::produce::read_stamp;
 use crate::report;
@@ -42,8 +39,9 @@ pub struct Plan {
 pub enum Until {
     /// When all threads together have read this many.
     Records(u64),
-    /// When the producers are done and everything they wrote is read.
-    ProducersDone,
+    /// When the producers are done and everything they wrote is read by
+    /// each of this many consumer groups.
+    ProducersDone { groups: u32 },
     /// Only the deadline (or the idle timeout) ends the run.
     Deadline,
 }
@@ -52,6 +50,8 @@ pub struct Outcome {
     pub e2e_us: Option<Histogram<u64>>,
     pub measured_records: u64,
     pub measured_bytes: u64,
+    /// Record-batch bytes read over the whole run, warm-up included.
+    pub total_bytes: u64,
     pub last_record: Option<Instant>,
     /// The run ended because nothing arrived for the idle timeout.
     pub idled: bool,
@@ -77,6 +77,7 @@ pub fn run(
         e2e_us: settings.stamped.then(report::histogram),
         measured_records: 0,
         measured_bytes: 0,
+        total_bytes: 0,
         last_record: None,
         idled: false,
     };
@@ -92,32 +93,32 @@ pub fn run(
         }
         for (c, conn) in conns.iter_mut().enumerate() {
             if !waiting[c] {
-                conn.client.send(&fetch(settings, &cursors[c]))?;
+                conn.send_fetch(
+                    settings.topic,
+                    &cursors[c],
+                    settings.fetch_bytes,
+                    FETCH_WAIT_MS,
+                )?;
                 waiting[c] = true;
             }
         }
         let ready = conn::wait_readable(&conns, |c| waiting[c], IDLE_CHECK)?;
         for c in ready {
-            let response = conns[c]
-                .client
-                .recv()
-                .map_err(|e| BenchError::from(e).context("reading a fetch response"))?;
+            let fetched = conns[c]
+                .recv_fetch()
+                .map_err(|e| e.context("reading a fetch response"))?;
             let received_at = Instant::now();
             waiting[c] = false;
-            if !response.error.is_ok() {
-                return Err(BenchError::new(format!(
-                    "fetch failed: {}: {}",
-                    response.error, response.message
-                )));
-            }
-            let ResponseBody::Fetch(body) = response.body else {
-                return Err(BenchError::new(
-                    "a fetch was answered with another response",
-                ));
-            };
             let mut got = 0;
-            for partition in &body.partitions {
-                got += absorb(partition, &mut cursors[c], received_at, clock, &mut out)?;
+            for partition in &fetched {
+                got += absorb(
+                    settings.topic,
+                    partition,
+                    &mut cursors[c],
+                    received_at,
+                    clock,
+                    &mut out,
+                )?;
             }
             if got > 0 {
                 progress.consumed.fetch_add(got, Ordering::Relaxed);
@@ -135,57 +136,42 @@ fn done(until: Until, clock: &Clock, progress: &Progress) -> bool {
     let consumed = progress.consumed.load(Ordering::Relaxed);
     match until {
         Until::Records(n) => consumed >= n,
-        Until::ProducersDone => {
+        Until::ProducersDone { groups } => {
             progress.producers_left.load(Ordering::Acquire) == 0
-                && consumed >= progress.produced.load(Ordering::Acquire)
+                && consumed
+                    >= progress
+                        .produced
+                        .load(Ordering::Acquire)
+                        .saturating_mul(u64::from(groups))
         }
         Until::Deadline => false,
     }
 }
 
-fn fetch(settings: &Settings<'_>, cursors: &[Cursor]) -> Request {
-    let partitions: Vec<FetchPartition> = cursors
-        .iter()
-        .map(|c| FetchPartition {
-            topic: settings.topic.to_owned(),
-            partition: c.partition,
-            offset: c.next,
-            max_bytes: settings.fetch_bytes,
-        })
-        .collect();
-    let parts = u32::try_from(partitions.len()).unwrap_or(u32::MAX);
-    Request::Fetch(FetchRequest {
-        max_wait_ms: FETCH_WAIT_MS,
-        min_bytes: 1,
-        max_bytes: settings.fetch_bytes.saturating_mul(parts),
-        partitions,
-    })
-}
-
 /// Takes one partition's answer: moves its cursor past the whole batches
 /// in it and counts their records; returns how many were new.
 fn absorb(
-    response: &FetchPartitionResponse,
+    topic: &str,
+    response: &Fetched,
     cursors: &mut [Cursor],
     received_at: Instant,
     clock: &Clock,
     out: &mut Outcome,
 ) -> Result<u64, BenchError> {
     let p = response.partition;
-    let where_ = || format!("{} partition {p}", response.topic);
+    let where_ = || format!("{topic} partition {p}");
     let Some(cursor) = cursors.iter_mut().find(|c| c.partition == p) else {
         return Err(BenchError::new(format!("{}: not asked for", where_())));
     };
-    if !response.error.is_ok() {
+    if let Some(error) = &response.error {
         return Err(BenchError::new(format!(
-            "{} at offset {}: {}",
+            "{} at offset {}: {error}",
             where_(),
             cursor.next,
-            response.error
         )));
     }
     let mut got = 0;
-    for chunk in &response.records {
+    for chunk in &response.chunks {
         got += absorb_chunk(cursor, chunk, received_at, clock, out)
             .map_err(|e| BenchError::new(format!("{}: {e}", where_())))?;
     }
@@ -236,6 +222,7 @@ fn absorb_chunk(
         let count = u64::from(header.record_count_u32().max(1));
         out.measured_records += measured;
         out.measured_bytes += bytes.len() as u64 * measured / count;
+        out.total_bytes += bytes.len() as u64 * new / count;
         if new > 0 {
             out.last_record = Some(received_at);
         }

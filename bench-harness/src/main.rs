@@ -1,4 +1,6 @@
-//! `sluice-bench`: a load generator for Sluice over the native protocol.
+//! `sluice-bench`: a load generator for Sluice over its native protocol or
+//! for any Kafka-compatible broker over the Kafka protocol, and (`compare`)
+//! a side-by-side run of Apache Kafka and Sluice.
 //!
 //! - `produce`: producer threads write fixed-size records, flat out or on a
 //!   fixed-rate schedule, and time each batch's acknowledgement.
@@ -20,9 +22,12 @@ use clap::{Args, Parser, Subcommand};
 use sluice_protocol::native::Acks;
 
 mod cluster;
+mod compare;
 mod conn;
 mod consume;
 mod error;
+mod kafka;
+mod plot;
 mod produce;
 mod report;
 mod run;
@@ -34,7 +39,7 @@ use error::BenchError;
 #[command(
     name = "sluice-bench",
     version,
-    about = "Load generator for Sluice (native protocol)"
+    about = "Load generator for Sluice (native protocol) and Kafka-compatible brokers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -49,6 +54,18 @@ enum Command {
     Consume(ConsumeArgs),
     /// Produce and consume together; measure end-to-end latency per record.
     E2e(E2eArgs),
+    /// Run the workload matrix against Apache Kafka and Sluice in turn and
+    /// report the ratios.
+    Compare(compare::CompareArgs),
+}
+
+/// The wire protocol spoken to the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Sluice's native protocol, straight to each partition's shard.
+    Native,
+    /// The Kafka protocol (Apache Kafka, Sluice's Kafka listener, ...).
+    Kafka,
 }
 
 /// What every command shares.
@@ -56,9 +73,13 @@ enum Command {
 pub struct Common {
     #[arg(long)]
     pub topic: String,
-    /// Any shard's native listener; the rest are found through Metadata.
+    /// Any shard's native listener (or, with --protocol kafka, a Kafka
+    /// listener); the rest are found through Metadata.
     #[arg(long, default_value = "127.0.0.1:9192")]
     pub bootstrap: String,
+    /// native or kafka.
+    #[arg(long, value_enum, default_value_t = Protocol::Native)]
+    pub protocol: Protocol,
     /// Also write the results as one JSON object to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -110,9 +131,14 @@ pub struct ProduceOpts {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConsumeOpts {
-    /// Consumer threads.
+    /// Consumer threads per group.
     #[arg(long, default_value_t = 1)]
     pub consumers: u32,
+    /// Consumer groups, simulated: each group is its own set of
+    /// --consumers threads reading every partition with offsets kept here
+    /// (no group coordinator, no offset commits).
+    #[arg(long, default_value_t = 1)]
+    pub groups: u32,
     /// The most bytes a fetch returns per partition.
     #[arg(long, default_value_t = 1_048_576)]
     pub fetch_bytes: u32,
@@ -188,9 +214,10 @@ pub const DURATION_S_DEFAULT: f64 = 10.0;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Produce(args) => run::produce(&args),
-        Command::Consume(args) => run::consume(&args),
-        Command::E2e(args) => run::e2e(&args),
+        Command::Produce(args) => run::produce(&args).map(drop),
+        Command::Consume(args) => run::consume(&args).map(drop),
+        Command::E2e(args) => run::e2e(&args).map(drop),
+        Command::Compare(args) => compare::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,7 +230,11 @@ fn main() -> ExitCode {
 
 /// Checks what clap cannot: numbers that must be positive or finite, and
 /// combinations.
-pub fn validate(limit: &Limit, produce: Option<&ProduceOpts>) -> Result<(), BenchError> {
+pub fn validate(
+    limit: &Limit,
+    produce: Option<&ProduceOpts>,
+    consume: Option<&ConsumeOpts>,
+) -> Result<(), BenchError> {
     if let Some(d) = limit.duration_s {
         if !(d.is_finite() && d > 0.0) {
             return Err(BenchError::usage("--duration-s must be a positive number"));
@@ -211,6 +242,11 @@ pub fn validate(limit: &Limit, produce: Option<&ProduceOpts>) -> Result<(), Benc
     }
     if limit.records == Some(0) {
         return Err(BenchError::usage("--records must be at least 1"));
+    }
+    if consume.is_some_and(|c| c.consumers == 0 || c.groups == 0) {
+        return Err(BenchError::usage(
+            "--consumers and --groups must be at least 1",
+        ));
     }
     let Some(p) = produce else { return Ok(()) };
     let checks = [
@@ -268,7 +304,7 @@ mod tests {
         assert_eq!(a.produce.producers, 1);
         assert_eq!(a.produce.acks, Acks::Leader);
         assert!(a.limit.records.is_none() && a.limit.duration_s.is_none());
-        assert!(validate(&a.limit, Some(&a.produce)).is_ok());
+        assert!(validate(&a.limit, Some(&a.produce), None).is_ok());
     }
 
     #[test]
@@ -297,6 +333,8 @@ mod tests {
             "1.5",
             "--json",
             "out.json",
+            "--protocol",
+            "kafka",
         ];
         let Ok(Cli {
             command: Command::Produce(a),
@@ -309,6 +347,7 @@ mod tests {
         assert_eq!(a.produce.rate, 5000.0);
         assert_eq!(a.produce.warmup_s, 1.5);
         assert_eq!(a.common.json.as_deref(), Some("out.json".as_ref()));
+        assert_eq!(a.common.protocol, Protocol::Kafka);
     }
 
     #[test]
@@ -348,6 +387,20 @@ mod tests {
             c,
             Ok(Cli { command: Command::Consume(ref a) })
                 if a.consume.consumers == 4 && a.from == StartAt::Latest
+                    && a.consume.groups == 1 && a.common.protocol == Protocol::Native
+        ));
+        let g = parse(&["e2e", "--topic", "t", "--groups", "4"]);
+        assert!(matches!(
+            g,
+            Ok(Cli { command: Command::E2e(ref a) })
+                if a.consume.groups == 4
+                    && validate(&a.limit, Some(&a.produce), Some(&a.consume)).is_ok()
+        ));
+        let zero = parse(&["e2e", "--topic", "t", "--groups", "0"]);
+        assert!(matches!(
+            zero,
+            Ok(Cli { command: Command::E2e(ref a) })
+                if validate(&a.limit, Some(&a.produce), Some(&a.consume)).is_err()
         ));
         let e = parse(&[
             "e2e",
@@ -379,18 +432,22 @@ mod tests {
             warmup_s: 0.0,
         };
         let limit = Limit::default();
-        assert!(validate(&limit, Some(&p)).is_ok());
+        assert!(validate(&limit, Some(&p), None).is_ok());
         p.record_bytes = 4;
-        let e = validate(&limit, Some(&p)).err().map(|e| e.to_string());
+        let e = validate(&limit, Some(&p), None)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("--record-bytes")));
         p.record_bytes = 100;
         p.batch_bytes = 50;
-        let e = validate(&limit, Some(&p)).err().map(|e| e.to_string());
+        let e = validate(&limit, Some(&p), None)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("--batch-bytes")));
         let bad_duration = Limit {
             records: None,
             duration_s: Some(-1.0),
         };
-        assert!(validate(&bad_duration, None).is_err());
+        assert!(validate(&bad_duration, None, None).is_err());
     }
 }

@@ -5,12 +5,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use sluice_protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
-use sluice_protocol::native::{Acks, ProducePartition, ProduceRequest, Request, ResponseBody};
+use sluice_protocol::native::Acks;
 
 use crate::conn::{self, Conn, RESPONSE_TIMEOUT};
 use crate::error::BenchError;
@@ -27,8 +26,6 @@ pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The most a record's framing adds to its value: length, attributes,
 /// timestamp and offset deltas, key and value lengths, header count.
 const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 1 + 5 + 1;
-/// What the broker is given to answer a produce.
-const PRODUCE_TIMEOUT_MS: u32 = 30_000;
 /// What fills each value after its stamp.
 const FILL_BYTE: u8 = b'x';
 
@@ -68,6 +65,8 @@ pub struct Outcome {
     /// whose batch was due after the warm-up.
     pub measured_records: u64,
     pub measured_bytes: u64,
+    /// Record-batch bytes acknowledged over the whole run, warm-up included.
+    pub total_bytes: u64,
     pub last_ack: Option<Instant>,
 }
 
@@ -116,6 +115,7 @@ pub fn run(
             ack_us: report::histogram(),
             measured_records: 0,
             measured_bytes: 0,
+            total_bytes: 0,
             last_ack: None,
         },
     };
@@ -131,8 +131,14 @@ pub fn run(
         if let (true, Some((c, partition))) = (sending, next) {
             if due <= now && p.in_flight[c].len() < in_flight_max {
                 let n = schedule.batch_records(room, opts.linger_ms);
-                let batch = build_batch(&mut value, n, opts.batch_bytes, due - clock.start);
-                let records = p.send(&mut conns[c].client, c, partition, due, batch)?;
+                let batch = build_batch(
+                    &mut value,
+                    n,
+                    opts.batch_bytes,
+                    due - clock.start,
+                    clock.start_wall_ms,
+                );
+                let records = p.send(&mut conns[c], c, partition, due, batch)?;
                 sent += records;
                 batch_no += 1;
                 continue;
@@ -156,23 +162,24 @@ pub fn run(
             )));
         }
         for c in ready {
-            p.complete(&mut conns[c].client, c)?;
+            p.complete(&mut conns[c], c)?;
         }
     }
     Ok(p.out)
 }
 
 /// A batch of `records` values stamped `due_ns`, filled to at most
-/// `batch_bytes`; returns it and how many records it holds.
+/// `batch_bytes`; returns it and how many records it holds. Its CreateTime
+/// is the wall-clock time the batch was due (`start_wall_ms` + `due`), as
+/// a Kafka producer stamps the time of `send()`.
 fn build_batch(
     value: &mut [u8],
     records: u64,
     batch_bytes: usize,
     due: std::time::Duration,
+    start_wall_ms: i64,
 ) -> (Vec<u8>, u64) {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now_ms = start_wall_ms.saturating_add(i64::try_from(due.as_millis()).unwrap_or(i64::MAX));
     stamp(value, u64::try_from(due.as_nanos()).unwrap_or(u64::MAX));
     let mut builder = BatchBuilder::with_capacity(now_ms, batch_bytes);
     let mut count = 0u64;
@@ -190,25 +197,15 @@ fn build_batch(
 impl Producer<'_> {
     fn send(
         &mut self,
-        client: &mut sluice_protocol::client::Client,
+        conn: &mut Conn,
         c: usize,
         partition: u32,
         intended: Instant,
         (batch, records): (Vec<u8>, u64),
     ) -> Result<u64, BenchError> {
         let bytes = batch.len() as u64;
-        let request = Request::Produce(ProduceRequest {
-            acks: self.opts.acks,
-            timeout_ms: PRODUCE_TIMEOUT_MS,
-            partitions: vec![ProducePartition {
-                topic: self.topic.to_owned(),
-                partition,
-                records: Bytes::from(batch),
-            }],
-        });
-        client
-            .send(&request)
-            .map_err(|e| BenchError::from(e).context("sending a produce"))?;
+        conn.send_produce(self.topic, partition, self.opts.acks, batch)
+            .map_err(|e| e.context("sending a produce"))?;
         if self.opts.acks == Acks::None {
             self.acknowledged(
                 &Pending {
@@ -230,35 +227,13 @@ impl Producer<'_> {
     }
 
     /// Reads the oldest answer on connection `c`.
-    fn complete(
-        &mut self,
-        client: &mut sluice_protocol::client::Client,
-        c: usize,
-    ) -> Result<(), BenchError> {
-        let response = client
-            .recv()
-            .map_err(|e| BenchError::from(e).context("reading a produce response"))?;
+    fn complete(&mut self, conn: &mut Conn, c: usize) -> Result<(), BenchError> {
+        let result = conn.recv_produce();
         let acked_at = Instant::now();
+        result.map_err(|e| e.context("reading a produce response"))?;
         let Some(pending) = self.in_flight[c].pop_front() else {
             return Err(BenchError::new("a produce response that was not asked for"));
         };
-        if !response.error.is_ok() {
-            return Err(BenchError::new(format!(
-                "produce failed: {}: {}",
-                response.error, response.message
-            )));
-        }
-        let ResponseBody::Produce(body) = response.body else {
-            return Err(BenchError::new(
-                "a produce was answered with another response",
-            ));
-        };
-        if let Some(failed) = body.partitions.iter().find(|r| !r.error.is_ok()) {
-            return Err(BenchError::new(format!(
-                "produce to {} partition {}: {}",
-                failed.topic, failed.partition, failed.error
-            )));
-        }
         self.acknowledged(&pending, acked_at);
         Ok(())
     }
@@ -267,6 +242,7 @@ impl Producer<'_> {
         self.progress
             .produced
             .fetch_add(batch.records, Ordering::Release);
+        self.out.total_bytes += batch.bytes;
         if batch.intended >= self.clock.measure_from {
             if self.opts.acks != Acks::None {
                 report::record(&mut self.out.ack_us, at - batch.intended);
@@ -296,7 +272,7 @@ mod tests {
         let mut value = vec![FILL_BYTE; 100];
         let bytes_max = 4_096;
         let due = std::time::Duration::from_millis(3);
-        let (b, n) = build_batch(&mut value, 1_000, bytes_max, due);
+        let (b, n) = build_batch(&mut value, 1_000, bytes_max, due, 1_000);
         assert!(b.len() <= bytes_max, "{} bytes", b.len());
         assert!(n > 20, "{n} records");
         let header = batch::validate(&b).expect("a valid batch");
@@ -304,9 +280,10 @@ mod tests {
         let first = batch::records(&b).expect("records").next();
         let value = first.and_then(Result::ok).and_then(|r| r.value);
         assert_eq!(value.and_then(read_stamp), Some(3_000_000));
-        let (_, few) = build_batch(&mut [0; 100], 5, bytes_max, due);
+        assert_eq!(header.base_timestamp, 1_003, "CreateTime = start + due");
+        let (_, few) = build_batch(&mut [0; 100], 5, bytes_max, due, 0);
         assert_eq!(few, 5);
-        let (_, one) = build_batch(&mut [0; 100], 9, batch_bytes_min(100), due);
+        let (_, one) = build_batch(&mut [0; 100], 9, batch_bytes_min(100), due, 0);
         assert_eq!(one, 1);
     }
 }

@@ -152,6 +152,9 @@ pub struct Report {
     pub consumed: Option<Throughput>,
     pub produce_ack_us: Option<Histogram<u64>>,
     pub end_to_end_us: Option<Histogram<u64>>,
+    /// Record-batch bytes produced plus consumed over the whole run
+    /// (warm-up included): the denominator of the broker's CPU per GB.
+    pub moved_bytes: u64,
     pub wall: Duration,
     pub cpu: CpuTime,
 }
@@ -208,7 +211,7 @@ impl Report {
         out
     }
 
-    fn histograms(&self) -> Vec<(&'static str, &Histogram<u64>)> {
+    pub fn histograms(&self) -> Vec<(&'static str, &Histogram<u64>)> {
         let both = [
             ("produce_ack", &self.produce_ack_us),
             ("end_to_end", &self.end_to_end_us),
@@ -395,6 +398,7 @@ mod tests {
             consumed: None,
             produce_ack_us: Some(h),
             end_to_end_us: None,
+            moved_bytes: 100,
             wall: Duration::from_secs(1),
             cpu: CpuTime::default(),
         };

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::{self, Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-use sluice_protocol::native::{Acks, ListOffsetsPartition};
+use sluice_protocol::native::Acks;
 use sluice_protocol::types::list_offsets_timestamp;
 
 use crate::cluster::{self, Topic};
@@ -16,8 +16,8 @@ use crate::produce;
 use crate::report::{self, CpuTime, Report, Throughput};
 use crate::schedule::{self, Schedule};
 use crate::{
-    validate, Common, ConsumeArgs, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, StartAt,
-    DURATION_S_DEFAULT,
+    validate, Common, ConsumeArgs, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
+    StartAt, DURATION_S_DEFAULT,
 };
 
 /// The run's shared times.
@@ -28,6 +28,9 @@ pub struct Clock {
     pub measure_from: Instant,
     /// No batch due at or after this is sent.
     pub deadline: Option<Instant>,
+    /// `start` on the wall clock, milliseconds since the Unix epoch: record
+    /// CreateTimes are this plus the batch's due time.
+    pub start_wall_ms: i64,
 }
 
 /// Counters every thread adds to, read by the progress line and by the
@@ -39,15 +42,16 @@ pub struct Progress {
     pub producers_left: AtomicU32,
 }
 
-pub fn produce(args: &ProduceArgs) -> Result<(), BenchError> {
+pub fn produce(args: &ProduceArgs) -> Result<Report, BenchError> {
     let opts = &args.produce;
-    validate(&args.limit, Some(opts))?;
+    validate(&args.limit, Some(opts), None)?;
     let topic = cluster::topic(
+        args.common.protocol,
         &args.common.bootstrap,
         &args.common.topic,
         Some(opts.partitions),
     )?;
-    let plans = producer_plans(&topic, opts, &args.limit)?;
+    let plans = producer_plans(&topic, opts, &args.limit, args.common.protocol)?;
     let progress = Progress::default();
     let cpu_before = CpuTime::now();
     let clock = clock(&args.limit, opts.warmup_s, true);
@@ -59,15 +63,21 @@ pub fn produce(args: &ProduceArgs) -> Result<(), BenchError> {
     let mut report = base_report("produce", &args.common, &topic, &clock, cpu_before);
     report.settings.extend(produce_settings(opts, &args.limit));
     report.produced = Some(produced(&outcomes, &clock));
+    report.moved_bytes = outcomes.iter().map(|o| o.total_bytes).sum();
     report.produce_ack_us = (opts.acks != Acks::None).then(|| merge_ack(&outcomes));
-    finish(&report, &args.common)
+    finish(report, &args.common)
 }
 
-pub fn consume(args: &ConsumeArgs) -> Result<(), BenchError> {
-    validate(&args.limit, None)?;
+pub fn consume(args: &ConsumeArgs) -> Result<Report, BenchError> {
+    validate(&args.limit, None, Some(&args.consume))?;
     let opts = &args.consume;
-    let topic = cluster::topic(&args.common.bootstrap, &args.common.topic, None)?;
-    let (plans, available) = consumer_plans(&topic, opts, args.from)?;
+    let topic = cluster::topic(
+        args.common.protocol,
+        &args.common.bootstrap,
+        &args.common.topic,
+        None,
+    )?;
+    let (plans, available) = consumer_plans(&topic, opts, args.from, args.common.protocol)?;
     let until = match (args.limit.records, args.limit.duration_s) {
         (Some(n), _) => Until::Records(n),
         (None, Some(_)) => Until::Deadline,
@@ -96,21 +106,27 @@ pub fn consume(args: &ConsumeArgs) -> Result<(), BenchError> {
         .settings
         .push(("from", format!("{:?}", args.from).to_lowercase()));
     report.consumed = Some(consumed(&outcomes, &clock));
-    finish(&report, &args.common)
+    report.moved_bytes = outcomes.iter().map(|o| o.total_bytes).sum();
+    finish(report, &args.common)
 }
 
-pub fn e2e(args: &E2eArgs) -> Result<(), BenchError> {
+pub fn e2e(args: &E2eArgs) -> Result<Report, BenchError> {
     let (popts, copts) = (&args.produce, &args.consume);
-    validate(&args.limit, Some(popts))?;
+    validate(&args.limit, Some(popts), Some(copts))?;
     let topic = cluster::topic(
+        args.common.protocol,
         &args.common.bootstrap,
         &args.common.topic,
         Some(popts.partitions),
     )?;
     // Consumers start at the end, found before any producer writes.
-    let (consumer_plans, _) = consumer_plans(&topic, copts, StartAt::Latest)?;
-    let producer_plans = producer_plans(&topic, popts, &args.limit)?;
-    let settings = consume_settings(&args.common, copts, Until::ProducersDone, true);
+    let protocol = args.common.protocol;
+    let (consumer_plans, _) = consumer_plans(&topic, copts, StartAt::Latest, protocol)?;
+    let producer_plans = producer_plans(&topic, popts, &args.limit, protocol)?;
+    let until = Until::ProducersDone {
+        groups: copts.groups,
+    };
+    let settings = consume_settings(&args.common, copts, until, true);
     let progress = Progress::default();
     let cpu_before = CpuTime::now();
     let clock = clock(&args.limit, popts.warmup_s, true);
@@ -119,6 +135,11 @@ pub fn e2e(args: &E2eArgs) -> Result<(), BenchError> {
         deadline: None,
         ..clock
     };
+    // Before any consumer starts: a consumer that saw no producer left and
+    // nothing produced would take the run for finished and stop at once.
+    progress
+        .producers_left
+        .store(producer_plans.len() as u32, Ordering::Release);
     let (p_outcomes, c_outcomes) = thread::scope(|s| {
         let consumers = spawn_consumers(s, consumer_plans, &settings, &consumer_clock, &progress);
         let producers = spawn_producers(s, producer_plans, &topic.name, popts, &clock, &progress);
@@ -132,8 +153,11 @@ pub fn e2e(args: &E2eArgs) -> Result<(), BenchError> {
     report
         .settings
         .push(("consumers", copts.consumers.to_string()));
+    report.settings.push(("groups", copts.groups.to_string()));
     report.produced = Some(produced(&p_outcomes, &clock));
     report.consumed = Some(consumed(&c_outcomes, &clock));
+    report.moved_bytes = p_outcomes.iter().map(|o| o.total_bytes).sum::<u64>()
+        + c_outcomes.iter().map(|o| o.total_bytes).sum::<u64>();
     report.produce_ack_us = (popts.acks != Acks::None).then(|| merge_ack(&p_outcomes));
     let mut e2e = report::histogram();
     for h in c_outcomes.iter().filter_map(|o| o.e2e_us.as_ref()) {
@@ -141,7 +165,7 @@ pub fn e2e(args: &E2eArgs) -> Result<(), BenchError> {
             .map_err(|e| BenchError::new(format!("merging histograms: {e}")))?;
     }
     report.end_to_end_us = Some(e2e);
-    finish(&report, &args.common)
+    finish(report, &args.common)
 }
 
 fn clock(limit: &Limit, warmup_s: f64, default_duration: bool) -> Clock {
@@ -150,8 +174,12 @@ fn clock(limit: &Limit, warmup_s: f64, default_duration: bool) -> Clock {
         None if limit.records.is_none() && default_duration => Some(DURATION_S_DEFAULT),
         d => d,
     };
+    let start_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     Clock {
         start,
+        start_wall_ms,
         measure_from: start + Duration::from_secs_f64(warmup_s),
         deadline: duration_s.map(|s| start + Duration::from_secs_f64(s)),
     }
@@ -162,6 +190,7 @@ fn producer_plans(
     topic: &Topic,
     opts: &ProduceOpts,
     limit: &Limit,
+    protocol: Protocol,
 ) -> Result<Vec<produce::Plan>, BenchError> {
     (0..opts.producers)
         .map(|t| {
@@ -169,7 +198,7 @@ fn producer_plans(
             let conns = topic
                 .group_by_shard(&partitions)
                 .into_iter()
-                .map(|(addr, ps)| Ok((Conn::connect(&addr)?, ps)))
+                .map(|(addr, ps)| Ok((Conn::connect(&addr, protocol)?, ps)))
                 .collect::<Result<Vec<_>, BenchError>>()?;
             Ok(produce::Plan {
                 conns,
@@ -182,15 +211,22 @@ fn producer_plans(
 
 /// Connects each consumer thread to the shards of its partitions and finds
 /// where each partition starts; also returns how many records lie between
-/// the starts and the ends.
+/// the starts and the ends (summed over the groups).
+///
+/// Consumer groups are simulated: each of `--groups` sets of `--consumers`
+/// threads reads every partition on its own connections, with offsets kept
+/// in the generator. No group coordinator is involved (no JoinGroup,
+/// OffsetCommit): the broker sees N independent readers of each partition,
+/// which is the fan-out load that N consumer groups put on it.
 fn consumer_plans(
     topic: &Topic,
     opts: &ConsumeOpts,
     from: StartAt,
+    protocol: Protocol,
 ) -> Result<(Vec<consume::Plan>, u64), BenchError> {
     let mut plans = Vec::new();
     let mut available = 0;
-    for t in 0..opts.consumers {
+    for t in (0..opts.groups).flat_map(|_| 0..opts.consumers) {
         let partitions = schedule::partitions_of(t, opts.consumers, topic.partitions(), false);
         if partitions.is_empty() {
             eprintln!("consumer {t}: no partition left to read (more consumers than partitions)");
@@ -198,14 +234,9 @@ fn consumer_plans(
         }
         let mut conns = Vec::new();
         for (addr, ps) in topic.group_by_shard(&partitions) {
-            let mut conn = Conn::connect(&addr)?;
-            let earliest = list_offsets(
-                &mut conn,
-                &topic.name,
-                &ps,
-                list_offsets_timestamp::EARLIEST,
-            )?;
-            let latest = list_offsets(&mut conn, &topic.name, &ps, list_offsets_timestamp::LATEST)?;
+            let mut conn = Conn::connect(&addr, protocol)?;
+            let earliest = conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::EARLIEST)?;
+            let latest = conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::LATEST)?;
             let starts = if from == StartAt::Earliest {
                 &earliest
             } else {
@@ -225,34 +256,6 @@ fn consumer_plans(
         plans.push(consume::Plan { conns });
     }
     Ok((plans, available))
-}
-
-/// The offsets of `partitions` at `timestamp` (earliest or latest), in order.
-fn list_offsets(
-    conn: &mut Conn,
-    topic: &str,
-    partitions: &[u32],
-    timestamp: i64,
-) -> Result<Vec<i64>, BenchError> {
-    let request = partitions.iter().map(|&partition| ListOffsetsPartition {
-        topic: topic.to_owned(),
-        partition,
-        timestamp,
-    });
-    let listed = conn.client.list_offsets(request.collect())?;
-    partitions
-        .iter()
-        .map(|&p| match listed.iter().find(|o| o.partition == p) {
-            Some(o) if o.error.is_ok() => Ok(o.offset),
-            Some(o) => Err(BenchError::new(format!(
-                "{topic} partition {p}: {}",
-                o.error
-            ))),
-            None => Err(BenchError::new(format!(
-                "{topic} partition {p}: no offset listed"
-            ))),
-        })
-        .collect()
 }
 
 fn spawn_producers<'s, 'e: 's>(
@@ -422,7 +425,12 @@ fn base_report(
     clock: &Clock,
     cpu_before: CpuTime,
 ) -> Report {
+    let protocol = match common.protocol {
+        Protocol::Native => "native",
+        Protocol::Kafka => "kafka",
+    };
     let mut settings = vec![
+        ("protocol", protocol.to_owned()),
         ("topic", common.topic.clone()),
         ("partitions", topic.partitions().to_string()),
     ];
@@ -439,16 +447,17 @@ fn base_report(
         consumed: None,
         produce_ack_us: None,
         end_to_end_us: None,
+        moved_bytes: 0,
         wall: clock.start.elapsed(),
         cpu: CpuTime::now().since(cpu_before),
     }
 }
 
-fn finish(report: &Report, common: &Common) -> Result<(), BenchError> {
+fn finish(report: Report, common: &Common) -> Result<Report, BenchError> {
     print!("{}", report.table());
     if let Some(path) = &common.json {
         std::fs::write(path, report.json())
             .map_err(|e| BenchError::new(format!("writing {}: {e}", path.display())))?;
     }
-    Ok(())
+    Ok(report)
 }

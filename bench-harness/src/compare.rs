@@ -1,0 +1,1415 @@
+//! `sluice-bench compare`: Apache Kafka and Sluice side by side.
+//!
+//! Starts Kafka (`scripts/kafka-peer.sh start`) and then Sluice (`sluice
+//! serve`), each under the same CPU set (`taskset -c`) and the same memory
+//! limit (a memory cgroup made under this process's own, when /sys/fs/cgroup
+//! lets us), runs the same workload matrix against each through this
+//! generator over the Kafka protocol, plus Kafka's own ProducerPerformance
+//! and ConsumerPerformance, and writes a Markdown report with the ratios
+//! (Sluice/Kafka), the JSON results, percentile distributions and SVG
+//! percentile spectra into the results directory.
+//!
+//! Broker CPU is utime+stime of the broker process from /proc/PID/stat
+//! before and after each workload; peak RSS is VmHWM from /proc/PID/status,
+//! reset before each workload (`clear_refs` 5) so each row has its own peak.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use sluice_protocol::native::Acks;
+
+use crate::error::BenchError;
+use crate::kafka::KafkaClient;
+use crate::plot::{self, Series};
+use crate::report::{self, CpuTime, Report};
+use crate::{
+    cluster, conn, run, Common, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Where the report, JSON, distributions and plots go.
+    #[arg(long, default_value = "bench-results")]
+    pub results: PathBuf,
+    /// Seconds per workload (default 15; 5 with --quick).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Short runs (5 s per workload) and fewer records for the Kafka tools.
+    #[arg(long)]
+    pub quick: bool,
+    /// The CPU set both brokers run on (taskset -c); default: every CPU.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// The memory limit of each broker, MiB (a memory cgroup).
+    #[arg(long, default_value_t = 4096)]
+    pub memory_mib: u64,
+    /// The sluice binary; default: `sluice` beside this executable.
+    #[arg(long)]
+    pub sluice_bin: Option<PathBuf>,
+    /// The repository root (for scripts/kafka-peer.sh and
+    /// broker/sluice.toml); default: found upwards from the current dir.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Workloads to run, comma-separated (default: all of a,a1,b,c,d,e).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Skip Kafka's ProducerPerformance/ConsumerPerformance.
+    #[arg(long)]
+    pub no_kafka_tools: bool,
+}
+
+/// The workload matrix of issue 4, plus (a1): (a) at acks=1.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub id: &'static str,
+    pub what: &'static str,
+    /// e2e (producer and consumers together) or produce only.
+    pub e2e: bool,
+    pub record_bytes: usize,
+    pub partitions: u32,
+    pub acks: Acks,
+    /// Records per second (0: flat out).
+    pub rate: f64,
+    pub groups: u32,
+    pub warmup_s: f64,
+}
+
+#[must_use]
+pub fn matrix(quick: bool) -> Vec<Workload> {
+    let warmup = if quick { 1.0 } else { 2.0 };
+    let base = Workload {
+        id: "a",
+        what: "max throughput, 1 KiB records, acks=all, 8 partitions, 1 producer + 1 consumer",
+        e2e: true,
+        record_bytes: 1024,
+        partitions: 8,
+        acks: Acks::All,
+        rate: 0.0,
+        groups: 1,
+        warmup_s: 0.0,
+    };
+    vec![
+        base.clone(),
+        Workload {
+            id: "a1",
+            what: "as (a) at acks=1 (no fsync on either broker)",
+            acks: Acks::Leader,
+            ..base.clone()
+        },
+        Workload {
+            id: "b",
+            what: "fixed 50 MB/s (48,828 x 1 KiB records/s) end to end, acks=all, 8 partitions",
+            rate: 50e6 / 1024.0,
+            warmup_s: warmup,
+            ..base.clone()
+        },
+        Workload {
+            id: "c",
+            what: "100 B records, acks=1, max rate, produce only, 8 partitions",
+            e2e: false,
+            record_bytes: 100,
+            acks: Acks::Leader,
+            ..base.clone()
+        },
+        Workload {
+            id: "d",
+            what: "1 producer feeding 4 consumer groups (simulated), 1 KiB, acks=all, max rate",
+            groups: 4,
+            ..base.clone()
+        },
+        Workload {
+            id: "e",
+            what: "1,000 partitions, 1 KiB, acks=all, max rate, 1 producer + 1 consumer",
+            partitions: 1000,
+            ..base
+        },
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broker {
+    Kafka,
+    Sluice,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Kafka => "kafka",
+            Broker::Sluice => "sluice",
+        }
+    }
+}
+
+/// What one workload measured on one broker.
+struct Row {
+    workload: String,
+    report: Option<Report>,
+    error: Option<String>,
+    broker_cpu_s: f64,
+    peak_rss_bytes: u64,
+    wall_s: f64,
+}
+
+impl Row {
+    fn throughput_mb_s(&self, fan_out: bool) -> Option<f64> {
+        let r = self.report.as_ref()?;
+        let t = if fan_out {
+            r.consumed.as_ref()
+        } else {
+            r.produced.as_ref()
+        }?;
+        Some(t.mb_per_s())
+    }
+
+    fn cpu_s_per_gb(&self) -> Option<f64> {
+        let moved = self.report.as_ref()?.moved_bytes;
+        (moved > 0).then(|| self.broker_cpu_s / (moved as f64 / 1e9))
+    }
+
+    fn percentile_ms(&self, e2e: bool, p: f64) -> Option<f64> {
+        let r = self.report.as_ref()?;
+        let h = if e2e {
+            r.end_to_end_us.as_ref()
+        } else {
+            r.produce_ack_us.as_ref()
+        }?;
+        (!h.is_empty()).then(|| h.value_at_percentile(p) as f64 / 1000.0)
+    }
+}
+
+/// Kafka's own perf tools against one broker.
+#[derive(Default)]
+struct ToolsRow {
+    producer_line: String,
+    consumer_line: String,
+    producer_mb_s: Option<f64>,
+    producer_p99_ms: Option<f64>,
+    producer_p999_ms: Option<f64>,
+    consumer_mb_s: Option<f64>,
+    broker_cpu_s: f64,
+    error: Option<String>,
+}
+
+struct BrokerRun {
+    broker: Broker,
+    settings: Vec<String>,
+    rows: Vec<Row>,
+    tools: Option<ToolsRow>,
+    start_error: Option<String>,
+}
+
+pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
+    let duration_s = args
+        .duration_s
+        .unwrap_or(if args.quick { 5.0 } else { 15.0 });
+    if !(duration_s.is_finite() && duration_s > 0.0 && duration_s <= 600.0) {
+        return Err(BenchError::usage("--duration-s must be in (0, 600]"));
+    }
+    let repo = match &args.repo {
+        Some(r) => r.clone(),
+        None => find_repo()?,
+    };
+    let script = repo.join("scripts/kafka-peer.sh");
+    let sluice_bin = match &args.sluice_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("sluice"))
+            .ok_or_else(|| BenchError::new("cannot locate the sluice binary"))?,
+    };
+    if !sluice_bin.exists() {
+        return Err(BenchError::new(format!(
+            "{} is missing: cargo build --release -p sluice-broker",
+            sluice_bin.display()
+        )));
+    }
+    let mut workloads = matrix(args.quick);
+    if let Some(only) = &args.only {
+        let ids: Vec<&str> = only.split(',').map(str::trim).collect();
+        workloads.retain(|w| ids.contains(&w.id));
+        if workloads.is_empty() {
+            return Err(BenchError::usage("--only names no known workload"));
+        }
+    }
+    fs::create_dir_all(&args.results)?;
+    let cpus = args.cpus.clone().unwrap_or_else(all_cpus);
+    let cgroup = MemoryCgroup::create(args.memory_mib);
+    match &cgroup {
+        Ok(c) => eprintln!(
+            "compare: memory limit {} MiB via {}",
+            args.memory_mib,
+            c.describe()
+        ),
+        Err(e) => eprintln!("compare: memory limit NOT enforced: {e}"),
+    }
+    let budget = sluice_budget(&repo, cpu_count(&cpus));
+    let setup = Setup {
+        duration_s,
+        quick: args.quick,
+        cpus: cpus.clone(),
+        cgroup: cgroup.as_ref().ok(),
+        results: args.results.clone(),
+        tools: !args.no_kafka_tools,
+    };
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for broker in [Broker::Kafka, Broker::Sluice] {
+        eprintln!("compare: === {} ===", broker.name());
+        runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
+    }
+    if let Ok(c) = &cgroup {
+        c.remove();
+    }
+    let memory_note = match &cgroup {
+        Ok(c) => format!("{} MiB per broker via {}", args.memory_mib, c.describe()),
+        Err(e) => format!("not enforced ({e})"),
+    };
+    let report = Summary {
+        setup: &setup,
+        workloads: &workloads,
+        runs: &runs,
+        memory_note,
+        budget,
+        took: started.elapsed(),
+    };
+    let table = report.ratio_table();
+    println!("\n{table}");
+    fs::write(args.results.join("report.md"), report.markdown())?;
+    fs::write(args.results.join("results.json"), report.json())?;
+    report.write_distributions()?;
+    eprintln!(
+        "compare: report in {}",
+        args.results.join("report.md").display()
+    );
+    Ok(())
+}
+
+struct Setup<'a> {
+    duration_s: f64,
+    quick: bool,
+    cpus: String,
+    cgroup: Option<&'a MemoryCgroup>,
+    results: PathBuf,
+    tools: bool,
+}
+
+fn run_broker(
+    broker: Broker,
+    setup: &Setup<'_>,
+    workloads: &[Workload],
+    script: &Path,
+    sluice_bin: &Path,
+) -> BrokerRun {
+    let mut out = BrokerRun {
+        broker,
+        settings: Vec::new(),
+        rows: Vec::new(),
+        tools: None,
+        start_error: None,
+    };
+    let started = match broker {
+        Broker::Kafka => Running::start_kafka(script, setup),
+        Broker::Sluice => Running::start_sluice(sluice_bin, setup),
+    };
+    let mut running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("compare: {} did not start: {e}", broker.name());
+            out.start_error = Some(e.to_string());
+            return out;
+        }
+    };
+    out.settings = running.settings.clone();
+    for w in workloads {
+        eprintln!("compare: {} workload ({}): {}", broker.name(), w.id, w.what);
+        out.rows
+            .push(run_workload(w, &running.bootstrap, running.pid, setup));
+        if !running.alive() {
+            eprintln!("compare: {} exited during ({})", broker.name(), w.id);
+            break;
+        }
+    }
+    if setup.tools && running.alive() {
+        out.tools = Some(run_kafka_tools(script, &running, setup));
+    }
+    running.stop();
+    out
+}
+
+fn run_workload(w: &Workload, bootstrap: &str, pid: u32, setup: &Setup<'_>) -> Row {
+    let common = Common {
+        topic: format!("bench-{}", w.id),
+        bootstrap: bootstrap.to_owned(),
+        protocol: Protocol::Kafka,
+        json: None,
+    };
+    let limit = Limit {
+        records: None,
+        duration_s: Some(setup.duration_s),
+    };
+    let produce = ProduceOpts {
+        partitions: w.partitions,
+        record_bytes: w.record_bytes,
+        acks: w.acks,
+        batch_bytes: 262_144,
+        producers: 1,
+        rate: w.rate,
+        linger_ms: 1.0,
+        in_flight: 8,
+        warmup_s: w.warmup_s,
+    };
+    let consume = ConsumeOpts {
+        consumers: 1,
+        groups: w.groups,
+        fetch_bytes: 1_048_576,
+        idle_timeout_s: 10.0,
+    };
+    // Create the topic (and wait for its leaders) before the clock starts.
+    if let Err(e) = cluster::topic(
+        Protocol::Kafka,
+        bootstrap,
+        &common.topic,
+        Some(w.partitions),
+    ) {
+        return failed_row(w, e);
+    }
+    let _ = proc_reset_peak(pid);
+    let cpu_before = proc_cpu(pid);
+    let t0 = Instant::now();
+    let result = if w.e2e {
+        run::e2e(&E2eArgs {
+            common,
+            limit,
+            produce,
+            consume,
+        })
+    } else {
+        run::produce(&ProduceArgs {
+            common,
+            limit,
+            produce,
+        })
+    };
+    let wall_s = t0.elapsed().as_secs_f64();
+    let broker_cpu_s = proc_cpu(pid).since(cpu_before).total_s();
+    let peak_rss_bytes = proc_peak_rss(pid).unwrap_or(0);
+    match result {
+        Ok(report) => Row {
+            workload: w.id.to_owned(),
+            report: Some(report),
+            error: None,
+            broker_cpu_s,
+            peak_rss_bytes,
+            wall_s,
+        },
+        Err(e) => {
+            eprintln!("compare: ({}) failed: {e}", w.id);
+            Row {
+                error: Some(e.to_string()),
+                broker_cpu_s,
+                peak_rss_bytes,
+                wall_s,
+                ..failed_row(w, e)
+            }
+        }
+    }
+}
+
+fn failed_row(w: &Workload, e: BenchError) -> Row {
+    Row {
+        workload: w.id.to_owned(),
+        report: None,
+        error: Some(e.to_string()),
+        broker_cpu_s: 0.0,
+        peak_rss_bytes: 0,
+        wall_s: 0.0,
+    }
+}
+
+/// A broker started by us, stopped on drop.
+struct Running {
+    broker: Broker,
+    bootstrap: String,
+    pid: u32,
+    settings: Vec<String>,
+    /// Kafka: the script and its --port/--dir; Sluice: the child.
+    kafka_stop: Option<(PathBuf, u16, PathBuf)>,
+    child: Option<Child>,
+    data_dir: PathBuf,
+    stopped: bool,
+}
+
+impl Running {
+    fn start_kafka(script: &Path, setup: &Setup<'_>) -> Result<Running, BenchError> {
+        let port = free_ports(2)?;
+        let dir = std::env::temp_dir().join(format!("sluice-bench-kafka-{}", std::process::id()));
+        let heap = "-Xmx1g -Xms1g";
+        let inner = format!(
+            "exec taskset -c {} {} start --port {port} --dir {}",
+            setup.cpus,
+            shell_quote(&script.display().to_string()),
+            shell_quote(&dir.display().to_string())
+        );
+        let status = in_cgroup(setup.cgroup, &inner)
+            .env("KAFKA_HEAP_OPTS", heap)
+            .stdin(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(BenchError::new(format!(
+                "scripts/kafka-peer.sh start failed ({status})"
+            )));
+        }
+        let pid_text = fs::read_to_string(dir.join("kafka.pid"))?;
+        let pid: u32 = pid_text
+            .trim()
+            .parse()
+            .map_err(|_| BenchError::new("kafka.pid holds no pid"))?;
+        let mut running = Running {
+            broker: Broker::Kafka,
+            bootstrap: format!("127.0.0.1:{port}"),
+            pid,
+            settings: Vec::new(),
+            kafka_stop: Some((script.to_owned(), port, dir.clone())),
+            child: None,
+            data_dir: dir.clone(),
+            stopped: false,
+        };
+        running.settings = vec![
+            format!("Apache Kafka (KAFKA_VERSION, default 4.3.1) from scripts/kafka-peer.sh, single-node KRaft, data in {}", dir.display()),
+            format!("JVM: {heap} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 (Java {})", java_version()),
+        ];
+        running.settings.extend(
+            fs::read_to_string(dir.join("server.properties"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    [
+                        "num.network.threads",
+                        "num.io.threads",
+                        "log.flush",
+                        "socket.",
+                        "log.segment.bytes",
+                        "default.replication.factor",
+                        "min.insync.replicas",
+                    ]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+                })
+                .map(str::to_owned),
+        );
+        running.settings.push(
+            "log.flush.interval.messages / log.flush.interval.ms: unset (Kafka's defaults): no fsync per produce; acks=all waits for the ISR (this one replica)".to_owned(),
+        );
+        running.wait_ready()?;
+        Ok(running)
+    }
+
+    fn start_sluice(bin: &Path, setup: &Setup<'_>) -> Result<Running, BenchError> {
+        let shards = cpu_count(&setup.cpus);
+        let native = free_ports(1 + u16::try_from(shards).unwrap_or(64))?;
+        let kafka = free_ports(1)?;
+        let dir = std::env::temp_dir().join(format!("sluice-bench-sluice-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let log = fs::File::create(setup.results.join("sluice.log"))?;
+        let inner = format!(
+            "exec taskset -c {} {} serve --data-dir {} --native-addr 127.0.0.1:{native} --kafka-addr 127.0.0.1:{kafka}",
+            setup.cpus,
+            shell_quote(&bin.display().to_string()),
+            shell_quote(&dir.join("data").display().to_string())
+        );
+        let child = in_cgroup(setup.cgroup, &inner)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pid = child.id();
+        let mut running = Running {
+            broker: Broker::Sluice,
+            bootstrap: format!("127.0.0.1:{kafka}"),
+            pid,
+            settings: vec![
+                format!("{} serve, default sluice.toml (shards = CPUs in the set: {shards}), data in {}", bin.display(), dir.display()),
+                "acks=all: each append is fdatasync'ed before the answer; acks=0/1: flush_ms = 0, so not flushed (a completed direct-I/O write survives a process crash, not a power loss)".to_owned(),
+            ],
+            kafka_stop: None,
+            child: Some(child),
+            data_dir: dir,
+            stopped: false,
+        };
+        running.wait_ready()?;
+        Ok(running)
+    }
+
+    /// Waits (up to 60 s) until the Kafka listener answers ApiVersions.
+    fn wait_ready(&mut self) -> Result<(), BenchError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return Err(BenchError::new(format!(
+                    "{} exited during start-up",
+                    self.broker.name()
+                )));
+            }
+            match conn::connect_stream(&self.bootstrap).and_then(KafkaClient::from_stream) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        self.stop();
+        Err(BenchError::new(format!(
+            "{} not ready within 60 s: {last}",
+            self.broker.name()
+        )))
+    }
+
+    fn alive(&mut self) -> bool {
+        if let Some(child) = &mut self.child {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        if let Some((script, port, dir)) = &self.kafka_stop {
+            let _ = fs::copy(
+                dir.join("kafka.log"),
+                std::env::temp_dir().join("sluice-bench-last-kafka.log"),
+            );
+            let _ = Command::new(script)
+                .args(["stop", "--port", &port.to_string(), "--dir"])
+                .arg(dir)
+                .stdin(Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(dir);
+        }
+        if let Some(child) = &mut self.child {
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill(2) on the pid of our own child, which has not
+                // been reaped yet (try_wait has not returned its status).
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(100));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+            let _ = fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `sh -c 'echo $$ > cgroup.procs; INNER'` (or just INNER without a
+/// cgroup): everything INNER starts is inside the limit.
+fn in_cgroup(cgroup: Option<&MemoryCgroup>, inner: &str) -> Command {
+    let script = match cgroup {
+        Some(c) => format!(
+            "echo $$ > {} && {inner}",
+            shell_quote(&c.procs().display().to_string())
+        ),
+        None => inner.to_owned(),
+    };
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    cmd
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A memory cgroup under this process's own (v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`).
+struct MemoryCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+impl MemoryCgroup {
+    fn create(mib: u64) -> Result<MemoryCgroup, String> {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let name = format!("sluice-bench-{}", std::process::id());
+        let bytes = mib.saturating_mul(1 << 20).to_string();
+        // v2: "0::/path" with a memory controller.
+        for line in own.lines() {
+            let mut f = line.splitn(3, ':');
+            let (id, controllers, path) = (f.next(), f.next(), f.next());
+            let (Some(id), Some(controllers), Some(path)) = (id, controllers, path) else {
+                continue;
+            };
+            let path = path.trim_start_matches('/');
+            let (root, v2) = if id == "0" && controllers.is_empty() {
+                (Path::new("/sys/fs/cgroup").join(path), true)
+            } else if controllers.split(',').any(|c| c == "memory") {
+                (Path::new("/sys/fs/cgroup/memory").join(path), false)
+            } else {
+                continue;
+            };
+            let limit_file = if v2 {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            if v2 {
+                let has_memory = fs::read_to_string(root.join("cgroup.subtree_control"))
+                    .is_ok_and(|s| s.split_whitespace().any(|c| c == "memory"));
+                if !has_memory {
+                    continue;
+                }
+            }
+            let dir = root.join(&name);
+            if fs::create_dir(&dir).is_err() {
+                continue;
+            }
+            if fs::write(dir.join(limit_file), &bytes).is_err() {
+                let _ = fs::remove_dir(&dir);
+                continue;
+            }
+            return Ok(MemoryCgroup { dir, v2 });
+        }
+        Err("no writable memory cgroup (v2 memory.max or v1 memory.limit_in_bytes) under this process's cgroup".to_owned())
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cgroup {} {}",
+            if self.v2 {
+                "v2 memory.max"
+            } else {
+                "v1 memory.limit_in_bytes"
+            },
+            self.dir.display()
+        )
+    }
+
+    fn remove(&self) {
+        // Empty once both brokers are gone; a failure leaves an empty dir.
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+fn find_repo() -> Result<PathBuf, BenchError> {
+    let mut dir = std::env::current_dir()?;
+    for _ in 0..16 {
+        if dir.join("scripts/kafka-peer.sh").exists() {
+            return Ok(dir);
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    Err(BenchError::new(
+        "scripts/kafka-peer.sh not found above the current directory: give --repo",
+    ))
+}
+
+fn all_cpus() -> String {
+    let n = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if n == 1 {
+        "0".to_owned()
+    } else {
+        format!("0-{}", n - 1)
+    }
+}
+
+/// CPUs in a taskset list such as `0-3,6`.
+#[must_use]
+pub fn cpu_count(list: &str) -> u32 {
+    list.split(',')
+        .map(|part| match part.trim().split_once('-') {
+            Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => u32::from(part.trim().parse::<u32>().is_ok()),
+        })
+        .sum::<u32>()
+        .max(1)
+}
+
+/// Sluice's configured memory for buffers: shards x (tail_cache_bytes +
+/// io_memory_bytes), from broker/sluice.toml (the embedded defaults).
+fn sluice_budget(repo: &Path, shards: u32) -> Option<u64> {
+    let text = fs::read_to_string(repo.join("broker/sluice.toml")).ok()?;
+    let tail = toml_int(&text, "tail_cache_bytes")?;
+    let io = toml_int(&text, "io_memory_bytes")?;
+    Some(u64::from(shards) * (tail + io))
+}
+
+#[must_use]
+pub fn toml_int(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().replace('_', "").parse().ok())?
+    })
+}
+
+/// `count` consecutive free loopback ports; returns the first.
+fn free_ports(count: u16) -> Result<u16, BenchError> {
+    for _ in 0..50 {
+        let first = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if u32::from(first) + u32::from(count) + 1 >= 65_535 {
+            continue;
+        }
+        let all_free =
+            (first..first + count + 1).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return Ok(first);
+        }
+    }
+    Err(BenchError::new("no run of free loopback ports found"))
+}
+
+fn proc_cpu(pid: u32) -> CpuTime {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| report::parse_proc_stat(&s))
+        .unwrap_or_default()
+}
+
+fn proc_peak_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// VmHWM (peak resident set) of a /proc/PID/status text, in bytes.
+#[must_use]
+pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS.
+fn proc_reset_peak(pid: u32) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/clear_refs"))?
+        .write_all(b"5")
+}
+
+fn java_version() -> String {
+    Command::new("java")
+        .arg("-version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// Runs `cmd` with its output in `log`, killed after `timeout`.
+fn run_bounded(mut cmd: Command, log: &Path, timeout: Duration) -> Result<String, BenchError> {
+    let file = fs::File::create(log)?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::new(format!(
+                "killed after {}s (see {})",
+                timeout.as_secs(),
+                log.display()
+            )));
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let out = fs::read_to_string(log)?;
+    if !status.success() {
+        return Err(BenchError::new(format!(
+            "exited with {status} (see {})",
+            log.display()
+        )));
+    }
+    Ok(out)
+}
+
+fn run_kafka_tools(script: &Path, running: &Running, setup: &Setup<'_>) -> ToolsRow {
+    let mut row = ToolsRow::default();
+    let name = running.broker.name();
+    let records: u64 = if setup.quick { 200_000 } else { 1_000_000 };
+    let topic = "bench-perf-tools";
+    let classpath = Command::new(script)
+        .arg("classpath")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if let Err(e) = cluster::topic(Protocol::Kafka, &running.bootstrap, topic, Some(8)) {
+        row.error = Some(e.to_string());
+        return row;
+    }
+    let java = |class: &str| {
+        let mut c = Command::new("java");
+        c.args(["-Xmx512m", "-cp", &classpath, class]);
+        c
+    };
+    let cpu_before = proc_cpu(running.pid);
+    let mut producer = java("org.apache.kafka.tools.ProducerPerformance");
+    producer
+        .args(["--topic", topic, "--num-records", &records.to_string()])
+        .args([
+            "--record-size",
+            "1024",
+            "--throughput",
+            "-1",
+            "--producer-props",
+        ])
+        .arg(format!("bootstrap.servers={}", running.bootstrap))
+        .args(["acks=all", "linger.ms=1", "batch.size=262144"]);
+    let timeout = Duration::from_secs(180);
+    let log = setup
+        .results
+        .join(format!("{name}-producer-performance.log"));
+    eprintln!("compare: {name}: ProducerPerformance, {records} x 1 KiB, acks=all");
+    match run_bounded(producer, &log, timeout) {
+        Ok(out) => {
+            row.producer_line = out
+                .lines()
+                .rfind(|l| l.contains("records sent"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            let parsed = parse_producer_performance(&row.producer_line);
+            row.producer_mb_s = parsed.map(|p| p.0);
+            row.producer_p99_ms = parsed.map(|p| p.1);
+            row.producer_p999_ms = parsed.map(|p| p.2);
+        }
+        Err(e) => {
+            row.error = Some(format!("ProducerPerformance: {e}"));
+            row.broker_cpu_s = proc_cpu(running.pid).since(cpu_before).total_s();
+            return row;
+        }
+    }
+    let mut consumer = java("org.apache.kafka.tools.ConsumerPerformance");
+    consumer
+        .args(["--bootstrap-server", &running.bootstrap, "--topic", topic])
+        .args(["--num-records", &records.to_string(), "--timeout", "60000"])
+        .args(["--group", "bench-perf-tools-group"]);
+    let log = setup
+        .results
+        .join(format!("{name}-consumer-performance.log"));
+    eprintln!("compare: {name}: ConsumerPerformance, {records} records");
+    match run_bounded(consumer, &log, timeout) {
+        Ok(out) => {
+            let (line, mb_s) = parse_consumer_performance(&out);
+            row.consumer_line = line;
+            row.consumer_mb_s = mb_s;
+        }
+        Err(e) => row.error = Some(format!("ConsumerPerformance: {e}")),
+    }
+    row.broker_cpu_s = proc_cpu(running.pid).since(cpu_before).total_s();
+    row
+}
+
+/// (MB/s, p99 ms, p99.9 ms) from ProducerPerformance's summary line:
+/// `N records sent, R records/sec (M MB/sec), A ms avg latency, X ms max
+/// latency, P ms 50th, P ms 95th, P ms 99th, P ms 99.9th.`
+#[must_use]
+pub fn parse_producer_performance(line: &str) -> Option<(f64, f64, f64)> {
+    let mb = line
+        .split_once('(')?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let before = |suffix: &str| -> Option<f64> {
+        line.split(',')
+            .find(|part| part.trim().trim_end_matches('.').ends_with(suffix))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((mb, before("ms 99th")?, before("ms 99.9th")?))
+}
+
+/// ConsumerPerformance's CSV result line and its fetch.MB.sec column (the
+/// rate while fetching, without the group join; MB.sec when absent).
+#[must_use]
+pub fn parse_consumer_performance(out: &str) -> (String, Option<f64>) {
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(',')).collect();
+    let Some(h) = lines.iter().rposition(|l| l.contains("MB.sec")) else {
+        return (String::new(), None);
+    };
+    let Some(values) = lines.get(h + 1) else {
+        return (String::new(), None);
+    };
+    let cols: Vec<&str> = lines[h].split(',').map(str::trim).collect();
+    let vals: Vec<&str> = values.split(',').map(str::trim).collect();
+    let mb = cols
+        .iter()
+        .position(|c| *c == "fetch.MB.sec")
+        .or_else(|| cols.iter().position(|c| *c == "MB.sec"))
+        .and_then(|i| vals.get(i))
+        .and_then(|v| v.parse().ok());
+    (values.trim().to_owned(), mb)
+}
+
+struct Summary<'a> {
+    setup: &'a Setup<'a>,
+    workloads: &'a [Workload],
+    runs: &'a [BrokerRun],
+    memory_note: String,
+    budget: Option<u64>,
+    took: Duration,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn ratio(s: Option<f64>, k: Option<f64>) -> String {
+    match (s, k) {
+        (Some(s), Some(k)) if k > 0.0 => format!("{:.2}", s / k),
+        _ => "—".to_owned(),
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+impl Summary<'_> {
+    fn row(&self, broker: Broker, id: &str) -> Option<&Row> {
+        self.runs
+            .iter()
+            .find(|r| r.broker == broker)?
+            .rows
+            .iter()
+            .find(|r| r.workload == id)
+    }
+
+    /// `| workload | metric | Kafka | Sluice | Sluice/Kafka |` rows.
+    fn ratio_lines(&self) -> Vec<[String; 5]> {
+        let mut out = Vec::new();
+        for w in self.workloads {
+            let k = self.row(Broker::Kafka, w.id);
+            let s = self.row(Broker::Sluice, w.id);
+            let fan_out = w.groups > 1;
+            let mut metric = |name: &str,
+                              f: &dyn Fn(&Row) -> Option<f64>,
+                              fmt: &dyn Fn(Option<f64>) -> String| {
+                let kv = k.and_then(f);
+                let sv = s.and_then(f);
+                out.push([
+                    w.id.to_owned(),
+                    name.to_owned(),
+                    fmt(kv),
+                    fmt(sv),
+                    ratio(sv, kv),
+                ]);
+            };
+            let tp_name = if fan_out {
+                "consumed MB/s (all groups)"
+            } else {
+                "produced MB/s"
+            };
+            metric(tp_name, &|r| r.throughput_mb_s(fan_out), &ms);
+            if w.e2e && !fan_out {
+                metric("consumed MB/s", &|r| r.throughput_mb_s(true), &ms);
+            }
+            if w.acks != Acks::None {
+                metric("produce p99 ms", &|r| r.percentile_ms(false, 99.0), &ms);
+                metric("produce p99.9 ms", &|r| r.percentile_ms(false, 99.9), &ms);
+            }
+            if w.e2e {
+                metric("e2e p99 ms", &|r| r.percentile_ms(true, 99.0), &ms);
+                metric("e2e p99.9 ms", &|r| r.percentile_ms(true, 99.9), &ms);
+            }
+            metric("broker CPU s/GB", &Row::cpu_s_per_gb, &ms);
+            metric(
+                "broker peak RSS MiB",
+                &|r| (r.peak_rss_bytes > 0).then(|| r.peak_rss_bytes as f64 / MIB),
+                &|v| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}")),
+            );
+            for (b, r) in [("kafka", k), ("sluice", s)] {
+                if let Some(e) = r.and_then(|r| r.error.as_ref()) {
+                    out.push([
+                        w.id.to_owned(),
+                        format!("{b} ERROR"),
+                        e.clone(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+            }
+        }
+        out
+    }
+
+    fn ratio_table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "{:<4} {:<28} {:>12} {:>12} {:>12}",
+            "wl", "metric", "kafka", "sluice", "sluice/kafka"
+        );
+        for [w, m, k, s, r] in self.ratio_lines() {
+            let _ = writeln!(t, "{w:<4} {m:<28} {k:>12} {s:>12} {r:>12}");
+        }
+        t
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# sluice-bench compare\n");
+        let _ = writeln!(
+            md,
+            "Run {} (took {:.0} s). {} s per workload{}. Brokers on CPUs `{}` (taskset -c); memory limit: {}. \
+             The generator (this process, one thread per producer/consumer) is not pinned and shares those CPUs.\n",
+            utc_now(),
+            self.took.as_secs_f64(),
+            self.setup.duration_s,
+            if self.setup.quick { " (--quick)" } else { "" },
+            self.setup.cpus,
+            self.memory_note
+        );
+        let _ = writeln!(md, "## Machine\n\n```\n{}```\n", machine());
+        let _ = writeln!(md, "## Workloads\n");
+        for w in self.workloads {
+            let _ = writeln!(md, "- **({})** {}", w.id, w.what);
+        }
+        let _ = writeln!(
+            md,
+            "\nAll through `sluice-bench` over the Kafka protocol (Produce v9, Fetch v12 sessionless), 1 producer thread, \
+             batches up to 256 KiB, 8 requests in flight per connection, 1 ms linger at a fixed rate. \
+             Consumer groups are simulated: each group is one consumer thread reading every partition on its own connection, \
+             no group coordinator.\n"
+        );
+        let _ = writeln!(md, "## Ratios (Sluice / Kafka)\n");
+        let _ = writeln!(
+            md,
+            "| workload | metric | Kafka | Sluice | Sluice/Kafka |\n|---|---|---:|---:|---:|"
+        );
+        for [w, m, k, s, r] in self.ratio_lines() {
+            let _ = writeln!(md, "| {w} | {m} | {k} | {s} | {r} |");
+        }
+        if let Some(b) = self.budget {
+            let peak = self
+                .runs
+                .iter()
+                .filter(|r| r.broker == Broker::Sluice)
+                .flat_map(|r| &r.rows)
+                .map(|r| r.peak_rss_bytes)
+                .max()
+                .unwrap_or(0);
+            let _ = writeln!(
+                md,
+                "\nSluice peak RSS over all workloads: {:.0} MiB; configured buffer memory (shards x (tail_cache_bytes + io_memory_bytes)): {:.0} MiB: {}.",
+                peak as f64 / MIB,
+                b as f64 / MIB,
+                if peak <= b { "within" } else { "OVER" }
+            );
+        }
+        let _ = writeln!(md, "\n## Kafka's own perf tools (ProducerPerformance + ConsumerPerformance, 1 KiB, acks=all)\n");
+        let _ = writeln!(md, "| broker | producer MB/s | producer p99 ms | producer p99.9 ms | consumer fetch MB/s | broker CPU s | error |\n|---|---:|---:|---:|---:|---:|---|");
+        for r in self.runs {
+            if let Some(t) = &r.tools {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.1} | {} |",
+                    r.broker.name(),
+                    ms(t.producer_mb_s),
+                    ms(t.producer_p99_ms),
+                    ms(t.producer_p999_ms),
+                    ms(t.consumer_mb_s),
+                    t.broker_cpu_s,
+                    t.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        for r in self.runs {
+            if let Some(t) = &r.tools {
+                let _ = writeln!(
+                    md,
+                    "\n{}: `{}`  \n`{}`",
+                    r.broker.name(),
+                    t.producer_line,
+                    t.consumer_line
+                );
+            }
+        }
+        let _ = writeln!(md, "\n## Per broker\n");
+        for r in self.runs {
+            let _ = writeln!(md, "### {}\n", r.broker.name());
+            if let Some(e) = &r.start_error {
+                let _ = writeln!(md, "Did not start: {e}\n");
+            }
+            for s in &r.settings {
+                let _ = writeln!(md, "- {s}");
+            }
+            let _ = writeln!(md);
+            for row in &r.rows {
+                let _ = writeln!(
+                    md,
+                    "**({})** broker CPU {:.2} s, peak RSS {:.0} MiB, wall {:.1} s{}\n",
+                    row.workload,
+                    row.broker_cpu_s,
+                    row.peak_rss_bytes as f64 / MIB,
+                    row.wall_s,
+                    row.error
+                        .as_ref()
+                        .map(|e| format!(", ERROR: {e}"))
+                        .unwrap_or_default()
+                );
+                if let Some(rep) = &row.report {
+                    let _ = writeln!(md, "```\n{}```\n", rep.table());
+                }
+            }
+        }
+        let _ = writeln!(md, "## Files\n\n`results.json`; `<broker>-<workload>-<produce|e2e>.hgrm` (HdrHistogram percentile distributions, ms); `<workload>-<produce|e2e>.svg` (percentile spectra); `sluice.log`; the perf tools' logs.");
+        md
+    }
+
+    fn json(&self) -> String {
+        let mut runs = Vec::new();
+        for r in self.runs {
+            let rows: Vec<String> = r
+                .rows
+                .iter()
+                .map(|row| {
+                    format!(
+                        "{{\"workload\":\"{}\",\"broker_cpu_s\":{:.3},\"moved_bytes\":{},\"cpu_s_per_gb\":{},\"peak_rss_bytes\":{},\"error\":{},\"result\":{}}}",
+                        row.workload,
+                        row.broker_cpu_s,
+                        row.report.as_ref().map_or(0, |r| r.moved_bytes),
+                        row.cpu_s_per_gb().map_or_else(|| "null".to_owned(), |v| format!("{v:.3}")),
+                        row.peak_rss_bytes,
+                        row.error.as_ref().map_or_else(|| "null".to_owned(), |e| json_str(e)),
+                        row.report.as_ref().map_or_else(|| "null".to_owned(), |r| r.json().trim().to_owned())
+                    )
+                })
+                .collect();
+            let tools =
+                r.tools.as_ref().map_or_else(
+                    || "null".to_owned(),
+                    |t| {
+                        format!(
+                        "{{\"producer\":{},\"consumer\":{},\"broker_cpu_s\":{:.3},\"error\":{}}}",
+                        json_str(&t.producer_line),
+                        json_str(&t.consumer_line),
+                        t.broker_cpu_s,
+                        t.error.as_ref().map_or_else(|| "null".to_owned(), |e| json_str(e))
+                    )
+                    },
+                );
+            runs.push(format!(
+                "{{\"broker\":\"{}\",\"settings\":[{}],\"workloads\":[{}],\"kafka_tools\":{}}}",
+                r.broker.name(),
+                r.settings
+                    .iter()
+                    .map(|s| json_str(s))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                rows.join(","),
+                tools
+            ));
+        }
+        format!(
+            "{{\"date\":{},\"duration_s\":{},\"cpus\":{},\"memory\":{},\"runs\":[{}]}}\n",
+            json_str(&utc_now()),
+            self.setup.duration_s,
+            json_str(&self.setup.cpus),
+            json_str(&self.memory_note),
+            runs.join(",")
+        )
+    }
+
+    fn write_distributions(&self) -> Result<(), BenchError> {
+        let dir = &self.setup.results;
+        for w in self.workloads {
+            for (kind, e2e) in [("produce", false), ("e2e", true)] {
+                let mut series: Vec<(Broker, &Histogram<u64>)> = Vec::new();
+                for b in [Broker::Kafka, Broker::Sluice] {
+                    let h = self
+                        .row(b, w.id)
+                        .and_then(|r| r.report.as_ref())
+                        .and_then(|r| {
+                            if e2e {
+                                r.end_to_end_us.as_ref()
+                            } else {
+                                r.produce_ack_us.as_ref()
+                            }
+                        });
+                    if let Some(h) = h.filter(|h| !h.is_empty()) {
+                        fs::write(
+                            dir.join(format!("{}-{}-{kind}.hgrm", b.name(), w.id)),
+                            plot::hgrm(h),
+                        )?;
+                        series.push((b, h));
+                    }
+                }
+                if series.is_empty() {
+                    continue;
+                }
+                let lines: Vec<Series<'_>> = series
+                    .iter()
+                    .map(|(b, h)| Series {
+                        label: b.name(),
+                        colour: if *b == Broker::Kafka {
+                            "#c0392b"
+                        } else {
+                            "#2c6fbb"
+                        },
+                        histogram: h,
+                    })
+                    .collect();
+                let title = format!("({}) {kind} latency: {}", w.id, w.what);
+                fs::write(
+                    dir.join(format!("{}-{kind}.svg", w.id)),
+                    plot::spectrum_svg(&title, &lines),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `nproc`, `free -h`, `df -h` of the temp dir, the CPU model.
+fn machine() -> String {
+    let mut out = String::new();
+    for (cmd, args) in [
+        ("nproc", vec![]),
+        ("free", vec!["-h"]),
+        ("df", vec!["-h", "/tmp"]),
+        (
+            "sh",
+            vec!["-c", "grep -m1 'model name' /proc/cpuinfo; uname -r"],
+        ),
+    ] {
+        if let Ok(o) = Command::new(cmd).args(&args).output() {
+            let _ = writeln!(out, "$ {cmd} {}", args.join(" "));
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_count() {
+        assert_eq!(cpu_count("0-1"), 2);
+        assert_eq!(cpu_count("0-3,6"), 5);
+        assert_eq!(cpu_count("2"), 1);
+        assert_eq!(cpu_count("junk"), 1);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_bytes() {
+        let status = "Name:\tsluice\nVmPeak:\t 100 kB\nVmHWM:\t   2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("Name: x\n"), None);
+    }
+
+    #[test]
+    fn toml_ints_are_found() {
+        let t = "# x\ntail_cache_bytes = 67108864\nio_memory_bytes = 10_485_760\n";
+        assert_eq!(toml_int(t, "tail_cache_bytes"), Some(67_108_864));
+        assert_eq!(toml_int(t, "io_memory_bytes"), Some(10_485_760));
+        assert_eq!(toml_int(t, "missing"), None);
+    }
+
+    #[test]
+    fn producer_performance_summary_parses() {
+        let line =
+            "200000 records sent, 52410.1 records/sec (51.18 MB/sec), 310.2 ms avg latency, \
+                    812.0 ms max latency, 290 ms 50th, 600 ms 95th, 700 ms 99th, 790 ms 99.9th.";
+        assert_eq!(
+            parse_producer_performance(line),
+            Some((51.18, 700.0, 790.0))
+        );
+        assert_eq!(parse_producer_performance("garbage"), None);
+    }
+
+    #[test]
+    fn consumer_performance_csv_parses() {
+        let out =
+            "noise\nstart.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg\n\
+                   2025-01-01 00:00:00:000, 2025-01-01 00:00:02:000, 195.3, 97.65, 200000\n";
+        let (line, mb) = parse_consumer_performance(out);
+        assert_eq!(mb, Some(97.65));
+        assert!(line.ends_with("200000"));
+        assert_eq!(parse_consumer_performance("none").1, None);
+    }
+
+    #[test]
+    fn the_matrix_holds_issue_4s_workloads() {
+        let m = matrix(true);
+        let ids: Vec<&str> = m.iter().map(|w| w.id).collect();
+        assert_eq!(ids, ["a", "a1", "b", "c", "d", "e"]);
+        assert!(m.iter().any(|w| w.partitions == 1000));
+        assert!(m.iter().any(|w| w.groups == 4));
+        let b = &m[2];
+        assert!((b.rate * 1024.0 - 50e6).abs() < 1.0);
+        assert_eq!(ratio(Some(2.0), Some(4.0)), "0.50");
+        assert_eq!(ratio(Some(2.0), None), "—");
+    }
+}

@@ -1,0 +1,373 @@
+//! A compact blocking Kafka-protocol client over `std::net`, with the
+//! `kafka-protocol` crate's codecs: just what the generator needs
+//! (ApiVersions, Metadata, CreateTopics, Produce v9, Fetch v12 sessionless,
+//! ListOffsets), with requests pipelined on one connection.
+//!
+//! Like the native client it reads straight from the socket (no user-space
+//! read-ahead), so "the socket is readable" means "the next response has
+//! started to arrive" and one thread can wait on many connections with
+//! `ppoll`. Kafka answers the requests of one connection in order, so the
+//! answer to read next is always the oldest one in flight.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
+    CreateTopicsResponse, FetchResponse, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use crate::error::BenchError;
+
+/// The versions this client speaks: (API, lowest acceptable, preferred).
+/// Produce and Fetch are pinned (v9: flexible, no topic ids; v12: the last
+/// by-name Fetch with sessions); the others take the broker's highest up to
+/// the preferred one.
+const WANTED: [(ApiKey, i16, i16); 5] = [
+    (ApiKey::Produce, 9, 9),
+    (ApiKey::Fetch, 12, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::CreateTopics, 2, 7),
+];
+const API_VERSIONS_VERSION: i16 = 3;
+/// The largest response accepted (a fetch of many partitions can be big).
+const RESPONSE_BYTES_MAX: usize = 512 * 1024 * 1024;
+const CLIENT_ID: &str = "sluice-bench";
+/// How long a blocking read or write may stall before the run fails.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Negotiated versions, per API in [`WANTED`] order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Versions {
+    pub produce: i16,
+    pub fetch: i16,
+    pub list_offsets: i16,
+    pub metadata: i16,
+    pub create_topics: i16,
+}
+
+/// The version to use of each wanted API, given the broker's ranges
+/// `(api_key, min, max)`; an error names the first API with no overlap.
+pub fn negotiate(broker: &[(i16, i16, i16)]) -> Result<Versions, BenchError> {
+    let mut picked = [0i16; WANTED.len()];
+    for (slot, (key, lowest, preferred)) in picked.iter_mut().zip(WANTED) {
+        let k = key as i16;
+        let Some(&(_, min, max)) = broker.iter().find(|(b, _, _)| *b == k) else {
+            return Err(BenchError::new(format!(
+                "the broker does not offer {key:?} (API key {k})"
+            )));
+        };
+        let v = preferred.min(max);
+        if v < lowest || v < min {
+            return Err(BenchError::new(format!(
+                "no common {key:?} version: the broker offers {min}..={max}, this client {lowest}..={preferred}"
+            )));
+        }
+        *slot = v;
+    }
+    Ok(Versions {
+        produce: picked[0],
+        fetch: picked[1],
+        list_offsets: picked[2],
+        metadata: picked[3],
+        create_topics: picked[4],
+    })
+}
+
+pub struct KafkaClient {
+    stream: TcpStream,
+    correlation_next: i32,
+    /// (correlation id, API, version) of each request awaiting an answer.
+    in_flight: VecDeque<(i32, ApiKey, i16)>,
+    pub versions: Versions,
+}
+
+/// A decoded response.
+pub enum Response {
+    Produce(ProduceResponse),
+    Fetch(FetchResponse),
+    ListOffsets(ListOffsetsResponse),
+    Metadata(MetadataResponse),
+    CreateTopics(CreateTopicsResponse),
+}
+
+fn codec_error(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::new(format!("{what}: {e}"))
+}
+
+impl KafkaClient {
+    /// Takes a connected stream and negotiates versions with ApiVersions.
+    pub fn from_stream(stream: TcpStream) -> Result<KafkaClient, BenchError> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut client = KafkaClient {
+            stream,
+            correlation_next: 1,
+            in_flight: VecDeque::new(),
+            versions: Versions::default(),
+        };
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        client.send_raw(ApiKey::ApiVersions, API_VERSIONS_VERSION, &request)?;
+        let mut body = client.read_frame()?;
+        client.in_flight.pop_front();
+        // The ApiVersions response header is v0 whatever the version.
+        ResponseHeader::decode(&mut body, 0).map_err(|e| codec_error("ApiVersions header", e))?;
+        let response = ApiVersionsResponse::decode(&mut body, API_VERSIONS_VERSION)
+            .map_err(|e| codec_error("ApiVersions response", e))?;
+        if response.error_code != 0 {
+            return Err(BenchError::new(format!(
+                "ApiVersions failed with error {}",
+                response.error_code
+            )));
+        }
+        let ranges: Vec<(i16, i16, i16)> = response
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, k.min_version, k.max_version))
+            .collect();
+        client.versions = negotiate(&ranges)?;
+        Ok(client)
+    }
+
+    fn version_of(&self, key: ApiKey) -> i16 {
+        match key {
+            ApiKey::Produce => self.versions.produce,
+            ApiKey::Fetch => self.versions.fetch,
+            ApiKey::ListOffsets => self.versions.list_offsets,
+            ApiKey::Metadata => self.versions.metadata,
+            ApiKey::CreateTopics => self.versions.create_topics,
+            _ => 0,
+        }
+    }
+
+    fn send_raw<M: Encodable + HeaderVersion>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        body: &M,
+    ) -> Result<(), BenchError> {
+        let correlation = self.correlation_next;
+        self.correlation_next = correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation)
+            .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[0; 4]);
+        header
+            .encode(&mut buf, M::header_version(version))
+            .map_err(|e| codec_error("encoding a request header", e))?;
+        body.encode(&mut buf, version)
+            .map_err(|e| codec_error("encoding a request", e))?;
+        let len = i32::try_from(buf.len() - 4)
+            .map_err(|_| BenchError::new("a request larger than 2 GiB"))?;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&buf)?;
+        self.in_flight.push_back((correlation, key, version));
+        Ok(())
+    }
+
+    /// Sends a request of the kind `key`; the answer comes from [`recv`].
+    ///
+    /// [`recv`]: KafkaClient::recv
+    pub fn send<M: Encodable + HeaderVersion>(
+        &mut self,
+        key: ApiKey,
+        body: &M,
+    ) -> Result<(), BenchError> {
+        let version = self.version_of(key);
+        self.send_raw(key, version, body)
+    }
+
+    /// Sends a produce with acks=0: the broker sends no answer.
+    pub fn send_unanswered(&mut self, body: &ProduceRequest) -> Result<(), BenchError> {
+        self.send(ApiKey::Produce, body)?;
+        self.in_flight.pop_back();
+        Ok(())
+    }
+
+    fn read_frame(&mut self) -> Result<Bytes, BenchError> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = usize::try_from(i32::from_be_bytes(len))
+            .map_err(|_| BenchError::new("a negative response length"))?;
+        if len > RESPONSE_BYTES_MAX {
+            return Err(BenchError::new(format!(
+                "a response of {len} bytes (more than {RESPONSE_BYTES_MAX})"
+            )));
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Reads the answer to the oldest request in flight.
+    pub fn recv(&mut self) -> Result<Response, BenchError> {
+        let Some(&(correlation, key, version)) = self.in_flight.front() else {
+            return Err(BenchError::new("reading a response with none in flight"));
+        };
+        let mut body = self.read_frame()?;
+        self.in_flight.pop_front();
+        let header_version = match key {
+            ApiKey::Produce => ProduceResponse::header_version(version),
+            ApiKey::Fetch => FetchResponse::header_version(version),
+            ApiKey::ListOffsets => ListOffsetsResponse::header_version(version),
+            ApiKey::Metadata => MetadataResponse::header_version(version),
+            _ => CreateTopicsResponse::header_version(version),
+        };
+        let header = ResponseHeader::decode(&mut body, header_version)
+            .map_err(|e| codec_error("a response header", e))?;
+        if header.correlation_id != correlation {
+            return Err(BenchError::new(format!(
+                "response to correlation id {} where {correlation} was next",
+                header.correlation_id
+            )));
+        }
+        let what = |e| codec_error(&format!("a {key:?} v{version} response"), e);
+        Ok(match key {
+            ApiKey::Produce => {
+                Response::Produce(ProduceResponse::decode(&mut body, version).map_err(what)?)
+            }
+            ApiKey::Fetch => {
+                Response::Fetch(FetchResponse::decode(&mut body, version).map_err(what)?)
+            }
+            ApiKey::ListOffsets => Response::ListOffsets(
+                ListOffsetsResponse::decode(&mut body, version).map_err(what)?,
+            ),
+            ApiKey::Metadata => {
+                Response::Metadata(MetadataResponse::decode(&mut body, version).map_err(what)?)
+            }
+            _ => Response::CreateTopics(
+                CreateTopicsResponse::decode(&mut body, version).map_err(what)?,
+            ),
+        })
+    }
+
+    /// Metadata for `topics`, without asking the broker to create them.
+    pub fn metadata(&mut self, topics: &[&str]) -> Result<MetadataResponse, BenchError> {
+        let list = topics
+            .iter()
+            .map(|t| {
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(topic_name(t)))
+            })
+            .collect();
+        let request = MetadataRequest::default()
+            .with_topics(Some(list))
+            .with_allow_auto_topic_creation(false);
+        self.send(ApiKey::Metadata, &request)?;
+        match self.recv()? {
+            Response::Metadata(r) => Ok(r),
+            _ => Err(BenchError::new("Metadata answered with another response")),
+        }
+    }
+
+    /// Creates `name` with `partitions` partitions and the broker's default
+    /// replication factor; "already exists" counts as success.
+    pub fn create_topic(&mut self, name: &str, partitions: u32) -> Result<(), BenchError> {
+        let topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
+            .with_replication_factor(-1);
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![topic])
+            .with_timeout_ms(60_000);
+        self.send(ApiKey::CreateTopics, &request)?;
+        let Response::CreateTopics(r) = self.recv()? else {
+            return Err(BenchError::new(
+                "CreateTopics answered with another response",
+            ));
+        };
+        match r.topics.first() {
+            Some(t) if t.error_code == 0 || t.error_code == TOPIC_ALREADY_EXISTS => Ok(()),
+            Some(t) => Err(BenchError::new(format!(
+                "creating topic {name}: error {}{}",
+                t.error_code,
+                t.error_message
+                    .as_ref()
+                    .map(|m| format!(": {}", m.as_str()))
+                    .unwrap_or_default()
+            ))),
+            None => Err(BenchError::new(format!("creating topic {name}: no result"))),
+        }
+    }
+}
+
+/// Kafka's error code for "the topic already exists".
+pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+
+pub fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+pub fn broker_id(id: i32) -> BrokerId {
+    BrokerId(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(min: i16, max: i16) -> Vec<(i16, i16, i16)> {
+        [0i16, 1, 2, 3, 19].iter().map(|&k| (k, min, max)).collect()
+    }
+
+    #[test]
+    fn versions_take_the_highest_common_one() {
+        let v = negotiate(&all(0, 17)).expect("common versions");
+        assert_eq!(
+            v,
+            Versions {
+                produce: 9,
+                fetch: 12,
+                list_offsets: 7,
+                metadata: 12,
+                create_topics: 7
+            }
+        );
+        let mut older = all(0, 17);
+        older[3] = (3, 0, 4); // Metadata up to v4 only
+        assert_eq!(negotiate(&older).map(|v| v.metadata).ok(), Some(4));
+    }
+
+    #[test]
+    fn versions_without_overlap_are_an_error() {
+        let mut no_fetch12 = all(0, 17);
+        no_fetch12[1] = (1, 0, 11);
+        let e = negotiate(&no_fetch12).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("Fetch")));
+        let missing: Vec<_> = all(0, 17).into_iter().filter(|r| r.0 != 19).collect();
+        assert!(negotiate(&missing).is_err());
+    }
+
+    #[test]
+    fn a_produce_request_encodes_with_its_header() {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        let data = PartitionProduceData::default()
+            .with_index(3)
+            .with_records(Some(Bytes::from_static(b"abc")));
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name("t"))
+                .with_partition_data(vec![data])]);
+        let mut buf = BytesMut::new();
+        request.encode(&mut buf, 9).expect("encodes");
+        let mut bytes = buf.freeze();
+        let back = ProduceRequest::decode(&mut bytes, 9).expect("decodes");
+        assert_eq!(back.acks, -1);
+        assert_eq!(back.topic_data[0].partition_data[0].index, 3);
+        assert_eq!(ProduceRequest::header_version(9), 2);
+    }
+}
