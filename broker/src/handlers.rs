@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_channel::oneshot;
 use sluice_protocol::native::{
     Acks, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse, ListOffsetsPartition,
@@ -136,7 +135,7 @@ pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceRe
             if owner == shard.id {
                 return Some(shard.local_produce(durability, group).await);
             }
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = crate::router::reply_channel();
             let sent = shard
                 .send(
                     owner,
@@ -183,7 +182,7 @@ pub(crate) async fn fetch_once(
             if owner == shard.id {
                 return Some(shard.local_fetch(group).await);
             }
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = crate::router::reply_channel();
             if shard
                 .send(
                     owner,
@@ -283,7 +282,7 @@ pub(crate) async fn wait_for_append(
             if owner == shard.id {
                 shard.local_watch(group, timeout).await;
             } else {
-                let (reply, answer) = oneshot::channel();
+                let (reply, answer) = crate::router::reply_channel();
                 let msg = ShardMsg::WatchAppend {
                     parts: group,
                     timeout,
@@ -319,7 +318,7 @@ pub(crate) async fn list_offsets(
             if owner == shard.id {
                 return Some(shard.local_list_offsets(group).await);
             }
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = crate::router::reply_channel();
             if shard
                 .send(
                     owner,
@@ -362,7 +361,7 @@ pub(crate) async fn create_topics(
         };
     }
     let names: Vec<String> = req.topics.iter().map(|t| t.name.clone()).collect();
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     let topics = match shard
         .send(
             0,
@@ -391,7 +390,7 @@ pub(crate) async fn delete_topics(
         };
     }
     let names = req.names.clone();
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     let topics = match shard
         .send(
             0,

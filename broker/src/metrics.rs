@@ -12,7 +12,6 @@
 
 use std::rc::Rc;
 
-use futures_channel::oneshot;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
@@ -80,7 +79,7 @@ async fn scrape(shard: Rc<Shard>, mut stream: TcpStream) {
 async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
     let mut out = vec![(shard.id, shard.local_metrics())];
     for to in (0..shard.count).filter(|s| *s != shard.id) {
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = crate::router::reply_channel();
         if shard.send(to, ShardMsg::Metrics { reply }).await {
             if let Ok(m) = answer.await {
                 out.push((to, m));

@@ -218,6 +218,8 @@ async fn run_shard(
         return;
     };
     let id = senders.peer_id() as u32;
+    let senders = Rc::new(senders);
+    crate::router::install(id, senders.clone());
     let shard = match start_shard(config, generation, cluster_id, senders, id).await {
         Ok(s) => s,
         Err(error) => {
@@ -232,7 +234,12 @@ async fn run_shard(
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Some(msg) = receiver.recv().await {
-                glommio::spawn_local(shard.clone().handle_msg(msg)).detach();
+                match msg {
+                    ShardMsg::Reply { id, value } => crate::router::deliver(id, value),
+                    msg => {
+                        glommio::spawn_local(shard.clone().handle_msg(msg)).detach();
+                    }
+                }
             }
         })
         .detach();
@@ -270,7 +277,7 @@ async fn start_shard(
     config: Config,
     generation: i32,
     cluster_id: String,
-    peers: glommio::channels::channel_mesh::Senders<ShardMsg>,
+    peers: Rc<glommio::channels::channel_mesh::Senders<ShardMsg>>,
     id: u32,
 ) -> Result<Rc<Shard>, String> {
     let data_dir = config.broker.data_dir.clone();
@@ -292,7 +299,7 @@ async fn start_shard(
         store,
         groups,
         topics: RefCell::new(topics),
-        peers,
+        peers: peers.clone(),
         epochs: RefCell::new(HashMap::new()),
         connections: Cell::new(0),
         in_flight: Cell::new(0),

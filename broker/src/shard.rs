@@ -51,7 +51,7 @@ pub struct Shard {
     /// The consumer groups whose `__consumer_offsets` partition this shard owns.
     pub groups: Rc<GroupCoordinator>,
     pub topics: RefCell<TopicTable>,
-    pub peers: Senders<ShardMsg>,
+    pub peers: Rc<Senders<ShardMsg>>,
     pub epochs: RefCell<HashMap<(String, u32), EpochHistory>>,
     pub connections: Cell<usize>,
     pub in_flight: Cell<usize>,
@@ -364,7 +364,7 @@ impl Shard {
             errors.push(e);
         }
         for to in (0..self.count).filter(|s| *s != self.id) {
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = crate::router::reply_channel();
             let msg = ShardMsg::TopicCreated {
                 meta: meta.clone(),
                 reply,
@@ -441,7 +441,7 @@ impl Shard {
             errors.push(e);
         }
         for to in (0..self.count).filter(|s| *s != self.id) {
-            let (reply, answer) = oneshot::channel();
+            let (reply, answer) = crate::router::reply_channel();
             if !self
                 .send(
                     to,
@@ -513,7 +513,7 @@ impl Shard {
             }
             self.apply_topic_deleted(&name).await;
             for to in (0..self.count).filter(|s| *s != self.id) {
-                let (reply, answer) = oneshot::channel();
+                let (reply, answer) = crate::router::reply_channel();
                 if self
                     .send(
                         to,
@@ -564,6 +564,7 @@ impl Shard {
                 self.local_watch(parts, timeout).await;
                 let _ = reply.send(());
             }
+            ShardMsg::Reply { id, value } => crate::router::deliver(id, value),
             ShardMsg::Metrics { reply } => {
                 let _ = reply.send(self.local_metrics());
             }

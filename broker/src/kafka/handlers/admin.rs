@@ -6,7 +6,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_records_response::{
@@ -168,7 +167,7 @@ pub async fn alter_topic(
     if shard.id == 0 {
         return shard.controller_alter(name, change, validate_only).await;
     }
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     let msg = ShardMsg::AlterTopic {
         name: name.to_string(),
         change,
@@ -262,7 +261,7 @@ async fn delete_one(
     if owner == shard.id {
         return shard.local_delete_records(topic, partition, offset).await;
     }
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     let msg = ShardMsg::DeleteRecords {
         topic: topic.to_string(),
         partition,

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -110,7 +109,7 @@ async fn run_on(
     if owner == shard.id {
         return Ok(shard.groups.handle(request).await);
     }
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     if !shard.send(owner, ShardMsg::Group { request, reply }).await {
         return Err(format!("coordinator shard {owner} is not running"));
     }

@@ -6,7 +6,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_channel::oneshot;
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
@@ -66,7 +65,7 @@ async fn end_offset(
     if owner == shard.id {
         return shard.local_epoch_end(topic, partition, epoch);
     }
-    let (reply, answer) = oneshot::channel();
+    let (reply, answer) = crate::router::reply_channel();
     let msg = ShardMsg::EpochEnd {
         topic: topic.to_string(),
         partition,
