@@ -39,6 +39,7 @@ pub struct BrokerSection {
     pub max_in_flight_per_connection: usize,
     pub tail_cache_bytes: usize,
     pub io_memory_bytes: usize,
+    pub spin_before_park_us: u64,
     pub retention_check_interval_ms: u64,
     pub cleaner_interval_ms: u64,
     pub shutdown_timeout_ms: u64,

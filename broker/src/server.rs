@@ -78,6 +78,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(config.broker.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(config.broker.spin_before_park_us))
             .spawn(move || run_shard(config, generation, cluster_id, mesh, stop, events))
             .map_err(|e| format!("cannot start shard executor {i}: {e}"))?;
         handles.push(handle);
