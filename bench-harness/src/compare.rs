@@ -516,7 +516,8 @@ impl Running {
     fn start_sluice(bin: &Path, setup: &Setup<'_>) -> Result<Running, BenchError> {
         let shards = cpu_count(&setup.cpus);
         let native = free_ports(1 + u16::try_from(shards).unwrap_or(64))?;
-        let kafka = free_ports(1)?;
+        // The Kafka port, then one per shard (each shard is a Kafka broker).
+        let kafka = free_ports(1 + u16::try_from(shards).unwrap_or(64))?;
         let dir = std::env::temp_dir().join(format!("sluice-bench-sluice-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;

@@ -27,6 +27,8 @@ pub struct BrokerSection {
     pub native_shard_port_base: u16,
     pub advertised_host: String,
     pub kafka_addr: String,
+    pub kafka_shard_brokers: bool,
+    pub kafka_shard_port_base: u16,
     pub metrics_addr: String,
     pub auto_create_topics: bool,
     pub default_partitions: u32,

@@ -20,7 +20,7 @@ use crate::kafka::group::{GroupConfig, GroupCoordinator, OffsetsStore};
 use crate::kafka::offsets_log::ShardOffsetsLog;
 use crate::preflight;
 use crate::router::{ShardMsg, SHARD_CHANNEL_DEPTH};
-use crate::shard::{shard_port, Shard};
+use crate::shard::{kafka_shard_port, shard_port, Shard};
 use crate::topics;
 
 /// What a shard tells the main thread as it starts.
@@ -50,6 +50,13 @@ pub fn serve(mut config: Config) -> Result<(), String> {
             SocketAddr::new(native.ip(), port),
             format!("shard {id} listener"),
         ));
+        if config.broker.kafka_shard_brokers {
+            let port = kafka_shard_port(&config, id);
+            addrs.push((
+                SocketAddr::new(kafka.ip(), port),
+                format!("shard {id} Kafka listener"),
+            ));
+        }
     }
     if let Some(addr) = config.metrics_socket_addr()? {
         addrs.push((addr, "metrics listener".into()));
@@ -334,11 +341,15 @@ fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
     let native = shard.config.native_socket_addr()?;
     let own = SocketAddr::new(native.ip(), shard.shard_port(shard.id));
     let kafka = shard.config.kafka_socket_addr()?;
-    let listeners: [(SocketAddr, crate::native::ServeFn); 3] = [
+    let mut listeners: Vec<(SocketAddr, crate::native::ServeFn)> = vec![
         (native, crate::native::serve_native),
         (own, crate::native::serve_native),
         (kafka, crate::kafka::serve_kafka),
     ];
+    if shard.config.broker.kafka_shard_brokers {
+        let own_kafka = SocketAddr::new(kafka.ip(), kafka_shard_port(&shard.config, shard.id));
+        listeners.push((own_kafka, crate::kafka::serve_kafka));
+    }
     for (addr, serve) in listeners {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;

@@ -69,6 +69,46 @@ impl Shard {
         self.cluster_id.clone()
     }
 
+    /// The Kafka broker id that leads the partitions of shard `id`: one per
+    /// shard with `kafka_shard_brokers`, else the node's own id.
+    pub fn kafka_broker_id(&self, id: u32) -> i32 {
+        let node = self.config.broker.node_id;
+        match self.config.broker.kafka_shard_brokers {
+            true => node.saturating_mul(1024).saturating_add(id as i32),
+            false => node,
+        }
+    }
+
+    /// Every Kafka broker this node advertises: (id, host, port).
+    pub fn kafka_brokers(&self) -> Vec<(i32, String, u16)> {
+        let (host, port) = self.kafka_advertised();
+        match self.config.broker.kafka_shard_brokers {
+            true => (0..self.count)
+                .map(|s| {
+                    (
+                        self.kafka_broker_id(s),
+                        host.clone(),
+                        kafka_shard_port(&self.config, s),
+                    )
+                })
+                .collect(),
+            false => vec![(self.kafka_broker_id(0), host, port)],
+        }
+    }
+
+    /// The Kafka broker (id, host, port) that leads shard `id`'s partitions.
+    pub fn kafka_broker_of(&self, id: u32) -> (i32, String, u16) {
+        let (host, port) = self.kafka_advertised();
+        match self.config.broker.kafka_shard_brokers {
+            true => (
+                self.kafka_broker_id(id),
+                host,
+                kafka_shard_port(&self.config, id),
+            ),
+            false => (self.kafka_broker_id(0), host, port),
+        }
+    }
+
     /// The host and port Kafka clients are told to connect to.
     pub fn kafka_advertised(&self) -> (String, u16) {
         let port = self.config.kafka_socket_addr().map_or(9092, |a| a.port());
@@ -616,6 +656,18 @@ impl Shard {
             }
         }
     }
+}
+
+/// The port on which shard `id` serves the Kafka protocol alone.
+pub fn kafka_shard_port(config: &Config, id: u32) -> u16 {
+    let base = match config.broker.kafka_shard_port_base {
+        0 => config
+            .kafka_socket_addr()
+            .map_or(9092, |a| a.port())
+            .saturating_add(1),
+        b => b,
+    };
+    base.saturating_add(id as u16)
 }
 
 /// The port on which shard `id` listens alone.

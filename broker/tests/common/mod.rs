@@ -22,7 +22,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub config: PathBuf,
     pub native_port: u16,
-    /// The Kafka listener; the metrics listener is the port after it.
+    /// The Kafka listener; the metrics listener is the port after it, and
+    /// each shard's own Kafka port follows (up to 8 shards).
     pub kafka_port: u16,
     pub shard_port_base: u16,
     pub shards: u32,
@@ -57,7 +58,7 @@ impl Broker {
     /// Starts a broker; `extra_toml` is appended to its config file.
     pub fn start_with(data_dir: &Path, shards: u32, extra_toml: &str) -> Broker {
         // Room for restarts with up to 8 shards.
-        let base = free_ports(11);
+        let base = free_ports(20);
         let config = data_dir.with_extension("toml");
         let mut b = Broker {
             child: None,
@@ -78,12 +79,14 @@ impl Broker {
         let text = format!(
             "[broker]\nnative_addr = \"127.0.0.1:{}\"\nnative_shard_port_base = {}\n\
              kafka_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
+             kafka_shard_port_base = {}\n\
              tail_cache_bytes = 8388608\nio_memory_bytes = 4194304\nshutdown_timeout_ms = 5000\n{}\n\
              [log]\n{}\n",
             self.native_port,
             self.shard_port_base,
             self.kafka_port,
             self.kafka_port + 1,
+            self.kafka_port + 2,
             broker_extra,
             log_extra
         );

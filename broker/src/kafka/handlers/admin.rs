@@ -278,15 +278,19 @@ async fn delete_one(
 
 pub fn describe_cluster(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
     let _: DescribeClusterRequest = decode(req)?;
-    let node = BrokerId(shard.config.broker.node_id);
-    let (host, port) = shard.kafka_advertised();
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(node)
-        .with_host(StrBytes::from_string(host))
-        .with_port(i32::from(port));
+    let brokers = shard
+        .kafka_brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
     let resp = DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(shard.cluster_id()))
-        .with_controller_id(node)
-        .with_brokers(vec![broker]);
+        .with_controller_id(BrokerId(shard.kafka_broker_id(0)))
+        .with_brokers(brokers);
     respond(req, &resp)
 }

@@ -17,10 +17,20 @@ const KEY_TYPE_GROUP: i8 = 0;
 /// COORDINATOR_NOT_AVAILABLE: the answer for transaction coordinators.
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 
+/// The broker (shard) that coordinates `group`.
+fn coordinator_of(shard: &Shard, group: &str) -> (i32, String, u16) {
+    shard.kafka_broker_of(crate::kafka::handlers::groups::coordinator_shard(
+        shard, group,
+    ))
+}
+
 pub fn handle(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
     let r: FindCoordinatorRequest = decode(req)?;
-    let (host, port) = shard.kafka_advertised();
-    let node = BrokerId(shard.config.broker.node_id);
+    let (id, host, port) = match r.key_type {
+        KEY_TYPE_GROUP => coordinator_of(shard, r.key.as_str()),
+        _ => shard.kafka_broker_of(0),
+    };
+    let node = BrokerId(id);
     let error = match r.key_type {
         KEY_TYPE_GROUP => ErrorCode::NONE.0,
         _ => COORDINATOR_NOT_AVAILABLE,
@@ -35,10 +45,14 @@ pub fn handle(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, S
         resp.coordinators = keys
             .into_iter()
             .map(|key| {
+                let (id, host, port) = match r.key_type {
+                    KEY_TYPE_GROUP => coordinator_of(shard, key.as_str()),
+                    _ => shard.kafka_broker_of(0),
+                };
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(node)
-                    .with_host(StrBytes::from_string(host.clone()))
+                    .with_node_id(BrokerId(id))
+                    .with_host(StrBytes::from_string(host))
                     .with_port(i32::from(port))
                     .with_error_code(error)
             })

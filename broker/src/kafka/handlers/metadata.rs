@@ -35,12 +35,17 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
     if auto_create {
         create_missing(shard, wanted.as_deref().unwrap_or(&[])).await;
     }
-    let node = BrokerId(shard.config.broker.node_id);
-    let (host, port) = shard.kafka_advertised();
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(node)
-        .with_host(StrBytes::from_string(host))
-        .with_port(i32::from(port));
+    let node = BrokerId(shard.kafka_broker_id(0));
+    let brokers = shard
+        .kafka_brokers()
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(host))
+                .with_port(i32::from(port))
+        })
+        .collect();
     let v = req.version;
     let topics = match wanted {
         None => shard
@@ -52,7 +57,7 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
         Some(w) => w.iter().map(|w| wanted_topic(shard, w, v)).collect(),
     };
     let mut resp = MetadataResponse::default()
-        .with_brokers(vec![broker])
+        .with_brokers(brokers)
         .with_topics(topics);
     if v >= 1 {
         resp.controller_id = node;
@@ -117,9 +122,9 @@ fn unknown(name: Option<String>, id: uuid::Uuid) -> MetadataResponseTopic {
 /// A topic as `version` can carry it (the codec refuses fields a version
 /// lacks: leader epochs from v7, internal flags from v1, ids from v10).
 fn topic(shard: &Shard, meta: &TopicMeta, version: i16) -> MetadataResponseTopic {
-    let node = BrokerId(shard.config.broker.node_id);
     let partitions = (0..meta.partitions)
         .map(|p| {
+            let node = BrokerId(shard.kafka_broker_id(shard.owner(&meta.name, p)));
             let mut part = MetadataResponsePartition::default()
                 .with_partition_index(p as i32)
                 .with_leader_id(node)
