@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sluice_protocol::native::{
     Acks, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse, ListOffsetsPartition,
+    FetchPartition, FetchPartitionResponse, FetchRequest, FetchResponse,
     ListOffsetsPartitionResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
     MetadataResponse, PartitionMetadata, ProducePartitionResponse, ProduceRequest, ProduceResponse,
     Request, Response, ResponseBody, ShardAddress, TopicMetadata, TopicResult,
@@ -105,6 +105,41 @@ fn reassemble<T>(
         .collect()
 }
 
+/// Splits `items` by owning shard, runs every owner's part at once (`run`
+/// does it in place for this shard and over the mesh for others), and puts
+/// the answers back in request order; an owner that did not answer gives
+/// `missing(i)` for each of its items.
+async fn scatter_gather<P, R, F, Fut>(
+    shard: &Rc<Shard>,
+    items: Vec<P>,
+    key: impl Fn(&P) -> (&str, u32),
+    run: F,
+    missing: impl Fn(usize) -> R,
+) -> Vec<R>
+where
+    P: 'static,
+    R: 'static,
+    F: Fn(Rc<Shard>, u32, Vec<P>) -> Fut,
+    Fut: std::future::Future<Output = Option<Vec<R>>> + 'static,
+{
+    let n = items.len();
+    let groups = by_owner(shard, &items, key);
+    let mut slots: Vec<Option<P>> = items.into_iter().map(Some).collect();
+    let mut tasks = Vec::with_capacity(groups.len());
+    for (owner, indexes) in groups {
+        let group: Vec<P> = indexes.iter().filter_map(|i| slots[*i].take()).collect();
+        tasks.push((
+            indexes,
+            glommio::spawn_local(run(shard.clone(), owner, group)),
+        ));
+    }
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (indexes, task) in tasks {
+        answers.push((indexes, task.await));
+    }
+    reassemble(n, answers, missing)
+}
+
 pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
     let durability = match req.acks {
         Acks::All => Durability::Flushed,
@@ -115,56 +150,40 @@ pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceRe
         .iter()
         .map(|p| (p.topic.clone(), p.partition))
         .collect();
-    let groups = by_owner(shard, &req.partitions, |p| (p.topic.as_str(), p.partition));
-    let mut parts: Vec<Option<ProducePart>> = req
+    let parts: Vec<ProducePart> = req
         .partitions
         .into_iter()
-        .map(|p| {
-            Some(ProducePart {
-                topic: p.topic,
-                partition: p.partition,
-                records: p.records,
-            })
+        .map(|p| ProducePart {
+            topic: p.topic,
+            partition: p.partition,
+            records: p.records,
         })
         .collect();
-    let mut tasks = Vec::new();
-    for (owner, indexes) in groups {
-        let group: Vec<ProducePart> = indexes.iter().filter_map(|i| parts[*i].take()).collect();
-        let shard = shard.clone();
-        let task = glommio::spawn_local(async move {
+    let partitions = scatter_gather(
+        shard,
+        parts,
+        |p| (p.topic.as_str(), p.partition),
+        move |shard, owner, group| async move {
             if owner == shard.id {
                 return Some(shard.local_produce(durability, group).await);
             }
-            let (reply, answer) = crate::router::reply_channel();
-            let sent = shard
-                .send(
-                    owner,
-                    ShardMsg::Produce {
-                        durability,
-                        parts: group,
-                        reply,
-                    },
-                )
-                .await;
-            if sent {
-                answer.await.ok()
-            } else {
-                None
-            }
-        });
-        tasks.push((indexes, task));
-    }
-    let mut groups = Vec::with_capacity(tasks.len());
-    for (indexes, task) in tasks {
-        groups.push((indexes, task.await));
-    }
-    let partitions = reassemble(keys.len(), groups, |i| ProducePartitionResponse {
-        topic: keys[i].0.clone(),
-        partition: keys[i].1,
-        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
-        base_offset: -1,
-        log_start_offset: -1,
-    });
+            shard
+                .ask(owner, |reply| ShardMsg::Produce {
+                    durability,
+                    parts: group,
+                    reply,
+                })
+                .await
+        },
+        |i| ProducePartitionResponse {
+            topic: keys[i].0.clone(),
+            partition: keys[i].1,
+            error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            base_offset: -1,
+            log_start_offset: -1,
+        },
+    )
+    .await;
     ProduceResponse { partitions }
 }
 
@@ -173,46 +192,32 @@ pub(crate) async fn fetch_once(
     shard: &Rc<Shard>,
     parts: &[FetchPartition],
 ) -> Vec<FetchPartitionResponse> {
-    let groups = by_owner(shard, parts, |p| (p.topic.as_str(), p.partition));
-    let mut tasks = Vec::new();
-    for (owner, indexes) in groups {
-        let group: Vec<FetchPartition> = indexes.iter().map(|i| parts[*i].clone()).collect();
-        let shard = shard.clone();
-        let task = glommio::spawn_local(async move {
+    scatter_gather(
+        shard,
+        parts.to_vec(),
+        |p| (p.topic.as_str(), p.partition),
+        |shard, owner, group| async move {
             if owner == shard.id {
                 return Some(shard.local_fetch(group).await);
             }
-            let (reply, answer) = crate::router::reply_channel();
-            if shard
-                .send(
-                    owner,
-                    ShardMsg::Fetch {
-                        parts: group,
-                        reply,
-                    },
-                )
+            shard
+                .ask(owner, |reply| ShardMsg::Fetch {
+                    parts: group,
+                    reply,
+                })
                 .await
-            {
-                answer.await.ok()
-            } else {
-                None
-            }
-        });
-        tasks.push((indexes, task));
-    }
-    let mut groups = Vec::with_capacity(tasks.len());
-    for (indexes, task) in tasks {
-        groups.push((indexes, task.await));
-    }
-    reassemble(parts.len(), groups, |i| FetchPartitionResponse {
-        topic: parts[i].topic.clone(),
-        partition: parts[i].partition,
-        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
-        high_watermark: -1,
-        log_start_offset: -1,
-        log_end_offset: -1,
-        records: Vec::new(),
-    })
+        },
+        |i| FetchPartitionResponse {
+            topic: parts[i].topic.clone(),
+            partition: parts[i].partition,
+            error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            high_watermark: -1,
+            log_start_offset: -1,
+            log_end_offset: -1,
+            records: Vec::new(),
+        },
+    )
+    .await
 }
 
 /// A fetch: returns at once when `min_bytes` are there (or on any error),
@@ -309,44 +314,34 @@ pub(crate) async fn list_offsets(
     req: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let parts = req.partitions;
-    let groups = by_owner(shard, &parts, |p| (p.topic.as_str(), p.partition));
-    let mut tasks = Vec::new();
-    for (owner, indexes) in groups {
-        let group: Vec<ListOffsetsPartition> = indexes.iter().map(|i| parts[*i].clone()).collect();
-        let shard = shard.clone();
-        let task = glommio::spawn_local(async move {
+    let keys: Vec<(String, u32)> = parts
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    let partitions = scatter_gather(
+        shard,
+        parts,
+        |p| (p.topic.as_str(), p.partition),
+        |shard, owner, group| async move {
             if owner == shard.id {
                 return Some(shard.local_list_offsets(group).await);
             }
-            let (reply, answer) = crate::router::reply_channel();
-            if shard
-                .send(
-                    owner,
-                    ShardMsg::ListOffsets {
-                        parts: group,
-                        reply,
-                    },
-                )
+            shard
+                .ask(owner, |reply| ShardMsg::ListOffsets {
+                    parts: group,
+                    reply,
+                })
                 .await
-            {
-                answer.await.ok()
-            } else {
-                None
-            }
-        });
-        tasks.push((indexes, task));
-    }
-    let mut groups = Vec::with_capacity(tasks.len());
-    for (indexes, task) in tasks {
-        groups.push((indexes, task.await));
-    }
-    let partitions = reassemble(parts.len(), groups, |i| ListOffsetsPartitionResponse {
-        topic: parts[i].topic.clone(),
-        partition: parts[i].partition,
-        error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
-        offset: -1,
-        timestamp: -1,
-    });
+        },
+        |i| ListOffsetsPartitionResponse {
+            topic: keys[i].0.clone(),
+            partition: keys[i].1,
+            error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+            offset: -1,
+            timestamp: -1,
+        },
+    )
+    .await;
     ListOffsetsResponse { partitions }
 }
 
@@ -361,20 +356,12 @@ pub(crate) async fn create_topics(
         };
     }
     let names: Vec<String> = req.topics.iter().map(|t| t.name.clone()).collect();
-    let (reply, answer) = crate::router::reply_channel();
-    let topics = match shard
-        .send(
-            0,
-            ShardMsg::CreateTopics {
-                topics: req.topics,
-                reply,
-            },
-        )
-        .await
-    {
-        true => answer.await.ok(),
-        false => None,
-    };
+    let topics = shard
+        .ask(0, |reply| ShardMsg::CreateTopics {
+            topics: req.topics,
+            reply,
+        })
+        .await;
     CreateTopicsResponse {
         topics: topics.unwrap_or_else(|| unavailable(names)),
     }
@@ -390,20 +377,12 @@ pub(crate) async fn delete_topics(
         };
     }
     let names = req.names.clone();
-    let (reply, answer) = crate::router::reply_channel();
-    let topics = match shard
-        .send(
-            0,
-            ShardMsg::DeleteTopics {
-                names: req.names,
-                reply,
-            },
-        )
-        .await
-    {
-        true => answer.await.ok(),
-        false => None,
-    };
+    let topics = shard
+        .ask(0, |reply| ShardMsg::DeleteTopics {
+            names: req.names,
+            reply,
+        })
+        .await;
     DeleteTopicsResponse {
         topics: topics.unwrap_or_else(|| unavailable(names)),
     }

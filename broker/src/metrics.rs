@@ -79,11 +79,8 @@ async fn scrape(shard: Rc<Shard>, mut stream: TcpStream) {
 async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
     let mut out = vec![(shard.id, shard.local_metrics())];
     for to in (0..shard.count).filter(|s| *s != shard.id) {
-        let (reply, answer) = crate::router::reply_channel();
-        if shard.send(to, ShardMsg::Metrics { reply }).await {
-            if let Ok(m) = answer.await {
-                out.push((to, m));
-            }
+        if let Some(m) = shard.ask(to, |reply| ShardMsg::Metrics { reply }).await {
+            out.push((to, m));
         }
     }
     out.sort_by_key(|(id, _)| *id);

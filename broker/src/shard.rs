@@ -126,6 +126,20 @@ impl Shard {
         self.peers.send_to(to as usize, msg).await.is_ok()
     }
 
+    /// Sends `msg` (built around its reply address) to shard `to` and waits
+    /// for the answer; `None` when that shard is gone or dropped it.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        to: u32,
+        msg: impl FnOnce(crate::router::Reply<T>) -> ShardMsg,
+    ) -> Option<T> {
+        let (reply, answer) = crate::router::reply_channel();
+        if !self.send(to, msg(reply)).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// Opens every partition this shard owns (start-up).
     pub async fn open_owned_partitions(&self) -> Result<(), String> {
         let metas: Vec<TopicMeta> = self.topics.borrow().all().cloned().collect();

@@ -261,19 +261,16 @@ async fn delete_one(
     if owner == shard.id {
         return shard.local_delete_records(topic, partition, offset).await;
     }
-    let (reply, answer) = crate::router::reply_channel();
-    let msg = ShardMsg::DeleteRecords {
+    let msg = |reply| ShardMsg::DeleteRecords {
         topic: topic.to_string(),
         partition,
         offset,
         reply,
     };
-    match shard.send(owner, msg).await {
-        true => answer
-            .await
-            .unwrap_or(Err(ErrorCode::NOT_LEADER_OR_FOLLOWER.0)),
-        false => Err(ErrorCode::NOT_LEADER_OR_FOLLOWER.0),
-    }
+    shard
+        .ask(owner, msg)
+        .await
+        .unwrap_or(Err(ErrorCode::NOT_LEADER_OR_FOLLOWER.0))
 }
 
 pub fn describe_cluster(shard: &Shard, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {

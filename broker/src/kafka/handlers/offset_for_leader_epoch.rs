@@ -65,15 +65,14 @@ async fn end_offset(
     if owner == shard.id {
         return shard.local_epoch_end(topic, partition, epoch);
     }
-    let (reply, answer) = crate::router::reply_channel();
-    let msg = ShardMsg::EpochEnd {
+    let msg = |reply| ShardMsg::EpochEnd {
         topic: topic.to_string(),
         partition,
         epoch,
         reply,
     };
-    match shard.send(owner, msg).await {
-        true => answer.await.ok().flatten(),
-        false => Some(Err(ErrorCode::NOT_LEADER_OR_FOLLOWER.0)),
+    match shard.ask(owner, msg).await {
+        Some(answer) => answer,
+        None => Some(Err(ErrorCode::NOT_LEADER_OR_FOLLOWER.0)),
     }
 }
