@@ -3,6 +3,9 @@
 //! `delete.retention.ms`, keyless records are refused, compressed batches are
 //! cleaned, and a crash in the middle of a cleaning loses nothing.
 
+mod common;
+
+use common::run;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -14,18 +17,6 @@ use sluice_protocol::{ErrorCode, ShardId};
 use sluice_shard::config::{CleanupPolicy, LogConfig};
 use sluice_shard::partition::{now_ms, Durability, Partition};
 use sluice_shard::store::{partition_dir, warm_up_direct_io, ShardStore};
-
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("test executor finished");
-}
 
 fn compacted() -> LogConfig {
     LogConfig {

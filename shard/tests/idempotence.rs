@@ -3,6 +3,9 @@
 //! not written again, sequence gaps and stale epochs are refused, and the
 //! state survives a clean close and a crash.
 
+mod common;
+
+use common::run;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -12,18 +15,6 @@ use sluice_protocol::{ErrorCode, ShardId};
 use sluice_shard::config::LogConfig;
 use sluice_shard::partition::{Durability, Partition};
 use sluice_shard::store::{warm_up_direct_io, ShardStore};
-
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("test executor finished");
-}
 
 /// A batch of `records` records from producer `pid`, epoch `epoch`, whose
 /// first sequence is `seq`.

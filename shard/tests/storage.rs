@@ -2,6 +2,9 @@
 //! torn and corrupt tails, and the payload copy counter. Each test runs on a
 //! real glommio executor against real direct-I/O files.
 
+mod common;
+
+use common::run;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -11,18 +14,6 @@ use sluice_protocol::ShardId;
 use sluice_shard::config::LogConfig;
 use sluice_shard::partition::{Durability, Partition, ReadError};
 use sluice_shard::store::{partition_dir, warm_up_direct_io, ShardStore};
-
-fn run<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("test executor finished");
-}
 
 fn make_batch(first: u64, records: u64, ts: i64) -> Bytes {
     let mut b = BatchBuilder::new(ts);
