@@ -34,6 +34,22 @@ impl ErrorCode {
     pub const UNKNOWN_PRODUCER_ID: ErrorCode = ErrorCode(59);
     pub const INVALID_RECORD: ErrorCode = ErrorCode(87);
     pub const PRODUCER_FENCED: ErrorCode = ErrorCode(90);
+    // Consumer groups.
+    pub const OFFSET_METADATA_TOO_LARGE: ErrorCode = ErrorCode(12);
+    pub const COORDINATOR_LOAD_IN_PROGRESS: ErrorCode = ErrorCode(14);
+    pub const COORDINATOR_NOT_AVAILABLE: ErrorCode = ErrorCode(15);
+    pub const NOT_COORDINATOR: ErrorCode = ErrorCode(16);
+    pub const ILLEGAL_GENERATION: ErrorCode = ErrorCode(22);
+    pub const INCONSISTENT_GROUP_PROTOCOL: ErrorCode = ErrorCode(23);
+    pub const INVALID_GROUP_ID: ErrorCode = ErrorCode(24);
+    pub const UNKNOWN_MEMBER_ID: ErrorCode = ErrorCode(25);
+    pub const INVALID_SESSION_TIMEOUT: ErrorCode = ErrorCode(26);
+    pub const REBALANCE_IN_PROGRESS: ErrorCode = ErrorCode(27);
+    pub const NON_EMPTY_GROUP: ErrorCode = ErrorCode(68);
+    pub const GROUP_ID_NOT_FOUND: ErrorCode = ErrorCode(69);
+    pub const MEMBER_ID_REQUIRED: ErrorCode = ErrorCode(79);
+    pub const GROUP_MAX_SIZE_REACHED: ErrorCode = ErrorCode(81);
+    pub const FENCED_INSTANCE_ID: ErrorCode = ErrorCode(82);
 
     /// Kafka's name for the code, for logs and the CLI.
     #[must_use]
@@ -64,6 +80,21 @@ impl ErrorCode {
             59 => "UNKNOWN_PRODUCER_ID",
             87 => "INVALID_RECORD",
             90 => "PRODUCER_FENCED",
+            12 => "OFFSET_METADATA_TOO_LARGE",
+            14 => "COORDINATOR_LOAD_IN_PROGRESS",
+            15 => "COORDINATOR_NOT_AVAILABLE",
+            16 => "NOT_COORDINATOR",
+            22 => "ILLEGAL_GENERATION",
+            23 => "INCONSISTENT_GROUP_PROTOCOL",
+            24 => "INVALID_GROUP_ID",
+            25 => "UNKNOWN_MEMBER_ID",
+            26 => "INVALID_SESSION_TIMEOUT",
+            27 => "REBALANCE_IN_PROGRESS",
+            68 => "NON_EMPTY_GROUP",
+            69 => "GROUP_ID_NOT_FOUND",
+            79 => "MEMBER_ID_REQUIRED",
+            81 => "GROUP_MAX_SIZE_REACHED",
+            82 => "FENCED_INSTANCE_ID",
             _ => "UNKNOWN_ERROR_CODE",
         }
     }
