@@ -1176,7 +1176,9 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             let seg = s.segments.last();
             seg.map_or((0, Vec::new()), |seg| (seg.size, seg.tail.clone()))
         };
-        commit_group(p, group, changes, vec![], end, false);
+        for (reply, appended) in commit_group(p, group, changes, vec![], end) {
+            let _ = reply.send(Ok(appended));
+        }
         return;
     }
     let (file, path, write_pos, tail, epoch) = {
@@ -1215,13 +1217,6 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         ))),
         Err(e) => Err(StorageError::io("write", &path, e)),
     };
-    let result = match (result, needs_flush) {
-        (Ok(()), true) => file
-            .fdatasync()
-            .await
-            .map_err(|e| StorageError::io("fdatasync", &path, e)),
-        (r, _) => r,
-    };
     if let Err(e) = result {
         tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "append failed");
         // Cut anything a partial write left behind the logical end.
@@ -1230,24 +1225,44 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         fail_all(group, &e);
         return;
     }
-    commit_group(p, group, changes, placed, (end, new_tail), needs_flush);
+    // The write is on the device: consumers may read it now (a process
+    // crash cannot lose it). Appends that asked for durability are answered
+    // only once the flush has made it survive a power loss too.
+    let answers = commit_group(p, group, changes, placed, (end, new_tail));
+    if needs_flush {
+        if let Err(e) = file.fdatasync().await {
+            let e = StorageError::io("fdatasync", &path, e);
+            tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "flush failed");
+            for (reply, _) in answers {
+                let _ = reply.send(Err(AppendError::Storage(e.clone())));
+            }
+            return;
+        }
+        p.state.borrow_mut().last_flush = Instant::now();
+    }
+    for (reply, appended) in answers {
+        let _ = reply.send(Ok(appended));
+    }
 }
 
+/// A reply to an append, and what it will say.
+type Answered = (oneshot::Sender<Result<Appended, AppendError>>, Appended);
+
 /// Makes a completed write visible: offsets, index, producer state, cache,
-/// waiters, replies. `end` is the segment's new size and partial last block.
+/// waiters. `end` is the segment's new size and partial last block. Returns
+/// the replies to send once the write is as durable as they asked.
 fn commit_group(
     p: &Partition,
     group: Vec<PendingAppend>,
     changes: ProducerChanges,
     placed: Vec<(u64, BatchHeader, Bytes)>,
     end: (u64, Vec<u8>),
-    flushed: bool,
-) {
+) -> Vec<Answered> {
     let log_start = {
         let mut s = p.state.borrow_mut();
         let interval = s.config.index_interval_bytes;
         let Some(seg) = s.segments.last_mut() else {
-            return;
+            return Vec::new();
         };
         for (pos, header, _) in &placed {
             assert_eq!(
@@ -1263,23 +1278,26 @@ fn commit_group(
         if !changes.is_empty() {
             s.producers.apply(changes);
         }
-        if flushed {
-            s.last_flush = Instant::now();
-        }
         s.log_start
     };
     let appended = !placed.is_empty();
     cache_placed(p, placed);
-    for pending in group {
-        let base_offset = pending.slots.first().map_or(-1, |slot| slot.base_offset());
-        let _ = pending.reply.send(Ok(Appended {
-            base_offset,
-            log_start_offset: log_start,
-        }));
-    }
     if appended {
         p.wake_waiters();
     }
+    group
+        .into_iter()
+        .map(|pending| {
+            let base_offset = pending.slots.first().map_or(-1, |slot| slot.base_offset());
+            (
+                pending.reply,
+                Appended {
+                    base_offset,
+                    log_start_offset: log_start,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Puts batches just written into the tail cache.
