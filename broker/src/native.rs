@@ -83,6 +83,23 @@ pub(crate) async fn wait_until_stopping(shard: &Shard) {
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    serve_connection(shard, stream, "native", |shard, reader, queue| async move {
+        read_requests(&shard, reader, queue).await
+    })
+    .await;
+}
+
+/// Serves one connection of either protocol: `read` reads requests and
+/// queues their answers; a writer task sends the answers in order.
+pub(crate) async fn serve_connection<F, Fut>(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    protocol: &'static str,
+    read: F,
+) where
+    F: FnOnce(Rc<Shard>, futures_lite::io::ReadHalf<TcpStream>, LocalSender<Answer>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -92,8 +109,13 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let depth = shard.config.broker.max_in_flight_per_connection;
     let (queue, answers) = local_channel::new_bounded::<Answer>(depth);
     let writer = glommio::spawn_local(write_answers(fd, writer, answers));
-    if let Err(why) = read_requests(&shard, reader, queue).await {
-        tracing::info!(shard = shard.id, peer, "closing connection: {why}");
+    if let Err(why) = read(shard.clone(), reader, queue).await {
+        tracing::info!(
+            shard = shard.id,
+            peer,
+            protocol,
+            "closing connection: {why}"
+        );
     }
     let _ = writer.await;
 }
@@ -168,7 +190,7 @@ pub(crate) async fn read_frame_body(
 }
 
 /// Writes answers in the order their requests arrived.
-pub(crate) async fn write_answers(
+async fn write_answers(
     fd: RawFd,
     mut writer: impl AsyncWrite + Unpin,
     answers: LocalReceiver<Answer>,

@@ -25,12 +25,12 @@ use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncReadExt};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::LocalSender;
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::native::{read_frame_body, write_answers, Answer};
+use crate::native::{read_frame_body, Answer};
 use crate::shard::Shard;
 
 /// Smallest request: size, api key, version, correlation id, client id length.
@@ -45,20 +45,10 @@ pub fn serve_kafka(
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let fd = stream.as_raw_fd();
-    let (reader, writer) = futures_lite::io::split(stream);
-    let depth = shard.config.broker.max_in_flight_per_connection;
-    let (queue, answers) = local_channel::new_bounded::<Answer>(depth);
-    let writer = glommio::spawn_local(write_answers(fd, writer, answers));
-    if let Err(why) = read_requests(&shard, reader, queue).await {
-        tracing::info!(shard = shard.id, peer, "closing Kafka connection: {why}");
-    }
-    let _ = writer.await;
+    crate::native::serve_connection(shard, stream, "kafka", |shard, reader, queue| async move {
+        read_requests(&shard, reader, queue).await
+    })
+    .await;
 }
 
 /// The size of the next frame, prefix included, or why the connection closes.
