@@ -205,6 +205,8 @@ struct BrokerRun {
     rows: Vec<Row>,
     tools: Option<ToolsRow>,
     start_error: Option<String>,
+    /// Sluice: its whole-process memory budget, as its metrics report it.
+    memory_budget: Option<u64>,
 }
 
 pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
@@ -251,7 +253,6 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         ),
         Err(e) => eprintln!("compare: memory limit NOT enforced: {e}"),
     }
-    let budget = sluice_budget(&repo, cpu_count(&cpus));
     let setup = Setup {
         duration_s,
         quick: args.quick,
@@ -278,7 +279,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         workloads: &workloads,
         runs: &runs,
         memory_note,
-        budget,
+        budget: runs.iter().find_map(|r| r.memory_budget),
         took: started.elapsed(),
     };
     let table = report.ratio_table();
@@ -315,6 +316,7 @@ fn run_broker(
         rows: Vec::new(),
         tools: None,
         start_error: None,
+        memory_budget: None,
     };
     let started = match broker {
         Broker::Kafka => Running::start_kafka(script, setup),
@@ -329,6 +331,13 @@ fn run_broker(
         }
     };
     out.settings = running.settings.clone();
+    out.memory_budget = running.metrics.as_deref().and_then(scrape_memory_budget);
+    if let Some(b) = out.memory_budget {
+        out.settings.push(format!(
+            "memory_budget_bytes = 0 (automatic): {} MiB for the whole process, as its metrics report",
+            b >> 20
+        ));
+    }
     for w in workloads {
         eprintln!("compare: {} workload ({}): {}", broker.name(), w.id, w.what);
         out.rows
@@ -446,6 +455,8 @@ struct Running {
     child: Option<Child>,
     data_dir: PathBuf,
     stopped: bool,
+    /// Sluice: its metrics listener.
+    metrics: Option<String>,
 }
 
 impl Running {
@@ -482,6 +493,7 @@ impl Running {
             child: None,
             data_dir: dir.clone(),
             stopped: false,
+            metrics: None,
         };
         running.settings = vec![
             format!("Apache Kafka (KAFKA_VERSION, default 4.3.1) from scripts/kafka-peer.sh, single-node KRaft, data in {}", dir.display()),
@@ -522,10 +534,15 @@ impl Running {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         let log = fs::File::create(setup.results.join("sluice.log"))?;
+        // Only the metrics address differs from the embedded defaults.
+        let metrics = format!("127.0.0.1:{}", free_ports(1)?);
+        let config = dir.join("sluice.toml");
+        fs::write(&config, format!("[broker]\nmetrics_addr = \"{metrics}\"\n"))?;
         let inner = format!(
-            "exec taskset -c {} {} serve --data-dir {} --native-addr 127.0.0.1:{native} --kafka-addr 127.0.0.1:{kafka}",
+            "exec taskset -c {} {} serve --config {} --data-dir {} --native-addr 127.0.0.1:{native} --kafka-addr 127.0.0.1:{kafka}",
             setup.cpus,
             shell_quote(&bin.display().to_string()),
+            shell_quote(&config.display().to_string()),
             shell_quote(&dir.join("data").display().to_string())
         );
         let child = in_cgroup(setup.cgroup, &inner)
@@ -546,6 +563,7 @@ impl Running {
             child: Some(child),
             data_dir: dir,
             stopped: false,
+            metrics: Some(metrics),
         };
         running.wait_ready()?;
         Ok(running)
@@ -756,20 +774,26 @@ pub fn cpu_count(list: &str) -> u32 {
         .max(1)
 }
 
-/// Sluice's configured memory for buffers: shards x (tail_cache_bytes +
-/// io_memory_bytes), from broker/sluice.toml (the embedded defaults).
-fn sluice_budget(repo: &Path, shards: u32) -> Option<u64> {
-    let text = fs::read_to_string(repo.join("broker/sluice.toml")).ok()?;
-    let tail = toml_int(&text, "tail_cache_bytes")?;
-    let io = toml_int(&text, "io_memory_bytes")?;
-    Some(u64::from(shards) * (tail + io))
+/// Sluice's whole-process memory budget (`sluice_memory_budget_bytes`)
+/// from its metrics listener.
+fn scrape_memory_budget(addr: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    metric_value(&text, "sluice_memory_budget_bytes")
 }
 
+/// The value of an unlabelled series in Prometheus text.
 #[must_use]
-pub fn toml_int(text: &str, key: &str) -> Option<u64> {
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().replace('_', "").parse().ok())?
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok())?
     })
 }
 
@@ -1136,7 +1160,7 @@ impl Summary<'_> {
                 .unwrap_or(0);
             let _ = writeln!(
                 md,
-                "\nSluice peak RSS over all workloads: {:.0} MiB; configured buffer memory (shards x (tail_cache_bytes + io_memory_bytes)): {:.0} MiB: {}.",
+                "\nSluice peak RSS over all workloads: {:.0} MiB; its memory budget (`memory_budget_bytes`, whole process): {:.0} MiB: {}.",
                 peak as f64 / MIB,
                 b as f64 / MIB,
                 if peak <= b { "within" } else { "OVER" }
@@ -1372,10 +1396,13 @@ mod tests {
 
     #[test]
     fn toml_ints_are_found() {
-        let t = "# x\ntail_cache_bytes = 67108864\nio_memory_bytes = 10_485_760\n";
-        assert_eq!(toml_int(t, "tail_cache_bytes"), Some(67_108_864));
-        assert_eq!(toml_int(t, "io_memory_bytes"), Some(10_485_760));
-        assert_eq!(toml_int(t, "missing"), None);
+        let t = "# TYPE sluice_memory_budget_bytes gauge\nsluice_memory_budget_bytes 335544320\nsluice_partitions{shard=\"0\"} 8\n";
+        assert_eq!(
+            metric_value(t, "sluice_memory_budget_bytes"),
+            Some(335_544_320)
+        );
+        assert_eq!(metric_value(t, "sluice_partitions"), None);
+        assert_eq!(metric_value(t, "missing"), None);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use sluice_shard::config::LogConfig;
 
+use crate::memory::MemoryPlan;
+
 /// The documented defaults, embedded so `sluice serve` needs no file.
 pub const DEFAULT_TOML: &str = include_str!("../sluice.toml");
 
@@ -39,7 +41,9 @@ pub struct BrokerSection {
     pub max_frame_bytes: usize,
     pub max_connections_per_shard: usize,
     pub max_in_flight_per_connection: usize,
+    pub memory_budget_bytes: u64,
     pub tail_cache_bytes: usize,
+    pub request_memory_bytes: usize,
     pub io_memory_bytes: usize,
     pub spin_before_park_us: u64,
     pub retention_check_interval_ms: u64,
@@ -124,7 +128,20 @@ impl Config {
         self.kafka_socket_addr()?;
         self.metrics_socket_addr()?;
         self.log_defaults()?;
+        self.memory_plan()?;
         Ok(())
+    }
+
+    /// How `memory_budget_bytes` is split among the shards.
+    pub fn memory_plan(&self) -> Result<MemoryPlan, String> {
+        let b = &self.broker;
+        MemoryPlan::new(
+            b.memory_budget_bytes,
+            self.shard_count(),
+            b.io_memory_bytes as u64,
+            b.request_memory_bytes as u64,
+            b.tail_cache_bytes as u64,
+        )
     }
 
     /// The topic defaults as a storage configuration.

@@ -6,6 +6,7 @@
 
 mod groups;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use sluice_protocol::native::{
 use sluice_protocol::ErrorCode;
 use sluice_shard::partition::Durability;
 
+use crate::memory::Reservation;
 use crate::router::{ProducePart, ShardMsg};
 use crate::shard::Shard;
 
@@ -27,7 +29,12 @@ use crate::shard::Shard;
 pub const FETCH_MAX_WAIT_MS_MAX: u32 = 30_000;
 
 /// Answers one request; `None` for an `acks=0` produce (no response is sent).
-pub async fn handle(shard: Rc<Shard>, correlation_id: u32, request: Request) -> Option<Response> {
+pub async fn handle(
+    shard: Rc<Shard>,
+    correlation_id: u32,
+    request: Request,
+    memory: Rc<RefCell<Reservation>>,
+) -> Option<Response> {
     let body = match request {
         Request::Produce(r) => {
             let silent = r.acks == Acks::None;
@@ -37,7 +44,11 @@ pub async fn handle(shard: Rc<Shard>, correlation_id: u32, request: Request) -> 
             }
             body
         }
-        Request::Fetch(r) => ResponseBody::Fetch(fetch(&shard, r).await),
+        Request::Fetch(r) => {
+            let (response, held) = fetch(&shard, r).await;
+            memory.borrow_mut().absorb(held);
+            ResponseBody::Fetch(response)
+        }
         Request::ListOffsets(r) => ResponseBody::ListOffsets(list_offsets(&shard, r).await),
         Request::CreateTopics(r) => ResponseBody::CreateTopics(create_topics(&shard, r).await),
         Request::DeleteTopics(r) => ResponseBody::DeleteTopics(delete_topics(&shard, r).await),
@@ -225,11 +236,26 @@ pub(crate) async fn fetch_once(
 /// there is. `max_bytes` bounds the response, but the first non-empty
 /// partition is always returned whole (Kafka's rule, so a consumer can make
 /// progress past a batch larger than its limit).
-pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse {
+///
+/// Each read first reserves room for its response in the shard's request
+/// memory, as much of `max_bytes` as is free, and reads at most an equal
+/// share of that from each partition. The reservation comes back with the
+/// response and is held until it is written.
+pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchResponse, Reservation) {
     let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
     let deadline = Instant::now() + wait;
     loop {
-        let results = fetch_once(shard, &req.partitions).await;
+        let mut memory = shard.request_memory.reserve_up_to(u64::from(req.max_bytes));
+        let share = memory.bytes() / (req.partitions.len().max(1) as u64);
+        let parts: Vec<FetchPartition> = req
+            .partitions
+            .iter()
+            .map(|p| FetchPartition {
+                max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
+                ..p.clone()
+            })
+            .collect();
+        let results = fetch_once(shard, &parts).await;
         let bytes: usize = results.iter().map(|r| r.records_len()).sum();
         let failed = results.iter().any(|r| !r.error.is_ok());
         let now = Instant::now();
@@ -238,10 +264,20 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> FetchResponse
             || failed
             || now >= deadline
         {
-            return FetchResponse {
-                partitions: limit_total(results, req.max_bytes as usize),
-            };
+            let partitions = limit_total(results, req.max_bytes as usize);
+            let sent: usize = partitions.iter().map(|r| r.records_len()).sum();
+            if sent as u64 > memory.bytes() {
+                // Past the share by whole first batches (Kafka's progress
+                // rule): count what is free of the excess too.
+                let more = shard
+                    .request_memory
+                    .reserve_up_to(sent as u64 - memory.bytes());
+                memory.absorb(more);
+            }
+            memory.shrink_to(sent as u64);
+            return (FetchResponse { partitions }, memory);
         }
+        drop(memory);
         let seen: Vec<(String, u32, i64)> = results
             .iter()
             .zip(&req.partitions)

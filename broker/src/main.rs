@@ -14,6 +14,7 @@ mod cli;
 mod config;
 mod handlers;
 mod kafka;
+mod memory;
 mod metrics;
 mod native;
 mod preflight;

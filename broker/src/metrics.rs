@@ -8,6 +8,11 @@
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
+//! sluice_tail_cache_bytes{shard="0"}       batch bytes held by the tail cache
+//! sluice_tail_cache_capacity_bytes{...}    the tail cache's share of the budget
+//! sluice_request_memory_bytes{shard="0"}   request memory reserved now
+//! sluice_request_memory_capacity_bytes{..} the shard's request memory pool
+//! sluice_memory_budget_bytes               the whole process's memory budget
 //! ```
 
 use std::rc::Rc;
@@ -27,6 +32,11 @@ pub struct ShardMetrics {
     pub counters: sluice_shard::stats::ShardCounters,
     pub connections: u64,
     pub partitions: u64,
+    pub tail_cache_bytes: u64,
+    pub tail_cache_capacity_bytes: u64,
+    pub request_memory_bytes: u64,
+    pub request_memory_capacity_bytes: u64,
+    pub memory_budget_bytes: u64,
 }
 
 impl Shard {
@@ -35,6 +45,11 @@ impl Shard {
             counters: sluice_shard::stats::snapshot(),
             connections: self.connections.get() as u64,
             partitions: self.store.partitions().len() as u64,
+            tail_cache_bytes: self.store.cache().used_bytes() as u64,
+            tail_cache_capacity_bytes: self.memory.tail_cache,
+            request_memory_bytes: self.request_memory.in_use(),
+            request_memory_capacity_bytes: self.request_memory.capacity(),
+            memory_budget_bytes: self.memory.budget,
         }
     }
 }
@@ -89,7 +104,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 6] = [
+    let series: [Series; 10] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -104,8 +119,26 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),
+        ("sluice_tail_cache_bytes", "gauge", |m| m.tail_cache_bytes),
+        ("sluice_tail_cache_capacity_bytes", "gauge", |m| {
+            m.tail_cache_capacity_bytes
+        }),
+        ("sluice_request_memory_bytes", "gauge", |m| {
+            m.request_memory_bytes
+        }),
+        ("sluice_request_memory_capacity_bytes", "gauge", |m| {
+            m.request_memory_capacity_bytes
+        }),
     ];
     let mut text = String::new();
+    // The whole process's budget: one series, no shard label.
+    if let Some((_, m)) = shards.first() {
+        text.push_str("# TYPE sluice_memory_budget_bytes gauge\n");
+        text.push_str(&format!(
+            "sluice_memory_budget_bytes {}\n",
+            m.memory_budget_bytes
+        ));
+    }
     for (name, kind, value) in series {
         text.push_str(&format!("# TYPE {name} {kind}\n"));
         for (id, m) in shards {

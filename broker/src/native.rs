@@ -13,6 +13,7 @@
 //! the connection goes on; an absurd length closes the connection with a log
 //! line. Either way no other connection notices.
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
@@ -25,9 +26,34 @@ use sluice_protocol::native::{self, codec::FRAME_PREFIX_BYTES};
 use sluice_protocol::ErrorCode;
 
 use crate::handlers;
+use crate::memory::{RequestMemory, Reservation};
 use crate::shard::Shard;
 
-pub(crate) type Answer = JoinHandle<Option<Vec<Bytes>>>;
+/// A request being answered: its task, and the request memory it holds
+/// (the frame while it is handled, then the response until it is written).
+pub(crate) struct Answer {
+    pub task: JoinHandle<Option<Vec<Bytes>>>,
+    pub memory: Rc<RefCell<Reservation>>,
+}
+
+impl Answer {
+    /// Starts `handle` as a task; when it finishes, the reservation shrinks
+    /// to the size of the response.
+    pub fn spawn(
+        memory: Rc<RefCell<Reservation>>,
+        handle: impl std::future::Future<Output = Option<Vec<Bytes>>> + 'static,
+    ) -> Answer {
+        let held = memory.clone();
+        let task = glommio::spawn_local(async move {
+            let chunks = handle.await;
+            let size: usize = chunks.iter().flatten().map(|c| c.len()).sum();
+            held.borrow_mut().shrink_to(size as u64);
+            chunks
+        })
+        .detach();
+        Answer { task, memory }
+    }
+}
 
 /// What serves one accepted connection.
 pub type ServeFn =
@@ -139,24 +165,27 @@ async fn read_requests(
             Ok(None) => return Err("frame prefix incomplete".into()),
             Err(e) => return Err(format!("bad frame: {e}")),
         };
-        let frame = read_frame_body(&mut reader, prefix, total).await?;
+        let (frame, memory) =
+            read_frame_body(&mut reader, &prefix, total, &shard.request_memory).await?;
+        let memory = Rc::new(RefCell::new(memory));
         let answer = match native::decode_request(frame) {
             Ok((correlation_id, request)) => {
                 let shard = shard.clone();
-                glommio::spawn_local(async move {
+                let held = memory.clone();
+                Answer::spawn(memory, async move {
                     shard.in_flight.set(shard.in_flight.get() + 1);
-                    let response = handlers::handle(shard.clone(), correlation_id, request).await;
+                    let response =
+                        handlers::handle(shard.clone(), correlation_id, request, held).await;
                     shard.in_flight.set(shard.in_flight.get() - 1);
                     response.map(|r| native::encode_response(&r))
                 })
-                .detach()
             }
             Err(e) => {
                 tracing::info!(shard = shard.id, error = %e, "malformed request");
                 let id = e.correlation_id.unwrap_or(0);
                 let chunks =
                     native::encode_error_response(id, ErrorCode::INVALID_REQUEST, &e.to_string());
-                glommio::spawn_local(async move { Some(chunks) }).detach()
+                Answer::spawn(memory, async move { Some(chunks) })
             }
         };
         if queue.send(answer).await.is_err() {
@@ -165,20 +194,28 @@ async fn read_requests(
     }
 }
 
-/// Bytes the frame buffer grows by while a frame arrives: a client that
-/// announces a large frame and sends little costs only what it sent.
-const FRAME_READ_STEP_BYTES: usize = 1024 * 1024;
+/// Bytes read (and reserved in the shard's request memory) at a time while a
+/// frame arrives: a client that announces a large frame and sends little
+/// holds only about what it sent.
+const FRAME_READ_STEP_BYTES: usize = 64 * 1024;
 
-/// Reads the rest of a frame whose total length (prefix included) is `total`.
+/// Reads the rest of a frame whose total length (prefix included) is
+/// `total`, reserving its bytes in the shard's request memory as they come.
 pub(crate) async fn read_frame_body(
     reader: &mut (impl AsyncRead + Unpin),
-    prefix: [u8; FRAME_PREFIX_BYTES],
+    prefix: &[u8],
     total: usize,
-) -> Result<Bytes, String> {
-    let mut frame = BytesMut::with_capacity(total.min(FRAME_READ_STEP_BYTES));
-    frame.extend_from_slice(&prefix);
+    pool: &RequestMemory,
+) -> Result<(Bytes, Reservation), String> {
+    let mut memory = pool.frame();
+    memory.grow(pool, prefix.len() as u64).await;
+    // The whole capacity at once (untouched pages cost nothing until data
+    // arrives): growing step by step could double the allocation.
+    let mut frame = BytesMut::with_capacity(total);
+    frame.extend_from_slice(prefix);
     while frame.len() < total {
         let step = (total - frame.len()).min(FRAME_READ_STEP_BYTES);
+        memory.grow(pool, step as u64).await;
         let start = frame.len();
         frame.resize(start + step, 0);
         reader
@@ -186,7 +223,7 @@ pub(crate) async fn read_frame_body(
             .await
             .map_err(|e| format!("connection lost mid-frame: {e}"))?;
     }
-    Ok(frame.freeze())
+    Ok((frame.freeze(), memory.done()))
 }
 
 /// Writes answers in the order their requests arrived.
@@ -196,13 +233,16 @@ async fn write_answers(
     answers: LocalReceiver<Answer>,
 ) {
     while let Some(answer) = answers.recv().await {
-        let Some(Some(chunks)) = answer.await else {
+        let Answer { task, memory } = answer;
+        let Some(Some(chunks)) = task.await else {
             continue;
         };
         if let Err(e) = send_chunks(fd, &mut writer, &chunks).await {
             tracing::debug!(error = %e, "write failed; dropping the connection");
             return;
         }
+        // The answer's request memory is free once its bytes are sent.
+        drop(memory);
     }
     let _ = writer.close().await;
 }

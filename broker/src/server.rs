@@ -18,6 +18,7 @@ use sluice_shard::store::{warm_up_direct_io, ShardStore};
 use crate::config::Config;
 use crate::kafka::group::{GroupConfig, GroupCoordinator, OffsetsStore};
 use crate::kafka::offsets_log::ShardOffsetsLog;
+use crate::memory::RequestMemory;
 use crate::preflight;
 use crate::router::{ShardMsg, SHARD_CHANNEL_DEPTH};
 use crate::shard::{kafka_shard_port, shard_port, Shard};
@@ -37,6 +38,16 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let data_dir = config.broker.data_dir.clone();
     preflight::check_io_uring()?;
     preflight::check_memlock(shards, config.broker.io_memory_bytes)?;
+    let plan = config.memory_plan()?;
+    tracing::info!(
+        budget = plan.budget,
+        reserve = plan.reserve,
+        io_memory = plan.io_memory,
+        request_memory = plan.request_memory,
+        tail_cache = plan.tail_cache,
+        shards,
+        "memory budget"
+    );
     let _lock = preflight::check_data_dir(&data_dir)?;
     let native = config.native_socket_addr()?;
     let kafka = config.kafka_socket_addr()?;
@@ -292,10 +303,11 @@ async fn start_shard(
     let topics = topics::load_all(&data_dir)?;
     let log_defaults = config.log_defaults()?;
     let count = config.shard_count();
+    let plan = config.memory_plan()?;
     let store = Rc::new(ShardStore::new(
         sluice_protocol::ShardId(id),
         data_dir,
-        config.broker.tail_cache_bytes,
+        plan.tail_cache as usize,
     ));
     let groups = group_coordinator(&config, &store);
     let shard = Rc::new(Shard {
@@ -313,6 +325,8 @@ async fn start_shard(
         in_flight: Cell::new(0),
         producer_ids: Cell::new(0),
         stopping: Cell::new(false),
+        memory: plan,
+        request_memory: RequestMemory::new(plan.request_memory),
         config,
     });
     shard.open_owned_partitions().await?;

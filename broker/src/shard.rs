@@ -34,6 +34,7 @@ use sluice_shard::store::{owner_shard, partition_dir, ShardStore};
 
 use crate::config::Config;
 use crate::kafka::group::{GroupCoordinator, OFFSETS_TOPIC};
+use crate::memory::{MemoryPlan, RequestMemory};
 use crate::router::{ProducePart, ShardMsg, TopicChange};
 use crate::topics::{self, TopicMeta, TopicTable};
 
@@ -58,6 +59,10 @@ pub struct Shard {
     /// Producer ids handed out by this shard in this run.
     pub producer_ids: Cell<u64>,
     pub stopping: Cell<bool>,
+    /// How the process's memory budget is split.
+    pub memory: MemoryPlan,
+    /// This shard's pool for request frames and fetch responses.
+    pub request_memory: RequestMemory,
 }
 
 impl Shard {

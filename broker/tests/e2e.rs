@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{batch_of, decode_values, Broker};
+use common::{batch_of, decode_values, scrape, Broker};
 use sluice_protocol::native::{
     Acks, CreateTopic, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
 };
@@ -645,21 +645,6 @@ fn startup_refuses_when_seccomp_blocks_io_uring() {
         err.contains("io_uring is unavailable") && err.contains("seccomp"),
         "{err}"
     );
-}
-
-/// Sums a metric over the shards from the Prometheus text at `port`.
-fn scrape(port: u16, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
-        .sum()
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub mod handlers;
 pub mod offsets_log;
 pub mod versions;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -30,6 +31,7 @@ use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use crate::memory::Reservation;
 use crate::native::{read_frame_body, Answer};
 use crate::shard::Shard;
 
@@ -80,16 +82,17 @@ async fn read_requests(
             Err(e) => return Err(format!("read failed: {e}")),
         }
         let total = frame_total(prefix, max)?;
-        let frame = read_frame_body(&mut reader, prefix, total).await?;
-        let request = parse_request(frame)?;
+        let (frame, memory) =
+            read_frame_body(&mut reader, &prefix, total, &shard.request_memory).await?;
+        let memory = Rc::new(RefCell::new(memory));
+        let request = parse_request(frame, memory.clone())?;
         let shard = shard.clone();
-        let answer = glommio::spawn_local(async move {
+        let answer = Answer::spawn(memory, async move {
             shard.in_flight.set(shard.in_flight.get() + 1);
             let chunks = handlers::dispatch(&shard, request).await;
             shard.in_flight.set(shard.in_flight.get() - 1);
             chunks
-        })
-        .detach();
+        });
         if queue.send(answer).await.is_err() {
             return Err("writer stopped".into());
         }
@@ -102,13 +105,16 @@ pub struct KafkaRequest {
     pub version: i16,
     pub header: RequestHeader,
     pub body: Bytes,
+    /// The request memory held for this request; a fetch adds what its
+    /// response holds.
+    pub memory: Rc<RefCell<Reservation>>,
 }
 
 /// Decodes the header. An unknown API key or a header that does not decode
 /// closes the connection (there is no way to answer in a format the client
 /// expects); a known API at an unsupported version is answered by the
 /// handler (ApiVersions) or refused there.
-fn parse_request(frame: Bytes) -> Result<KafkaRequest, String> {
+fn parse_request(frame: Bytes, memory: Rc<RefCell<Reservation>>) -> Result<KafkaRequest, String> {
     let mut buf = frame.slice(4..);
     if buf.len() < REQUEST_BYTES_MIN - 4 {
         return Err("request too short".into());
@@ -130,6 +136,7 @@ fn parse_request(frame: Bytes) -> Result<KafkaRequest, String> {
         version,
         header,
         body: buf,
+        memory,
     })
 }
 

@@ -76,11 +76,20 @@ impl Broker {
 
     fn write_config(&self, extra: &str) {
         let (broker_extra, log_extra) = extra.split_once("[log]").unwrap_or((extra, ""));
+        // Small buffers by default; a test may set its own.
+        let small: String = [
+            ("tail_cache_bytes", "8388608"),
+            ("io_memory_bytes", "4194304"),
+            ("shutdown_timeout_ms", "5000"),
+        ]
+        .iter()
+        .filter(|(k, _)| !broker_extra.contains(k))
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
         let text = format!(
             "[broker]\nnative_addr = \"127.0.0.1:{}\"\nnative_shard_port_base = {}\n\
              kafka_addr = \"127.0.0.1:{}\"\nmetrics_addr = \"127.0.0.1:{}\"\n\
-             kafka_shard_port_base = {}\n\
-             tail_cache_bytes = 8388608\nio_memory_bytes = 4194304\nshutdown_timeout_ms = 5000\n{}\n\
+             kafka_shard_port_base = {}\n{small}{}\n\
              [log]\n{}\n",
             self.native_port,
             self.shard_port_base,
@@ -245,4 +254,20 @@ pub fn decode_values(chunks: &[bytes::Bytes], from: i64) -> Vec<(i64, Vec<u8>)> 
         }
     }
     out
+}
+
+/// Sums a metric over the shards (or reads an unlabelled one) from the
+/// Prometheus text at `port`.
+pub fn scrape(port: u16, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
 }

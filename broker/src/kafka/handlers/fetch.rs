@@ -61,10 +61,9 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
         },
         partitions: parts,
     };
-    let mut fetched = crate::handlers::fetch(shard, request)
-        .await
-        .partitions
-        .into_iter();
+    let (response, held) = crate::handlers::fetch(shard, request).await;
+    req.memory.borrow_mut().absorb(held);
+    let mut fetched = response.partitions.into_iter();
     let mut topics = Vec::with_capacity(r.topics.len());
     for t in &r.topics {
         let name = t.topic.0.as_str();

@@ -1,0 +1,149 @@
+//! The whole-process memory budget: a broker given `memory_budget_bytes`
+//! keeps its resident memory within it while many producers send large
+//! frames and many consumers read the log back from cold segments with
+//! large fetch limits at once.
+
+mod common;
+
+use std::thread;
+
+use common::{batch_of, decode_values, scrape, Broker};
+use sluice_protocol::native::{Acks, FetchPartition, FetchRequest, ProducePartition};
+use sluice_protocol::ErrorCode;
+
+const MIB: u64 = 1 << 20;
+const BUDGET: u64 = 128 * MIB;
+const PARTITIONS: u32 = 8;
+const PRODUCERS: usize = 6;
+/// Frames per producer; each frame carries one 256 KiB batch per partition
+/// (2 MiB), so 6 x 12 x 2 MiB = 144 MiB is written: far more than the
+/// tail caches hold, so the consumers read mostly from disk.
+const FRAMES: usize = 12;
+const RECORDS_PER_BATCH: usize = 256;
+const CONSUMERS: usize = 6;
+
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib * 1024
+}
+
+#[test]
+fn resident_memory_stays_within_the_budget_under_large_produce_and_cold_fetch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // tail_cache_bytes = 0 and request_memory_bytes = 0: both derived from
+    // the budget (the test harness's small defaults would hide a bad split).
+    let b = Broker::start_with(
+        &dir.path().join("d"),
+        2,
+        &format!(
+            "memory_budget_bytes = {BUDGET}\ntail_cache_bytes = 0\nrequest_memory_bytes = 0\n"
+        ),
+    );
+    let metrics = b.kafka_port + 1;
+    assert_eq!(scrape(metrics, "sluice_memory_budget_bytes"), BUDGET);
+    let parts = scrape(metrics, "sluice_tail_cache_capacity_bytes")
+        + scrape(metrics, "sluice_request_memory_capacity_bytes");
+    assert!(
+        parts > 0 && parts < BUDGET,
+        "derived caches and pools ({parts}) must fit the budget"
+    );
+    b.create_topic("mem", PARTITIONS);
+    let pid = b.child.as_ref().expect("running").id();
+
+    let value = vec![b'm'; 1000];
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|_| {
+            let mut c = b.client();
+            let value = value.clone();
+            thread::spawn(move || {
+                let values: Vec<&[u8]> = (0..RECORDS_PER_BATCH).map(|_| &value[..]).collect();
+                let batch = batch_of(&values);
+                for _ in 0..FRAMES {
+                    let partitions = (0..PARTITIONS)
+                        .map(|p| ProducePartition {
+                            topic: "mem".into(),
+                            partition: p,
+                            records: batch.clone(),
+                        })
+                        .collect();
+                    let r = c
+                        .produce(Acks::Leader, 30_000, partitions)
+                        .expect("produce");
+                    assert!(r.iter().all(|p| p.error == ErrorCode::NONE), "{r:?}");
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().expect("producer");
+    }
+    let per_partition = (PRODUCERS * FRAMES * RECORDS_PER_BATCH) as i64;
+    eprintln!(
+        "after produce: peak RSS {} MiB, cache {} MiB",
+        peak_rss(pid) / MIB,
+        scrape(metrics, "sluice_tail_cache_bytes") / MIB
+    );
+
+    // Consumers each read the whole topic from offset 0, asking for far more
+    // than the request memory per fetch (64 MiB, 16 MiB per partition).
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let mut c = b.client();
+            thread::spawn(move || {
+                let mut offsets = vec![0i64; PARTITIONS as usize];
+                let mut fetches = 0;
+                while offsets.iter().any(|o| *o < per_partition) {
+                    fetches += 1;
+                    assert!(fetches < 100_000, "consumer made no progress");
+                    let r = c
+                        .fetch(FetchRequest {
+                            max_wait_ms: 0,
+                            min_bytes: 0,
+                            max_bytes: 64 << 20,
+                            partitions: (0..PARTITIONS)
+                                .filter(|p| offsets[*p as usize] < per_partition)
+                                .map(|p| FetchPartition {
+                                    topic: "mem".into(),
+                                    partition: p,
+                                    offset: offsets[p as usize],
+                                    max_bytes: 16 << 20,
+                                })
+                                .collect(),
+                        })
+                        .expect("fetch");
+                    for part in r {
+                        assert_eq!(part.error, ErrorCode::NONE);
+                        let at = offsets[part.partition as usize];
+                        let got = decode_values(&part.records, at);
+                        for (i, (offset, v)) in got.iter().enumerate() {
+                            assert_eq!(*offset, at + i as i64, "no gap, in order");
+                            assert_eq!(v.len(), 1000);
+                        }
+                        offsets[part.partition as usize] = at + got.len() as i64;
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in consumers {
+        c.join().expect("consumer");
+    }
+    let peak = peak_rss(pid);
+    eprintln!("peak RSS {} MiB", peak / MIB);
+    assert!(
+        peak <= BUDGET,
+        "peak RSS {} MiB over the {} MiB budget",
+        peak / MIB,
+        BUDGET / MIB
+    );
+    assert_eq!(
+        scrape(metrics, "sluice_request_memory_bytes"),
+        0,
+        "every reservation is given back once its answer is written"
+    );
+}
