@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
@@ -123,7 +123,7 @@ pub(crate) async fn serve_connection<F, Fut>(
     protocol: &'static str,
     read: F,
 ) where
-    F: FnOnce(Rc<Shard>, futures_lite::io::ReadHalf<TcpStream>, LocalSender<Answer>) -> Fut,
+    F: FnOnce(Rc<Shard>, Incoming, LocalSender<Answer>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let peer = stream
@@ -135,7 +135,7 @@ pub(crate) async fn serve_connection<F, Fut>(
     let depth = shard.config.broker.max_in_flight_per_connection;
     let (queue, answers) = local_channel::new_bounded::<Answer>(depth);
     let writer = glommio::spawn_local(write_answers(fd, writer, answers));
-    if let Err(why) = read(shard.clone(), reader, queue).await {
+    if let Err(why) = read(shard.clone(), Incoming { reader, fd }, queue).await {
         tracing::info!(
             shard = shard.id,
             peer,
@@ -149,13 +149,13 @@ pub(crate) async fn serve_connection<F, Fut>(
 /// Reads frames and queues their answers until the peer closes or errs.
 async fn read_requests(
     shard: &Rc<Shard>,
-    mut reader: impl AsyncRead + Unpin,
+    mut incoming: Incoming,
     queue: LocalSender<Answer>,
 ) -> Result<(), String> {
     let max = shard.config.broker.max_frame_bytes;
     loop {
         let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-        match reader.read_exact(&mut prefix).await {
+        match incoming.reader.read_exact(&mut prefix).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("read failed: {e}")),
@@ -166,7 +166,7 @@ async fn read_requests(
             Err(e) => return Err(format!("bad frame: {e}")),
         };
         let (frame, memory) =
-            read_frame_body(&mut reader, &prefix, total, &shard.request_memory).await?;
+            read_frame_body(&mut incoming, &prefix, total, &shard.request_memory).await?;
         let memory = Rc::new(RefCell::new(memory));
         let answer = match native::decode_request(frame) {
             Ok((correlation_id, request)) => {
@@ -199,10 +199,23 @@ async fn read_requests(
 /// holds only about what it sent.
 const FRAME_READ_STEP_BYTES: usize = 64 * 1024;
 
+/// The reading side of a connection.
+pub(crate) struct Incoming {
+    pub reader: futures_lite::io::ReadHalf<TcpStream>,
+    /// The socket, for reads straight into a frame's unfilled capacity.
+    pub fd: RawFd,
+}
+
 /// Reads the rest of a frame whose total length (prefix included) is
 /// `total`, reserving its bytes in the shard's request memory as they come.
+///
+/// What the socket already holds is received straight into the frame's
+/// unfilled capacity (`recv`, non-blocking), so the buffer is never zeroed
+/// first; only when the socket is empty does the read wait on the stream,
+/// for a single byte. glommio's `TcpStream` keeps no read-ahead buffer of
+/// its own (it is not `Buffered`), so both reads see the same byte stream.
 pub(crate) async fn read_frame_body(
-    reader: &mut (impl AsyncRead + Unpin),
+    incoming: &mut Incoming,
     prefix: &[u8],
     total: usize,
     pool: &RequestMemory,
@@ -214,16 +227,54 @@ pub(crate) async fn read_frame_body(
     let mut frame = BytesMut::with_capacity(total);
     frame.extend_from_slice(prefix);
     while frame.len() < total {
-        let step = (total - frame.len()).min(FRAME_READ_STEP_BYTES);
-        memory.grow(pool, step as u64).await;
-        let start = frame.len();
-        frame.resize(start + step, 0);
-        reader
-            .read_exact(&mut frame[start..])
-            .await
-            .map_err(|e| format!("connection lost mid-frame: {e}"))?;
+        let step_end = frame.len() + (total - frame.len()).min(FRAME_READ_STEP_BYTES);
+        memory.grow(pool, (step_end - frame.len()) as u64).await;
+        while frame.len() < step_end {
+            match recv_unfilled(incoming.fd, &mut frame, step_end) {
+                Ok(0) => return Err("connection lost mid-frame: end of stream".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let at = frame.len();
+                    frame.resize(at + 1, 0);
+                    incoming
+                        .reader
+                        .read_exact(&mut frame[at..])
+                        .await
+                        .map_err(|e| format!("connection lost mid-frame: {e}"))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("connection lost mid-frame: {e}")),
+            }
+        }
     }
     Ok((frame.freeze(), memory.done()))
+}
+
+/// One non-blocking `recv` into `frame`'s unfilled capacity, up to length
+/// `end`; the bytes received become part of the frame.
+fn recv_unfilled(fd: RawFd, frame: &mut BytesMut, end: usize) -> std::io::Result<usize> {
+    let want = end.saturating_sub(frame.len());
+    let spare = frame.spare_capacity_mut();
+    let want = want.min(spare.len());
+    // SAFETY: the kernel writes at most `want` bytes into the spare
+    // capacity, which is valid for writes of that length; no reference to
+    // uninitialized memory is created.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            want,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialized the first `n` bytes of the spare
+    // capacity (n <= want <= spare length).
+    unsafe { frame.set_len(frame.len() + n) };
+    Ok(n)
 }
 
 /// Writes answers in the order their requests arrived.

@@ -25,14 +25,14 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncReadExt};
+use futures_lite::io::AsyncReadExt;
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::memory::Reservation;
-use crate::native::{read_frame_body, Answer};
+use crate::native::{read_frame_body, Answer, Incoming};
 use crate::shard::Shard;
 
 /// Smallest request: size, api key, version, correlation id, client id length.
@@ -47,9 +47,12 @@ pub fn serve_kafka(
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    crate::native::serve_connection(shard, stream, "kafka", |shard, reader, queue| async move {
-        read_requests(&shard, reader, queue).await
-    })
+    crate::native::serve_connection(
+        shard,
+        stream,
+        "kafka",
+        |shard, incoming, queue| async move { read_requests(&shard, incoming, queue).await },
+    )
     .await;
 }
 
@@ -70,20 +73,20 @@ fn frame_total(prefix: [u8; 4], max: usize) -> Result<usize, String> {
 
 async fn read_requests(
     shard: &Rc<Shard>,
-    mut reader: impl AsyncRead + Unpin,
+    mut incoming: Incoming,
     queue: LocalSender<Answer>,
 ) -> Result<(), String> {
     let max = shard.config.broker.max_frame_bytes;
     loop {
         let mut prefix = [0u8; 4];
-        match reader.read_exact(&mut prefix).await {
+        match incoming.reader.read_exact(&mut prefix).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(format!("read failed: {e}")),
         }
         let total = frame_total(prefix, max)?;
         let (frame, memory) =
-            read_frame_body(&mut reader, &prefix, total, &shard.request_memory).await?;
+            read_frame_body(&mut incoming, &prefix, total, &shard.request_memory).await?;
         let memory = Rc::new(RefCell::new(memory));
         let request = parse_request(frame, memory.clone())?;
         let shard = shard.clone();
