@@ -4,8 +4,11 @@
 //! A `Partition` is `!Send`: it lives on its owning shard and nothing else
 //! touches it. Appends are queued and written by one writer task per
 //! partition; every append queued while the previous write was in flight goes
-//! into the next single write and, when any of them asks for durability, one
-//! `fdatasync` (group commit). Offsets are assigned by the writer, so a failed
+//! into the next single write (group commit). When any of them asks for
+//! durability, the written group goes to the partition's flusher task, which
+//! answers it after an `fdatasync` that began once the write was done; the
+//! writer meanwhile goes on with the next group, and groups written during
+//! one flush share the next. Offsets are assigned by the writer, so a failed
 //! write consumes none. The writer also checks idempotent producers'
 //! sequences as it assigns offsets (`producer`), in queue order: a retried
 //! batch is answered with its original offset and not written again, and an
@@ -229,6 +232,21 @@ pub struct Partition {
     doorbell: LocalSender<()>,
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     appended_batches: Cell<u64>,
+    /// Written groups waiting for their flush (`flusher_loop`).
+    flushes: RefCell<VecDeque<PendingFlush>>,
+    flush_doorbell: LocalSender<()>,
+    /// The flusher is flushing (its group is out of `flushes`).
+    flushing: Cell<bool>,
+    /// Woken each time the flusher runs out of work.
+    flush_idle: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+/// A written group whose appends asked for durability: answered once a
+/// flush that began after the write completed has finished.
+struct PendingFlush {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    answers: Vec<Answered>,
 }
 
 pub fn now_ms() -> i64 {
@@ -274,6 +292,7 @@ impl Partition {
         let producers =
             snapshot::rebuild(&dir, &segments, log_end, now_ms(), expiration_ms).await?;
         let (doorbell, rx) = local_channel::new_bounded(1);
+        let (flush_doorbell, flush_rx) = local_channel::new_bounded(1);
         let p = Rc::new(Partition {
             topic,
             partition,
@@ -296,8 +315,13 @@ impl Partition {
             waiters: RefCell::new(Vec::new()),
             appended_batches: Cell::new(0),
             cleaner: RefCell::new(Default::default()),
+            flushes: RefCell::new(VecDeque::new()),
+            flush_doorbell,
+            flushing: Cell::new(false),
+            flush_idle: RefCell::new(Vec::new()),
         });
         glommio::spawn_local(writer_loop(Rc::downgrade(&p), rx)).detach();
+        glommio::spawn_local(flusher_loop(Rc::downgrade(&p), flush_rx)).detach();
         Ok(p)
     }
 
@@ -655,13 +679,25 @@ impl Partition {
         Ok(start)
     }
 
+    /// Waits until every written group handed to the flusher is answered.
+    async fn flushes_done(&self) {
+        while self.flushing.get() || !self.flushes.borrow().is_empty() {
+            let (tx, rx) = oneshot::channel();
+            self.flush_idle.borrow_mut().push(tx);
+            let _ = self.flush_doorbell.try_send(());
+            let _ = rx.await;
+        }
+    }
+
     /// Stops accepting appends, waits for queued ones, writes the indexes and
     /// flushes the active segment.
     pub async fn close(&self) -> Result<(), StorageError> {
         self.state.borrow_mut().closed = true;
-        // Wait until the writer drained the queue.
+        // Wait until the writer drained the queue and the flusher answered
+        // every group it was given.
         let _ = self.queue_slots.acquire(APPEND_QUEUE_DEPTH as u64).await;
         self.queue_slots.close();
+        self.flushes_done().await;
         let (file, path) = {
             let s = self.state.borrow();
             match s.segments.last() {
@@ -961,8 +997,8 @@ impl Segment {
     }
 }
 
-/// The writer task: drains the queue, writes each group with one write and at
-/// most one flush, then answers every append of the group.
+/// The writer task: drains the queue and writes each group with one write;
+/// answers the group, or hands it to the flusher when it asked for a flush.
 async fn writer_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
     while doorbell.recv().await.is_some() {
         let Some(p) = partition.upgrade() else { return };
@@ -1227,21 +1263,67 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     }
     // The write is on the device: consumers may read it now (a process
     // crash cannot lose it). Appends that asked for durability are answered
-    // only once the flush has made it survive a power loss too.
+    // only once a flush has made it survive a power loss too. The flusher
+    // does that while the writer goes on with the next group: a slow flush
+    // delays the acknowledgements it covers, not the next write (nor the
+    // consumers waiting for it).
     let answers = commit_group(p, group, changes, placed, (end, new_tail));
     if needs_flush {
-        if let Err(e) = file.fdatasync().await {
-            let e = StorageError::io("fdatasync", &path, e);
-            tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "flush failed");
-            for (reply, _) in answers {
-                let _ = reply.send(Err(AppendError::Storage(e.clone())));
-            }
-            return;
-        }
-        p.state.borrow_mut().last_flush = Instant::now();
+        p.flushes.borrow_mut().push_back(PendingFlush {
+            file,
+            path,
+            answers,
+        });
+        let _ = p.flush_doorbell.try_send(());
+        return;
     }
     for (reply, appended) in answers {
         let _ = reply.send(Ok(appended));
+    }
+}
+
+/// The flusher task: takes every written group waiting for durability,
+/// flushes their files once each (one `fdatasync` covers every write that
+/// completed before it began, so groups written during a flush share the
+/// next one), then answers them.
+async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
+    while doorbell.recv().await.is_some() {
+        let Some(p) = partition.upgrade() else { return };
+        loop {
+            let groups: Vec<PendingFlush> = p.flushes.borrow_mut().drain(..).collect();
+            if groups.is_empty() {
+                break;
+            }
+            p.flushing.set(true);
+            let mut files: Vec<(&Rc<DmaFile>, &Path)> = Vec::new();
+            for g in &groups {
+                if !files.iter().any(|(f, _)| Rc::ptr_eq(f, &g.file)) {
+                    files.push((&g.file, &g.path));
+                }
+            }
+            let mut failed = None;
+            for (file, path) in files {
+                if let Err(e) = file.fdatasync().await {
+                    let e = StorageError::io("fdatasync", path, e);
+                    tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "flush failed");
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if failed.is_none() {
+                p.state.borrow_mut().last_flush = Instant::now();
+            }
+            for (reply, appended) in groups.into_iter().flat_map(|g| g.answers) {
+                let _ = reply.send(match &failed {
+                    None => Ok(appended),
+                    Some(e) => Err(AppendError::Storage(e.clone())),
+                });
+            }
+            p.flushing.set(false);
+        }
+        for w in p.flush_idle.borrow_mut().drain(..) {
+            let _ = w.send(());
+        }
     }
 }
 

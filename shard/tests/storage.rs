@@ -476,3 +476,74 @@ fn reads_skip_a_batch_larger_than_one_read_to_reach_a_later_offset() {
         store.close_all().await.expect("close");
     });
 }
+
+#[test]
+fn appends_written_while_a_flush_runs_are_all_answered_in_order_and_close_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, p) = open(&path, small_segments()).await;
+        // 200 appends in flight at once, most asking for a flush: the writer
+        // goes on writing while the flusher flushes, across segment rolls.
+        let done = Rc::new(std::cell::Cell::new(0u32));
+        let tasks: Vec<_> = (0..200u64)
+            .map(|i| {
+                let p = p.clone();
+                let done = done.clone();
+                let durability = match i % 3 {
+                    0 => Durability::Written,
+                    _ => Durability::Flushed,
+                };
+                glommio::spawn_local(async move {
+                    let at = p
+                        .append(make_batch(i * 2, 2, 7000 + i as i64), durability)
+                        .await;
+                    done.set(done.get() + 1);
+                    (i, at.map(|a| a.base_offset))
+                })
+            })
+            .collect();
+        // Close while appends are being written and flushed: every append
+        // it answers Ok must be on disk when close returns.
+        while p.offsets().log_end < 100 {
+            glommio::timer::sleep(std::time::Duration::from_micros(100)).await;
+        }
+        store.close_all().await.expect("close");
+        glommio::executor().yield_task_queue_now().await;
+        assert_eq!(done.get(), 200, "close left appends unanswered");
+        let mut answered = Vec::new();
+        for t in tasks {
+            let (i, at) = t.await;
+            if let Ok(base) = at {
+                answered.push((i, base));
+            }
+        }
+        drop((store, p));
+        assert!(answered.len() >= 50, "{} answered", answered.len());
+        let mut bases: Vec<i64> = answered.iter().map(|(_, b)| *b).collect();
+        bases.sort_unstable();
+        assert_eq!(
+            bases,
+            (0..answered.len() as i64)
+                .map(|i| i * 2)
+                .collect::<Vec<i64>>(),
+            "every append has its own offsets, no gap"
+        );
+        let (store, p) = open(&path, small_segments()).await;
+        let end = p.offsets().log_end;
+        assert!(end >= 2 * answered.len() as i64, "log end {end}");
+        let mut all = Vec::new();
+        let mut at = 0;
+        while at < end {
+            let got = values(&p.read(at, 1 << 20).await.expect("read").chunks);
+            at = got.last().map(|v| v.0 + 1).expect("progress");
+            all.extend(got);
+        }
+        for (i, base) in answered {
+            let want = format!("value-{:08}", i * 2);
+            let got = all.iter().find(|(o, _)| *o == base).map(|(_, v)| v.clone());
+            assert_eq!(got, Some(want), "append {i} answered offset {base}");
+        }
+        store.close_all().await.expect("close");
+    });
+}
