@@ -346,6 +346,11 @@ fn run_broker(
             eprintln!("compare: {} exited during ({})", broker.name(), w.id);
             break;
         }
+        // Each workload's data goes with it, so a full run fits on the disk
+        // and no workload reads or pays for another's files.
+        if let Err(e) = delete_topic(&running.bootstrap, &format!("bench-{}", w.id)) {
+            eprintln!("compare: deleting bench-{}: {e}", w.id);
+        }
     }
     if setup.tools && running.alive() {
         out.tools = Some(run_kafka_tools(script, &running, setup));
@@ -772,6 +777,11 @@ pub fn cpu_count(list: &str) -> u32 {
         })
         .sum::<u32>()
         .max(1)
+}
+
+fn delete_topic(bootstrap: &str, topic: &str) -> Result<(), BenchError> {
+    let mut client = KafkaClient::from_stream(conn::connect_stream(bootstrap)?)?;
+    client.delete_topic(topic)
 }
 
 /// Sluice's whole-process memory budget (`sluice_memory_budget_bytes`)

@@ -1,6 +1,6 @@
 //! A compact blocking Kafka-protocol client over `std::net`, with the
 //! `kafka-protocol` crate's codecs: just what the generator needs
-//! (ApiVersions, Metadata, CreateTopics, Produce v9, Fetch v12 sessionless,
+//! (ApiVersions, Metadata, CreateTopics, DeleteTopics, Produce v9, Fetch v12 sessionless,
 //! ListOffsets), with requests pipelined on one connection.
 //!
 //! Like the native client it reads straight from the socket (no user-space
@@ -17,8 +17,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
-    CreateTopicsResponse, FetchResponse, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchResponse,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -28,12 +29,13 @@ use crate::error::BenchError;
 /// Produce and Fetch are pinned (v9: flexible, no topic ids; v12: the last
 /// by-name Fetch with sessions); the others take the broker's highest up to
 /// the preferred one.
-const WANTED: [(ApiKey, i16, i16); 5] = [
+const WANTED: [(ApiKey, i16, i16); 6] = [
     (ApiKey::Produce, 9, 9),
     (ApiKey::Fetch, 12, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
 ];
 const API_VERSIONS_VERSION: i16 = 3;
 /// The largest response accepted (a fetch of many partitions can be big).
@@ -50,6 +52,7 @@ pub struct Versions {
     pub list_offsets: i16,
     pub metadata: i16,
     pub create_topics: i16,
+    pub delete_topics: i16,
 }
 
 /// The version to use of each wanted API, given the broker's ranges
@@ -77,6 +80,7 @@ pub fn negotiate(broker: &[(i16, i16, i16)]) -> Result<Versions, BenchError> {
         list_offsets: picked[2],
         metadata: picked[3],
         create_topics: picked[4],
+        delete_topics: picked[5],
     })
 }
 
@@ -95,6 +99,7 @@ pub enum Response {
     ListOffsets(ListOffsetsResponse),
     Metadata(MetadataResponse),
     CreateTopics(CreateTopicsResponse),
+    DeleteTopics(DeleteTopicsResponse),
 }
 
 fn codec_error(what: &str, e: impl std::fmt::Display) -> BenchError {
@@ -145,6 +150,7 @@ impl KafkaClient {
             ApiKey::ListOffsets => self.versions.list_offsets,
             ApiKey::Metadata => self.versions.metadata,
             ApiKey::CreateTopics => self.versions.create_topics,
+            ApiKey::DeleteTopics => self.versions.delete_topics,
             _ => 0,
         }
     }
@@ -223,6 +229,7 @@ impl KafkaClient {
             ApiKey::Fetch => FetchResponse::header_version(version),
             ApiKey::ListOffsets => ListOffsetsResponse::header_version(version),
             ApiKey::Metadata => MetadataResponse::header_version(version),
+            ApiKey::DeleteTopics => DeleteTopicsResponse::header_version(version),
             _ => CreateTopicsResponse::header_version(version),
         };
         let header = ResponseHeader::decode(&mut body, header_version)
@@ -247,6 +254,9 @@ impl KafkaClient {
             ApiKey::Metadata => {
                 Response::Metadata(MetadataResponse::decode(&mut body, version).map_err(what)?)
             }
+            ApiKey::DeleteTopics => Response::DeleteTopics(
+                DeleteTopicsResponse::decode(&mut body, version).map_err(what)?,
+            ),
             _ => Response::CreateTopics(
                 CreateTopicsResponse::decode(&mut body, version).map_err(what)?,
             ),
@@ -303,6 +313,32 @@ impl KafkaClient {
     }
 }
 
+impl KafkaClient {
+    /// Deletes `name` (its data too); "unknown topic" counts as success.
+    pub fn delete_topic(&mut self, name: &str) -> Result<(), BenchError> {
+        let request = DeleteTopicsRequest::default()
+            .with_topic_names(vec![topic_name(name)])
+            .with_timeout_ms(60_000);
+        self.send(ApiKey::DeleteTopics, &request)?;
+        let Response::DeleteTopics(r) = self.recv()? else {
+            return Err(BenchError::new(
+                "DeleteTopics answered with another response",
+            ));
+        };
+        match r.responses.first() {
+            Some(t) if t.error_code == 0 || t.error_code == UNKNOWN_TOPIC_OR_PARTITION => Ok(()),
+            Some(t) => Err(BenchError::new(format!(
+                "deleting topic {name}: error {}",
+                t.error_code
+            ))),
+            None => Err(BenchError::new(format!("deleting topic {name}: no result"))),
+        }
+    }
+}
+
+/// Kafka's error code for "this topic or partition is unknown".
+pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
 /// Kafka's error code for "the topic already exists".
 pub const TOPIC_ALREADY_EXISTS: i16 = 36;
 
@@ -319,7 +355,10 @@ mod tests {
     use super::*;
 
     fn all(min: i16, max: i16) -> Vec<(i16, i16, i16)> {
-        [0i16, 1, 2, 3, 19].iter().map(|&k| (k, min, max)).collect()
+        [0i16, 1, 2, 3, 19, 20]
+            .iter()
+            .map(|&k| (k, min, max))
+            .collect()
     }
 
     #[test]
@@ -332,7 +371,8 @@ mod tests {
                 fetch: 12,
                 list_offsets: 7,
                 metadata: 12,
-                create_topics: 7
+                create_topics: 7,
+                delete_topics: 5
             }
         );
         let mut older = all(0, 17);
