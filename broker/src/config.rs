@@ -38,6 +38,8 @@ pub struct BrokerSection {
     pub group_initial_rebalance_delay_ms: u64,
     pub group_min_session_timeout_ms: i32,
     pub group_max_session_timeout_ms: i32,
+    pub offsets_retention_minutes: u64,
+    pub offsets_retention_check_interval_ms: u64,
     pub max_frame_bytes: usize,
     pub max_connections_per_shard: usize,
     pub max_in_flight_per_connection: usize,

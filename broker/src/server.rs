@@ -346,6 +346,8 @@ fn group_coordinator(config: &Config, store: &Rc<ShardStore>) -> Rc<GroupCoordin
         initial_rebalance_delay_ms: b.group_initial_rebalance_delay_ms,
         session_timeout_ms_min: b.group_min_session_timeout_ms,
         session_timeout_ms_max: b.group_max_session_timeout_ms,
+        offsets_retention_ms: b.offsets_retention_minutes.saturating_mul(60_000),
+        offsets_retention_check_ms: b.offsets_retention_check_interval_ms.max(1),
         ..GroupConfig::default()
     };
     GroupCoordinator::with_config(offsets, group_config)

@@ -59,6 +59,10 @@ pub const METADATA_BYTES_MAX_DEFAULT: usize = 4_096;
 /// How long an Empty group without offsets is kept before it is removed (Kafka's
 /// `offsets.retention.check.interval.ms`, the period of its cleanup pass).
 pub const EMPTY_GROUP_RETENTION_MS_DEFAULT: u64 = 600_000;
+/// Kafka's `offsets.retention.minutes` default (7 days), in milliseconds.
+pub const OFFSETS_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `offsets.retention.check.interval.ms` default.
+pub const OFFSETS_RETENTION_CHECK_MS_DEFAULT: u64 = 600_000;
 /// How often the timer task checks session, join and sync deadlines.
 pub const TICK_MS: u64 = 100;
 /// Bytes read from the offsets log per step while loading.
@@ -78,6 +82,11 @@ pub struct GroupConfig {
     pub offsets_per_group_max: usize,
     pub metadata_bytes_max: usize,
     pub empty_group_retention_ms: u64,
+    /// Committed offsets expire this long after their group became Empty (or, for
+    /// a group that only commits, after their commit; for a Stable consumer group,
+    /// after the commit of a topic no member subscribes to any more).
+    pub offsets_retention_ms: u64,
+    pub offsets_retention_check_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -91,6 +100,8 @@ impl Default for GroupConfig {
             offsets_per_group_max: OFFSETS_PER_GROUP_MAX_DEFAULT,
             metadata_bytes_max: METADATA_BYTES_MAX_DEFAULT,
             empty_group_retention_ms: EMPTY_GROUP_RETENTION_MS_DEFAULT,
+            offsets_retention_ms: OFFSETS_RETENTION_MS_DEFAULT,
+            offsets_retention_check_ms: OFFSETS_RETENTION_CHECK_MS_DEFAULT,
         }
     }
 }

@@ -542,7 +542,80 @@ impl Core {
                 fx.records.extend(self.remove_group(&id));
             }
         }
+        let every = self.config.offsets_retention_check_ms;
+        match self.offsets_checked_ms {
+            Some(last) if now.ms < last.saturating_add(every) => {}
+            Some(_) => {
+                self.offsets_checked_ms = Some(now.ms);
+                fx.records.extend(self.expire_offsets(now));
+            }
+            None => self.offsets_checked_ms = Some(now.ms),
+        }
         fx
+    }
+
+    /// Removes committed offsets past `offsets_retention_ms` (Kafka's rules, KIP-211):
+    /// - a group that only commits (no protocol type): each offset expires that long
+    ///   after its last commit;
+    /// - an Empty group: all its offsets expire that long after it became Empty;
+    /// - a Stable "consumer" group: offsets of topics no member subscribes to expire
+    ///   that long after their commit.
+    ///
+    /// An Empty group left with no offsets goes too. Returns the tombstones.
+    pub fn expire_offsets(&mut self, now: Now) -> Vec<LogRecord> {
+        let retention = self.config.offsets_retention_ms;
+        let retention_wall = i64::try_from(retention).unwrap_or(i64::MAX);
+        let old_commit =
+            |c: &Committed| now.wall_ms.saturating_sub(c.commit_timestamp_ms) >= retention_wall;
+        let ids: Vec<String> = self.groups.keys().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if self.precheck(&id).is_some() {
+                continue;
+            }
+            let partition = self.partition_of(&id);
+            let Some(group) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            let idle =
+                group.state == GroupState::Empty && group.size() == 0 && group.pending.is_empty();
+            let expired: Vec<(String, i32)> = match (&group.protocol_type, idle) {
+                (None, _) => group
+                    .offsets
+                    .iter()
+                    .filter(|(_, c)| old_commit(c))
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                (Some(_), true) if now.ms.saturating_sub(group.state_since_ms) >= retention => {
+                    group.offsets.keys().cloned().collect()
+                }
+                (Some(kind), false) if kind == "consumer" => match subscriptions(group) {
+                    Some(Some(topics)) => group
+                        .offsets
+                        .iter()
+                        .filter(|((t, _), c)| !topics.contains(t) && old_commit(c))
+                        .map(|(k, _)| k.clone())
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            for (topic, p) in &expired {
+                group.offsets.remove(&(topic.clone(), *p));
+                out.push(LogRecord {
+                    partition,
+                    key: records::offset_key(&id, topic, *p),
+                    value: None,
+                });
+            }
+            if !expired.is_empty() {
+                tracing::info!(group = %id, offsets = expired.len(), "committed offsets expired");
+            }
+            if idle && group.offsets.is_empty() && !expired.is_empty() {
+                out.extend(self.remove_group(&id));
+            }
+        }
+        out
     }
 
     /// Starts replaying a partition: its groups are forgotten and requests for them

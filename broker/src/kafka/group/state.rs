@@ -988,6 +988,8 @@ pub struct Core {
     pub groups: HashMap<String, Group>,
     /// `__consumer_offsets` partitions being replayed.
     pub loading: HashSet<u32>,
+    /// When committed offsets were last checked for expiry (`None`: not yet).
+    pub offsets_checked_ms: Option<u64>,
 }
 
 impl Core {
@@ -997,6 +999,7 @@ impl Core {
             partitions,
             groups: HashMap::new(),
             loading: HashSet::new(),
+            offsets_checked_ms: None,
         }
     }
 

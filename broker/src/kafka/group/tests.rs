@@ -912,3 +912,120 @@ fn requests_during_load_get_coordinator_load_in_progress() {
     h.core.end_load(partition, h.at());
     assert_eq!(h.core.fetch(GROUP, None), Ok(Vec::new()));
 }
+
+// ---- Committed offsets expire (offsets.retention.minutes, KIP-211) ----
+
+const RETENTION_MS: u64 = 3_600_000;
+const CHECK_MS: u64 = 60_000;
+
+fn expiring() -> Harness {
+    let mut h = Harness::new(DELAY_MS);
+    h.core.config.offsets_retention_ms = RETENTION_MS;
+    h.core.config.offsets_retention_check_ms = CHECK_MS;
+    // The first tick only starts the clock of the checks.
+    h.advance(1);
+    h
+}
+
+fn commit_now(h: &mut Harness, member: &str, generation: i32, offsets: &[(&str, i32, i64)]) {
+    let plan = h
+        .core
+        .plan_commit(&commit_req(member, generation, offsets), h.at());
+    assert_eq!(plan.accepted.len(), offsets.len(), "{plan:?}");
+    let at = h.at();
+    h.core.apply_commit(&plan, 0, at);
+}
+
+fn committed(h: &Harness) -> Vec<(String, i32)> {
+    h.core
+        .groups
+        .get(GROUP)
+        .map(|g| g.offsets.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Tombstoned `__consumer_offsets` keys so far.
+fn tombstones(h: &Harness) -> usize {
+    h.records.iter().filter(|r| r.value.is_none()).count()
+}
+
+#[test]
+fn a_group_that_only_commits_loses_each_offset_retention_after_its_commit() {
+    let mut h = expiring();
+    commit_now(&mut h, "", -1, &[("t", 0, 5)]);
+    h.advance(RETENTION_MS / 2);
+    commit_now(&mut h, "", -1, &[("t", 1, 7)]);
+    h.advance(RETENTION_MS / 2 + CHECK_MS);
+    assert_eq!(
+        committed(&h),
+        vec![("t".to_owned(), 1)],
+        "only the older one expired"
+    );
+    assert_eq!(tombstones(&h), 1);
+    h.advance(RETENTION_MS / 2 + CHECK_MS);
+    assert!(committed(&h).is_empty());
+    assert!(
+        !h.core.groups.contains_key(GROUP),
+        "the empty group went with them"
+    );
+    assert_eq!(tombstones(&h), 3, "two offsets and the group");
+    assert!(h.core.fetch(GROUP, None).expect("fetch").is_empty());
+}
+
+#[test]
+fn an_empty_consumer_group_keeps_its_offsets_for_the_retention_after_it_emptied() {
+    let mut h = expiring();
+    let ids = h.stable_group(1);
+    let generation = h.generation();
+    commit_now(&mut h, &ids[0], generation, &[("t", 0, 42)]);
+    // Committed long ago, but the group is alive: nothing expires.
+    for _ in 0..(RETENTION_MS / (SESSION_MS as u64 / 2)) + 1 {
+        assert_eq!(h.heartbeat(&ids[0], generation), code::NONE);
+        h.advance(SESSION_MS as u64 / 2);
+    }
+    assert_eq!(
+        committed(&h).len(),
+        1,
+        "an active group's subscribed offsets stay"
+    );
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(s(GROUP)))
+        .with_member_id(s(&ids[0]));
+    let (_, fx) = h.core.leave(&leave, 1, h.at());
+    h.absorb(fx);
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    h.advance(RETENTION_MS - CHECK_MS);
+    assert_eq!(
+        committed(&h).len(),
+        1,
+        "not yet: retention counts from emptying"
+    );
+    h.advance(2 * CHECK_MS);
+    assert!(committed(&h).is_empty());
+    assert!(!h.core.groups.contains_key(GROUP));
+}
+
+#[test]
+fn a_stable_consumer_group_loses_only_offsets_of_topics_nobody_subscribes_to() {
+    let mut h = expiring();
+    // ConsumerProtocolSubscription v0: version, one topic "t".
+    let subscription = "\0\0\0\0\0\u{1}\0\u{1}t";
+    let first = h.join(join_req("", None, &[("range", subscription)]));
+    let id = h
+        .join_reply(first)
+        .map(|r| r.member_id.to_string())
+        .unwrap_or_default();
+    let w = h.join(join_req(&id, None, &[("range", subscription)]));
+    h.settle(&[w]);
+    let generation = h.generation();
+    let w = h.sync(sync_req(&id, generation, &[(&id, "a")]));
+    assert!(h.sync_reply(w).is_some());
+    assert_eq!(h.state(), Some(GroupState::Stable));
+    commit_now(&mut h, &id, generation, &[("t", 0, 1), ("old", 0, 2)]);
+    for _ in 0..(RETENTION_MS / (SESSION_MS as u64 / 2)) + 2 {
+        assert_eq!(h.heartbeat(&id, generation), code::NONE);
+        h.advance(SESSION_MS as u64 / 2);
+    }
+    assert_eq!(committed(&h), vec![("t".to_owned(), 0)]);
+    assert_eq!(tombstones(&h), 1);
+}
