@@ -6,8 +6,9 @@
 //! - Only closed segments are cleaned (never the active one), and only those
 //!   whose newest record is at least `min.compaction.lag.ms` old; they form a
 //!   prefix of the log. A cleaning runs when the bytes not yet cleaned are at
-//!   least `min.cleanable.dirty.ratio` of that prefix (what is clean is known
-//!   in memory only: after a restart the whole prefix counts as dirty once).
+//!   least `min.cleanable.dirty.ratio` of that prefix. Where the clean part
+//!   ends (the cleaner checkpoint) is kept in the partition directory's
+//!   `cleaner-checkpoint` file, so a restart does not clean it all again.
 //! - For every key, only the record with the highest offset in the cleaned
 //!   prefix is kept; records without a key are dropped. A tombstone (null
 //!   value) that is the newest of its key is dropped once its batch's max
@@ -55,6 +56,43 @@ pub(crate) struct CleanerState {
     running: bool,
 }
 
+/// The file, in a partition's directory, that keeps the cleaner checkpoint.
+pub const CHECKPOINT_FILE: &str = "cleaner-checkpoint";
+
+impl CleanerState {
+    /// The state a partition starts with: the checkpoint left in `dir`, if
+    /// any and inside the recovered log (ending at `log_end`). A checkpoint
+    /// that is too low only costs a cleaning; one past the log is ignored.
+    pub(crate) fn load(dir: &Path, log_end: i64) -> CleanerState {
+        let clean_before = std::fs::read_to_string(dir.join(CHECKPOINT_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .filter(|o| (0..=log_end).contains(o))
+            .unwrap_or(0);
+        CleanerState {
+            clean_before,
+            running: false,
+        }
+    }
+}
+
+/// Writes the checkpoint (write, flush, rename: a crash leaves the old or the
+/// new one). A failure is logged: the next start cleans more, nothing else.
+fn save_checkpoint(dir: &Path, clean_before: i64) {
+    use std::io::Write;
+    let path = dir.join(CHECKPOINT_FILE);
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{clean_before}\n").as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the cleaner checkpoint");
+    }
+}
+
 /// What one cleaning did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CleanOutcome {
@@ -98,10 +136,26 @@ async fn clean_once(p: &Partition, now_ms: i64) -> Result<CleanOutcome, StorageE
         rewrite(p, target, &keys, now_ms, &config, &mut outcome).await?;
     }
     if let Some(last) = targets[..covered].last() {
-        let mut cleaner = p.cleaner.borrow_mut();
-        cleaner.clean_before = cleaner.clean_before.max(last.last_offset + 1);
+        let clean_before = {
+            let mut cleaner = p.cleaner.borrow_mut();
+            cleaner.clean_before = cleaner.clean_before.max(last.last_offset + 1);
+            cleaner.clean_before
+        };
+        save_checkpoint(&p.dir, clean_before);
     }
     Ok(outcome)
+}
+
+/// Bytes of closed segments at or past the cleaner checkpoint.
+pub(crate) fn dirty_bytes(p: &Partition) -> u64 {
+    let clean_before = p.cleaner.borrow().clean_before;
+    let s = p.state.borrow();
+    let closed = s.segments.len().saturating_sub(1);
+    s.segments[..closed]
+        .iter()
+        .filter(|seg| seg.last_offset >= clean_before)
+        .map(|seg| seg.size)
+        .sum()
 }
 
 /// The configuration and the closed segments old enough to clean.

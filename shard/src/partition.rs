@@ -293,6 +293,7 @@ impl Partition {
             snapshot::rebuild(&dir, &segments, log_end, now_ms(), expiration_ms).await?;
         let (doorbell, rx) = local_channel::new_bounded(1);
         let (flush_doorbell, flush_rx) = local_channel::new_bounded(1);
+        let cleaner_dir = dir.clone();
         let p = Rc::new(Partition {
             topic,
             partition,
@@ -314,7 +315,7 @@ impl Partition {
             doorbell,
             waiters: RefCell::new(Vec::new()),
             appended_batches: Cell::new(0),
-            cleaner: RefCell::new(Default::default()),
+            cleaner: RefCell::new(crate::compaction::CleanerState::load(&cleaner_dir, log_end)),
             flushes: RefCell::new(VecDeque::new()),
             flush_doorbell,
             flushing: Cell::new(false),
@@ -752,6 +753,12 @@ impl Partition {
         now_ms: i64,
     ) -> Result<crate::compaction::CleanOutcome, StorageError> {
         crate::compaction::clean(self, now_ms).await
+    }
+
+    /// Bytes of closed segments the cleaner has not cleaned yet (ignoring
+    /// `min.compaction.lag.ms`).
+    pub fn dirty_bytes(&self) -> u64 {
+        crate::compaction::dirty_bytes(self)
     }
 
     /// Batches appended since the partition was opened.

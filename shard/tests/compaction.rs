@@ -300,3 +300,36 @@ fn a_crash_during_cleaning_leaves_a_consistent_log() {
         store.close_all().await.expect("close");
     });
 }
+
+#[test]
+fn the_cleaner_checkpoint_is_kept_on_disk_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let checkpoint =
+            partition_dir(&path, "t", 0).join(sluice_shard::compaction::CHECKPOINT_FILE);
+        let (store, p) = open(&path, compacted()).await;
+        fill(&p, now_ms() - 1000).await;
+        assert!(!checkpoint.exists(), "no cleaning yet");
+        let first = store.clean().await.expect("clean");
+        assert!(first.segments_rewritten > 1, "{first:?}");
+        // Everything below the active segment was cleaned.
+        let saved = std::fs::read_to_string(&checkpoint).expect("checkpoint written");
+        assert_eq!(saved.trim().parse::<i64>().ok(), Some(active_base(&path)));
+        assert_eq!(p.dirty_bytes(), 0);
+        store.close_all().await.expect("close");
+        drop((store, p));
+
+        // After a restart the clean prefix is still known.
+        let (store, p) = open(&path, compacted()).await;
+        assert_eq!(p.dirty_bytes(), 0, "nothing to clean after a restart");
+        store.close_all().await.expect("close");
+        drop((store, p));
+
+        // A checkpoint beyond the log (a log cut short) is ignored.
+        std::fs::write(&checkpoint, "999999999\n").expect("write");
+        let (store, p) = open(&path, compacted()).await;
+        assert!(p.dirty_bytes() > 0, "everything counts as dirty");
+        store.close_all().await.expect("close");
+    });
+}
