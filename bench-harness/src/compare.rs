@@ -365,6 +365,7 @@ fn run_workload(w: &Workload, bootstrap: &str, pid: u32, setup: &Setup<'_>) -> R
         bootstrap: bootstrap.to_owned(),
         protocol: Protocol::Kafka,
         json: None,
+        results: None,
     };
     let limit = Limit {
         records: None,

@@ -48,6 +48,8 @@ pub enum Until {
 
 pub struct Outcome {
     pub e2e_us: Option<Histogram<u64>>,
+    /// The same latencies, second by second.
+    pub e2e_per_s: report::PerSecond,
     pub measured_records: u64,
     pub measured_bytes: u64,
     /// Record-batch bytes read over the whole run, warm-up included.
@@ -75,6 +77,7 @@ pub fn run(
     let (mut conns, mut cursors): (Vec<Conn>, Vec<Vec<Cursor>>) = plan.conns.into_iter().unzip();
     let mut out = Outcome {
         e2e_us: settings.stamped.then(report::histogram),
+        e2e_per_s: report::PerSecond::default(),
         measured_records: 0,
         measured_bytes: 0,
         total_bytes: 0,
@@ -214,7 +217,14 @@ fn absorb_chunk(
         let (new, measured) = if header.is_control() {
             (0, 0)
         } else if let Some(h) = out.e2e_us.as_mut() {
-            stamped_records(bytes, cursor.next, received_at, clock, h)?
+            stamped_records(
+                bytes,
+                cursor.next,
+                received_at,
+                clock,
+                h,
+                &mut out.e2e_per_s,
+            )?
         } else {
             let n = u64::try_from(last - cursor.next.max(header.base_offset) + 1).unwrap_or(0);
             (n, n)
@@ -240,6 +250,7 @@ fn stamped_records(
     received_at: Instant,
     clock: &Clock,
     e2e_us: &mut Histogram<u64>,
+    per_s: &mut report::PerSecond,
 ) -> Result<(u64, u64), String> {
     let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let received_ns = ns(received_at - clock.start);
@@ -258,6 +269,10 @@ fn stamped_records(
         if stamp_ns >= measure_from_ns {
             let latency_ns = received_ns.saturating_sub(stamp_ns);
             report::record(e2e_us, Duration::from_nanos(latency_ns));
+            per_s.record(
+                Duration::from_nanos(received_ns),
+                Duration::from_nanos(latency_ns),
+            );
             measured += 1;
         }
     }

@@ -83,6 +83,10 @@ pub struct Common {
     /// Also write the results as one JSON object to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Write result.json, <latency>.hgrm, latency.svg and latency.hlog (the
+    /// HdrHistogram interval log, one histogram per second) into this directory.
+    #[arg(long)]
+    pub results: Option<std::path::PathBuf>,
 }
 
 /// When a run ends. At most one of the two; with neither, each command has

@@ -61,6 +61,8 @@ pub struct Plan {
 /// What one producer thread measured.
 pub struct Outcome {
     pub ack_us: Histogram<u64>,
+    /// The same latencies, second by second.
+    pub ack_per_s: report::PerSecond,
     /// Records and record-batch bytes acknowledged (sent, with acks=0)
     /// whose batch was due after the warm-up.
     pub measured_records: u64,
@@ -113,6 +115,7 @@ pub fn run(
         in_flight: conns.iter().map(|_| VecDeque::new()).collect(),
         out: Outcome {
             ack_us: report::histogram(),
+            ack_per_s: report::PerSecond::default(),
             measured_records: 0,
             measured_bytes: 0,
             total_bytes: 0,
@@ -246,6 +249,9 @@ impl Producer<'_> {
         if batch.intended >= self.clock.measure_from {
             if self.opts.acks != Acks::None {
                 report::record(&mut self.out.ack_us, at - batch.intended);
+                self.out
+                    .ack_per_s
+                    .record(at - self.clock.start, at - batch.intended);
             }
             self.out.measured_records += batch.records;
             self.out.measured_bytes += batch.bytes;

@@ -34,6 +34,79 @@ pub fn histogram() -> Histogram<u64> {
         .expect("constant histogram bounds are valid")
 }
 
+/// Significant digits of the per-second histograms (the interval log): two
+/// keep each one small enough for a 600 s run.
+const INTERVAL_SIGNIFICANT_DIGITS: u8 = 2;
+/// Seconds of a run the interval log covers at most.
+pub const INTERVALS_MAX: usize = 3_600;
+
+/// Latencies second by second since the start of the run, for the
+/// HdrHistogram interval log (`latency.hlog`).
+#[derive(Clone, Debug, Default)]
+pub struct PerSecond(pub Vec<Histogram<u64>>);
+
+impl PerSecond {
+    /// Records `latency` in the second of the run that `at` (time since the
+    /// start) falls in.
+    pub fn record(&mut self, at: Duration, latency: Duration) {
+        let Ok(i) = usize::try_from(at.as_secs()) else {
+            return;
+        };
+        if i >= INTERVALS_MAX {
+            return;
+        }
+        while self.0.len() <= i {
+            self.0.push(
+                Histogram::new_with_bounds(1, LATENCY_US_MAX, INTERVAL_SIGNIFICANT_DIGITS)
+                    .expect("constant histogram bounds are valid"),
+            );
+        }
+        record(&mut self.0[i], latency);
+    }
+
+    /// Adds `other`'s seconds to this one's.
+    pub fn merge(&mut self, other: &PerSecond) {
+        for (i, h) in other.0.iter().enumerate() {
+            if self.0.len() <= i {
+                self.0.push(h.clone());
+            } else {
+                // Same bounds everywhere: adding cannot fail.
+                let _ = self.0[i].add(h);
+            }
+        }
+    }
+}
+
+/// Writes `report`'s per-second latencies as an HdrHistogram interval log
+/// (V2 deflate encoding), each histogram tagged with its latency's name,
+/// values in microseconds (`MaxValueDivisor` 1000: the tools show ms).
+pub fn write_interval_log(out: &mut impl std::io::Write, report: &Report) -> std::io::Result<()> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    let mut serializer = V2DeflateSerializer::new();
+    let mut builder = IntervalLogWriterBuilder::new();
+    builder
+        .add_comment(&format!(
+            "sluice-bench {}: latency in microseconds, one histogram per second",
+            report.mode
+        ))
+        .with_start_time(report.started)
+        .with_base_time(report.started)
+        .with_max_value_divisor(1000.0);
+    let mut log = builder.begin_log_with(out, &mut serializer)?;
+    for (tag, per_s) in &report.intervals {
+        for (i, h) in per_s.0.iter().enumerate() {
+            if h.is_empty() {
+                continue;
+            }
+            let start = Duration::from_secs(i as u64);
+            log.write_histogram(h, start, Duration::from_secs(1), Tag::new(tag))
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Records `latency`, clamped to what the histogram tracks.
 pub fn record(h: &mut Histogram<u64>, latency: Duration) {
     let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -157,6 +230,10 @@ pub struct Report {
     pub moved_bytes: u64,
     pub wall: Duration,
     pub cpu: CpuTime,
+    /// When the run started (the interval log's base time).
+    pub started: std::time::SystemTime,
+    /// Per-second latencies by tag (`produce_ack`, `end_to_end`).
+    pub intervals: Vec<(&'static str, PerSecond)>,
 }
 
 impl Report {
@@ -360,6 +437,78 @@ mod tests {
     }
 
     #[test]
+    fn the_interval_log_holds_one_tagged_histogram_per_second() {
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        use hdrhistogram::serialization::Deserializer;
+        let mut acks = PerSecond::default();
+        let mut e2e = PerSecond::default();
+        for i in 0..30u64 {
+            acks.record(
+                Duration::from_millis(i * 100),
+                Duration::from_micros(500 + i),
+            );
+        }
+        e2e.record(Duration::from_millis(2500), Duration::from_millis(7));
+        let mut other = PerSecond::default();
+        other.record(Duration::from_millis(100), Duration::from_micros(900));
+        acks.merge(&other);
+        let report = Report {
+            mode: "e2e",
+            settings: Vec::new(),
+            produced: None,
+            consumed: None,
+            produce_ack_us: None,
+            end_to_end_us: None,
+            moved_bytes: 0,
+            wall: Duration::from_secs(3),
+            cpu: CpuTime::default(),
+            started: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            intervals: vec![("produce_ack", acks), ("end_to_end", e2e)],
+        };
+        let mut log = Vec::new();
+        write_interval_log(&mut log, &report).expect("written");
+        let text = String::from_utf8(log.clone()).expect("text");
+        assert!(text.contains("#[StartTime: 1700000000"), "{text}");
+        let mut seen = Vec::new();
+        let mut deserializer = Deserializer::new();
+        for entry in IntervalLogIterator::new(&log) {
+            if let Ok(LogEntry::Interval(h)) = entry {
+                let bytes = base64_decode(h.encoded_histogram());
+                let hist: Histogram<u64> = deserializer
+                    .deserialize(&mut bytes.as_slice())
+                    .expect("a V2 histogram");
+                let tag = h.tag().map(|t| t.as_str().to_owned()).unwrap_or_default();
+                seen.push((tag, h.start_timestamp().as_secs(), hist.len()));
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("produce_ack".to_owned(), 0, 11),
+                ("produce_ack".to_owned(), 1, 10),
+                ("produce_ack".to_owned(), 2, 10),
+                ("end_to_end".to_owned(), 2, 1),
+            ]
+        );
+    }
+
+    fn base64_decode(text: &str) -> Vec<u8> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        for c in text.bytes().filter(|c| *c != b'=') {
+            let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+            acc = (acc << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
     fn microseconds_format_for_a_person() {
         assert_eq!(format_us(0), "0us");
         assert_eq!(format_us(9_999), "9999us");
@@ -398,6 +547,8 @@ mod tests {
             consumed: None,
             produce_ack_us: Some(h),
             end_to_end_us: None,
+            started: std::time::SystemTime::UNIX_EPOCH,
+            intervals: Vec::new(),
             moved_bytes: 100,
             wall: Duration::from_secs(1),
             cpu: CpuTime::default(),

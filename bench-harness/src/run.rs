@@ -65,6 +65,11 @@ pub fn produce(args: &ProduceArgs) -> Result<Report, BenchError> {
     report.produced = Some(produced(&outcomes, &clock));
     report.moved_bytes = outcomes.iter().map(|o| o.total_bytes).sum();
     report.produce_ack_us = (opts.acks != Acks::None).then(|| merge_ack(&outcomes));
+    if opts.acks != Acks::None {
+        report
+            .intervals
+            .push(("produce_ack", merge_ack_per_s(&outcomes)));
+    }
     finish(report, &args.common)
 }
 
@@ -165,6 +170,16 @@ pub fn e2e(args: &E2eArgs) -> Result<Report, BenchError> {
             .map_err(|e| BenchError::new(format!("merging histograms: {e}")))?;
     }
     report.end_to_end_us = Some(e2e);
+    if popts.acks != Acks::None {
+        report
+            .intervals
+            .push(("produce_ack", merge_ack_per_s(&p_outcomes)));
+    }
+    let mut e2e_per_s = report::PerSecond::default();
+    for o in &c_outcomes {
+        e2e_per_s.merge(&o.e2e_per_s);
+    }
+    report.intervals.push(("end_to_end", e2e_per_s));
     finish(report, &args.common)
 }
 
@@ -366,6 +381,14 @@ fn merge_ack(outcomes: &[produce::Outcome]) -> hdrhistogram::Histogram<u64> {
     all
 }
 
+fn merge_ack_per_s(outcomes: &[produce::Outcome]) -> report::PerSecond {
+    let mut all = report::PerSecond::default();
+    for o in outcomes {
+        all.merge(&o.ack_per_s);
+    }
+    all
+}
+
 fn warn_if_idled(outcomes: &[consume::Outcome], opts: &ConsumeOpts) {
     if outcomes.iter().any(|o| o.idled) {
         eprintln!(
@@ -450,6 +473,10 @@ fn base_report(
         moved_bytes: 0,
         wall: clock.start.elapsed(),
         cpu: CpuTime::now().since(cpu_before),
+        started: std::time::SystemTime::now()
+            .checked_sub(clock.start.elapsed())
+            .unwrap_or(std::time::UNIX_EPOCH),
+        intervals: Vec::new(),
     }
 }
 
@@ -459,5 +486,42 @@ fn finish(report: Report, common: &Common) -> Result<Report, BenchError> {
         std::fs::write(path, report.json())
             .map_err(|e| BenchError::new(format!("writing {}: {e}", path.display())))?;
     }
+    if let Some(dir) = &common.results {
+        write_results(&report, dir)
+            .map_err(|e| BenchError::new(format!("writing results to {}: {e}", dir.display())))?;
+        eprintln!("results in {}", dir.display());
+    }
     Ok(report)
+}
+
+/// `--results DIR`: `result.json`, one `<tag>.hgrm` percentile distribution
+/// per latency, `latency.svg` (their percentile spectrum) and `latency.hlog`
+/// (HdrHistogram's interval log: one histogram per second per tag, readable
+/// by HdrHistogram's HistogramLogProcessor and plotters).
+fn write_results(report: &Report, dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("result.json"), report.json())?;
+    let colours = ["#2c6fbb", "#c0392b"];
+    let mut series = Vec::new();
+    for (i, (tag, h)) in report.histograms().into_iter().enumerate() {
+        if h.is_empty() {
+            continue;
+        }
+        std::fs::write(dir.join(format!("{tag}.hgrm")), crate::plot::hgrm(h))?;
+        series.push(crate::plot::Series {
+            label: tag,
+            colour: colours[i % colours.len()],
+            histogram: h,
+        });
+    }
+    if !series.is_empty() {
+        let title = format!("sluice-bench {}: latency percentiles", report.mode);
+        std::fs::write(
+            dir.join("latency.svg"),
+            crate::plot::spectrum_svg(&title, &series),
+        )?;
+    }
+    let mut log = Vec::new();
+    report::write_interval_log(&mut log, report)?;
+    std::fs::write(dir.join("latency.hlog"), log)
 }
