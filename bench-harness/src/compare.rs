@@ -1233,7 +1233,7 @@ impl Summary<'_> {
                 }
             }
         }
-        let _ = writeln!(md, "## Files\n\n`results.json`; `<broker>-<workload>-<produce|e2e>.hgrm` (HdrHistogram percentile distributions, ms); `<workload>-<produce|e2e>.svg` (percentile spectra); `sluice.log`; the perf tools' logs.");
+        let _ = writeln!(md, "## Files\n\n`results.json`; `<broker>-<workload>-<produce|e2e>.hgrm` (HdrHistogram percentile distributions, ms); `<workload>-<produce|e2e>.svg` (percentile spectra); `<broker>-<workload>.hlog` (HdrHistogram interval logs, one histogram per second); `sluice.log`; the perf tools' logs.");
         md
     }
 
@@ -1294,6 +1294,13 @@ impl Summary<'_> {
     fn write_distributions(&self) -> Result<(), BenchError> {
         let dir = &self.setup.results;
         for w in self.workloads {
+            for b in [Broker::Kafka, Broker::Sluice] {
+                if let Some(r) = self.row(b, w.id).and_then(|r| r.report.as_ref()) {
+                    let mut log = Vec::new();
+                    report::write_interval_log(&mut log, r)?;
+                    fs::write(dir.join(format!("{}-{}.hlog", b.name(), w.id)), log)?;
+                }
+            }
             for (kind, e2e) in [("produce", false), ("e2e", true)] {
                 let mut series: Vec<(Broker, &Histogram<u64>)> = Vec::new();
                 for b in [Broker::Kafka, Broker::Sluice] {
