@@ -251,6 +251,7 @@ impl GroupCoordinator {
                 plan.response(None)
             }
             Err(e) => {
+                self.core.borrow_mut().abort_commit(&plan);
                 tracing::warn!(group = %plan.group_id, "offset commit not persisted: {e}");
                 plan.response(Some(code::COORDINATOR_NOT_AVAILABLE))
             }

@@ -260,7 +260,32 @@ impl Core {
             }
             plan.topics.push((name.to_owned(), codes));
         }
+        self.track_pending(&plan, true);
         plan
+    }
+
+    /// Marks (or, once applied or failed, unmarks) `plan`'s offsets as being
+    /// committed.
+    fn track_pending(&mut self, plan: &CommitPlan, pending: bool) {
+        let Some(group) = self.groups.get_mut(&plan.group_id) else {
+            return;
+        };
+        for (topic, partition, _) in &plan.accepted {
+            let key = (topic.clone(), *partition);
+            if pending {
+                *group.pending_commits.entry(key).or_default() += 1;
+            } else if let Some(n) = group.pending_commits.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    group.pending_commits.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A commit that could not be made durable: its offsets are no longer pending.
+    pub fn abort_commit(&mut self, plan: &CommitPlan) {
+        self.track_pending(plan, false);
     }
 
     fn partition_of_checked(&self, group_id: &str) -> u32 {
@@ -309,6 +334,7 @@ impl Core {
     /// Makes a durable commit visible; `base_log_offset` is where its first record was
     /// appended.
     pub fn apply_commit(&mut self, plan: &CommitPlan, base_log_offset: i64, now: Now) {
+        self.track_pending(plan, false);
         let group = self
             .groups
             .entry(plan.group_id.clone())
@@ -577,8 +603,10 @@ impl Core {
             let Some(group) = self.groups.get_mut(&id) else {
                 continue;
             };
-            let idle =
-                group.state == GroupState::Empty && group.size() == 0 && group.pending.is_empty();
+            let idle = group.state == GroupState::Empty
+                && group.size() == 0
+                && group.pending.is_empty()
+                && group.pending_commits.is_empty();
             let expired: Vec<(String, i32)> = match (&group.protocol_type, idle) {
                 (None, _) => group
                     .offsets
@@ -600,6 +628,10 @@ impl Core {
                 },
                 _ => Vec::new(),
             };
+            let expired: Vec<(String, i32)> = expired
+                .into_iter()
+                .filter(|k| !group.pending_commits.contains_key(k))
+                .collect();
             for (topic, p) in &expired {
                 group.offsets.remove(&(topic.clone(), *p));
                 out.push(LogRecord {

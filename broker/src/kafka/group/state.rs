@@ -158,6 +158,9 @@ pub struct Group {
     pub initial_remaining_ms: Option<u64>,
     pub new_member_added: bool,
     pub offsets: BTreeMap<(String, i32), Committed>,
+    /// Offsets whose commit is being appended to the log (not applied yet):
+    /// expiry leaves them alone, as Kafka's pendingOffsetCommits.
+    pub pending_commits: HashMap<(String, i32), u32>,
 }
 
 /// Everything a group transition needs besides the group.
@@ -241,6 +244,7 @@ impl Group {
             initial_remaining_ms: None,
             new_member_added: false,
             offsets: BTreeMap::new(),
+            pending_commits: HashMap::new(),
         }
     }
 

@@ -1029,3 +1029,36 @@ fn a_stable_consumer_group_loses_only_offsets_of_topics_nobody_subscribes_to() {
     assert_eq!(committed(&h), vec![("t".to_owned(), 0)]);
     assert_eq!(tombstones(&h), 1);
 }
+
+#[test]
+fn an_offset_being_committed_does_not_expire_under_the_commit() {
+    let mut h = expiring();
+    commit_now(&mut h, "", -1, &[("t", 0, 5)]);
+    h.advance(RETENTION_MS - CHECK_MS);
+    // A new commit of the same offset is on its way to the log when the
+    // check runs: the old value must not be tombstoned after it.
+    let plan = h
+        .core
+        .plan_commit(&commit_req("", -1, &[("t", 0, 6)]), h.at());
+    h.advance(2 * CHECK_MS);
+    assert_eq!(committed(&h), vec![("t".to_owned(), 0)]);
+    assert_eq!(tombstones(&h), 0);
+    let at = h.at();
+    h.core.apply_commit(&plan, 1, at);
+    h.advance(RETENTION_MS - 4 * CHECK_MS);
+    assert_eq!(
+        committed(&h).len(),
+        1,
+        "the new commit counts from its own time"
+    );
+    h.advance(2 * CHECK_MS);
+    assert!(committed(&h).is_empty());
+    // A commit that fails to persist no longer holds the offsets.
+    commit_now(&mut h, "", -1, &[("u", 1, 1)]);
+    let failed = h
+        .core
+        .plan_commit(&commit_req("", -1, &[("u", 1, 2)]), h.at());
+    h.core.abort_commit(&failed);
+    h.advance(RETENTION_MS + CHECK_MS);
+    assert!(committed(&h).is_empty());
+}
