@@ -147,3 +147,89 @@ fn resident_memory_stays_within_the_budget_under_large_produce_and_cold_fetch() 
         "every reservation is given back once its answer is written"
     );
 }
+
+/// 1,750 records of 3,000 bytes: a frame of about 5 MiB.
+const RECORDS_PER_FRAME: usize = 1_750;
+
+#[test]
+fn frames_larger_than_the_request_pool_from_many_connections_all_complete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 4 MiB of request memory per shard, the least allowed, and frames of
+    // 5 MiB from twelve connections at once: no frame fits the pool alone,
+    // so readers wait for each other and one at a time overdraws the pool.
+    let b = Broker::start_with(
+        &dir.path().join("d"),
+        2,
+        "request_memory_bytes = 4194304\nmax_frame_bytes = 16777216\n[log]\nmax_message_bytes = 8388608\n",
+    );
+    b.create_topic("big", 4);
+    let value = vec![b'b'; 3000];
+    let (done, finished) = std::sync::mpsc::channel();
+    for t in 0..12u32 {
+        let mut c = b.client();
+        let value = value.clone();
+        let done = done.clone();
+        thread::spawn(move || {
+            let values: Vec<&[u8]> = (0..RECORDS_PER_FRAME).map(|_| &value[..]).collect();
+            let batch = batch_of(&values);
+            for _ in 0..4 {
+                let r = c.produce(
+                    Acks::Leader,
+                    30_000,
+                    vec![ProducePartition {
+                        topic: "big".into(),
+                        partition: t % 4,
+                        records: batch.clone(),
+                    }],
+                );
+                let ok = matches!(&r, Ok(r) if r[0].error == ErrorCode::NONE);
+                let _ = done.send(ok.then_some(()).ok_or(format!("{r:?}")));
+                if !ok {
+                    return;
+                }
+            }
+        });
+    }
+    // Readers stuck on each other would leave produces unanswered: fail
+    // then, instead of hanging.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for _ in 0..12 * 4 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match finished.recv_timeout(left) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("a produce failed: {e}"),
+            Err(_) => panic!("produces still unanswered after 120 s: readers are stuck"),
+        }
+    }
+    let metrics = b.kafka_port + 1;
+    assert_eq!(scrape(metrics, "sluice_request_memory_bytes"), 0);
+    let mut c = b.client();
+    let mut records = 0usize;
+    for p in 0..4 {
+        let mut offset = 0i64;
+        loop {
+            let r = c
+                .fetch(FetchRequest {
+                    max_wait_ms: 0,
+                    min_bytes: 0,
+                    max_bytes: 8 << 20,
+                    partitions: vec![FetchPartition {
+                        topic: "big".into(),
+                        partition: p,
+                        offset,
+                        max_bytes: 8 << 20,
+                    }],
+                })
+                .expect("fetch");
+            let got = decode_values(&r[0].records, offset);
+            let Some(last) = got.last() else { break };
+            offset = last.0 + 1;
+            records += got.len();
+        }
+    }
+    assert_eq!(
+        records,
+        12 * 4 * RECORDS_PER_FRAME,
+        "every record of every frame"
+    );
+}
