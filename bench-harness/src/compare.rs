@@ -64,6 +64,10 @@ pub struct CompareArgs {
     /// Skip Kafka's ProducerPerformance/ConsumerPerformance.
     #[arg(long)]
     pub no_kafka_tools: bool,
+    /// Seconds of unmeasured load each broker gets before its first workload,
+    /// so a JVM's JIT compiler has done its work (0: none).
+    #[arg(long, default_value_t = 15.0)]
+    pub broker_warmup_s: f64,
 }
 
 /// The workload matrix of issue 4, plus (a1): (a) at acks=1.
@@ -213,6 +217,11 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     let duration_s = args
         .duration_s
         .unwrap_or(if args.quick { 5.0 } else { 15.0 });
+    if !(args.broker_warmup_s.is_finite() && (0.0..=600.0).contains(&args.broker_warmup_s)) {
+        return Err(BenchError::usage(
+            "--broker-warmup-s must be between 0 and 600",
+        ));
+    }
     if !(duration_s.is_finite() && duration_s > 0.0 && duration_s <= 600.0) {
         return Err(BenchError::usage("--duration-s must be in (0, 600]"));
     }
@@ -255,6 +264,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     }
     let setup = Setup {
         duration_s,
+        broker_warmup_s: args.broker_warmup_s,
         quick: args.quick,
         cpus: cpus.clone(),
         cgroup: cgroup.as_ref().ok(),
@@ -296,6 +306,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
 
 struct Setup<'a> {
     duration_s: f64,
+    broker_warmup_s: f64,
     quick: bool,
     cpus: String,
     cgroup: Option<&'a MemoryCgroup>,
@@ -331,6 +342,36 @@ fn run_broker(
         }
     };
     out.settings = running.settings.clone();
+    if setup.broker_warmup_s > 0.0 {
+        eprintln!(
+            "compare: {} warm-up: {:.0} s of unmeasured load (1 KiB, acks=1, 8 partitions)",
+            broker.name(),
+            setup.broker_warmup_s
+        );
+        let warm = Workload {
+            id: "warmup",
+            what: "warm-up, not measured",
+            e2e: true,
+            record_bytes: 1024,
+            partitions: 8,
+            acks: Acks::Leader,
+            rate: 0.0,
+            groups: 1,
+            warmup_s: 0.0,
+        };
+        let row = run_workload_for(
+            &warm,
+            &running.bootstrap,
+            running.pid,
+            setup.broker_warmup_s,
+        );
+        if let Some(e) = row.error {
+            eprintln!("compare: {} warm-up failed: {e}", broker.name());
+        }
+        if let Err(e) = delete_topic(&running.bootstrap, "bench-warmup") {
+            eprintln!("compare: deleting bench-warmup: {e}");
+        }
+    }
     out.memory_budget = running.metrics.as_deref().and_then(scrape_memory_budget);
     if let Some(b) = out.memory_budget {
         out.settings.push(format!(
@@ -360,6 +401,10 @@ fn run_broker(
 }
 
 fn run_workload(w: &Workload, bootstrap: &str, pid: u32, setup: &Setup<'_>) -> Row {
+    run_workload_for(w, bootstrap, pid, setup.duration_s)
+}
+
+fn run_workload_for(w: &Workload, bootstrap: &str, pid: u32, duration_s: f64) -> Row {
     let common = Common {
         topic: format!("bench-{}", w.id),
         bootstrap: bootstrap.to_owned(),
@@ -369,7 +414,7 @@ fn run_workload(w: &Workload, bootstrap: &str, pid: u32, setup: &Setup<'_>) -> R
     };
     let limit = Limit {
         records: None,
-        duration_s: Some(setup.duration_s),
+        duration_s: Some(duration_s),
     };
     let produce = ProduceOpts {
         partitions: w.partitions,
@@ -1131,12 +1176,13 @@ impl Summary<'_> {
         let _ = writeln!(md, "# sluice-bench compare\n");
         let _ = writeln!(
             md,
-            "Run {} (took {:.0} s). {} s per workload{}. Brokers on CPUs `{}` (taskset -c); memory limit: {}. \
+            "Run {} (took {:.0} s). {} s per workload{}, after {} s of unmeasured warm-up load per broker (JIT-compiled Kafka). Brokers on CPUs `{}` (taskset -c); memory limit: {}. \
              The generator (this process, one thread per producer/consumer) is not pinned and shares those CPUs.\n",
             utc_now(),
             self.took.as_secs_f64(),
             self.setup.duration_s,
             if self.setup.quick { " (--quick)" } else { "" },
+            self.setup.broker_warmup_s,
             self.setup.cpus,
             self.memory_note
         );
