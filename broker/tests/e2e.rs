@@ -11,31 +11,7 @@ use sluice_protocol::native::{
 use sluice_protocol::ErrorCode;
 
 fn fetch_all(b: &Broker, topic: &str, partition: u32, from: i64) -> Vec<(i64, Vec<u8>)> {
-    let mut client = b.client();
-    let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let r = client
-            .fetch(FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 0,
-                max_bytes: 1 << 20,
-                partitions: vec![FetchPartition {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    max_bytes: 64 * 1024,
-                }],
-            })
-            .expect("fetch");
-        assert_eq!(r[0].error, ErrorCode::NONE);
-        let vals = decode_values(&r[0].records, offset);
-        if vals.is_empty() {
-            return out;
-        }
-        offset = vals.last().map_or(offset, |v| v.0 + 1);
-        out.extend(vals);
-    }
+    common::fetch_all(&mut b.client(), topic, partition, from, 64 * 1024, "")
 }
 
 #[test]

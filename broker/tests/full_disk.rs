@@ -18,11 +18,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{batch_of, decode_values, Broker};
+use common::{batch_of, Broker};
 use sluice_protocol::client::Client;
-use sluice_protocol::native::{
-    Acks, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
-};
+use sluice_protocol::native::{Acks, ListOffsetsPartition, ProducePartition};
 use sluice_protocol::ErrorCode;
 
 const TOPIC: &str = "fill";
@@ -189,35 +187,7 @@ impl Acked {
 }
 
 fn fetch_all(c: &mut Client, partition: u32, when: &str) -> Vec<(i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for _ in 0..10_000 {
-        let r = c
-            .fetch(FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 0,
-                max_bytes: 1 << 20,
-                partitions: vec![FetchPartition {
-                    topic: TOPIC.into(),
-                    partition,
-                    offset,
-                    max_bytes: 256 * 1024,
-                }],
-            })
-            .expect("fetch");
-        assert_eq!(
-            r[0].error,
-            ErrorCode::NONE,
-            "fetch {TOPIC}/{partition} at {offset} {when}"
-        );
-        let values = decode_values(&r[0].records, offset);
-        let Some(last) = values.last() else {
-            return out;
-        };
-        offset = last.0 + 1;
-        out.extend(values);
-    }
-    panic!("fetch of {TOPIC}/{partition} did not reach the end {when}");
+    common::fetch_all(c, TOPIC, partition, 0, 256 * 1024, when)
 }
 
 fn log_end(c: &mut Client, partition: u32) -> i64 {

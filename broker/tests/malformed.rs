@@ -19,7 +19,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{batch_of, decode_values, Broker};
+use common::{batch_of, Broker};
 use sluice_protocol::client::Client;
 use sluice_protocol::native::{
     self, Acks, FetchPartition, FetchRequest, ListOffsetsPartition, MetadataRequest,
@@ -76,31 +76,7 @@ impl Rng {
 
 /// Every record of `topic`/`partition` from offset 0, fetched in steps.
 fn fetch_all(client: &mut Client, topic: &str, partition: u32) -> Vec<(i64, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    for _ in 0..10_000 {
-        let r = client
-            .fetch(FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 0,
-                max_bytes: 1 << 20,
-                partitions: vec![FetchPartition {
-                    topic: topic.into(),
-                    partition,
-                    offset,
-                    max_bytes: 64 * 1024,
-                }],
-            })
-            .expect("fetch");
-        assert_eq!(r[0].error, ErrorCode::NONE, "fetch {topic}/{partition}");
-        let values = decode_values(&r[0].records, offset);
-        let Some(last) = values.last() else {
-            return out;
-        };
-        offset = last.0 + 1;
-        out.extend(values);
-    }
-    panic!("fetch of {topic}/{partition} did not reach the end");
+    common::fetch_all(client, topic, partition, 0, 64 * 1024, "")
 }
 
 /// The latest offset (log end offset) of `topic`/`partition`.
@@ -522,14 +498,7 @@ fn fetch_bad_positions(addr: &str) {
 
 /// The broker's resident memory, from /proc.
 fn rss_bytes(b: &Broker) -> u64 {
-    let pid = b.child.as_ref().expect("running").id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS");
-    kib * 1024
+    common::proc_memory_bytes(b.child.as_ref().expect("running").id(), "VmRSS")
 }
 
 fn assert_alive(b: &mut Broker) {

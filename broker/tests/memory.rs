@@ -23,13 +23,7 @@ const RECORDS_PER_BATCH: usize = 256;
 const CONSUMERS: usize = 6;
 
 fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib * 1024
+    common::proc_memory_bytes(pid, "VmHWM")
 }
 
 #[test]
@@ -206,26 +200,12 @@ fn frames_larger_than_the_request_pool_from_many_connections_all_complete() {
     let mut c = b.client();
     let mut records = 0usize;
     for p in 0..4 {
-        let mut offset = 0i64;
-        loop {
-            let r = c
-                .fetch(FetchRequest {
-                    max_wait_ms: 0,
-                    min_bytes: 0,
-                    max_bytes: 8 << 20,
-                    partitions: vec![FetchPartition {
-                        topic: "big".into(),
-                        partition: p,
-                        offset,
-                        max_bytes: 8 << 20,
-                    }],
-                })
-                .expect("fetch");
-            let got = decode_values(&r[0].records, offset);
-            let Some(last) = got.last() else { break };
-            offset = last.0 + 1;
-            records += got.len();
+        let got = common::fetch_all(&mut c, "big", p, 0, 8 << 20, "after the produces");
+        for (i, (offset, v)) in got.iter().enumerate() {
+            assert_eq!(*offset, i as i64, "no gap, in order");
+            assert_eq!(v.as_slice(), &value[..], "the bytes sent");
         }
+        records += got.len();
     }
     assert_eq!(
         records,

@@ -271,3 +271,58 @@ pub fn scrape(port: u16, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
         .sum()
 }
+
+/// Every (offset, value) of `topic`/`partition` from `from` to the log end,
+/// fetched in steps of `step_bytes` per partition; `when` names the moment
+/// in failure messages.
+pub fn fetch_all(
+    client: &mut Client,
+    topic: &str,
+    partition: u32,
+    from: i64,
+    step_bytes: u32,
+    when: &str,
+) -> Vec<(i64, Vec<u8>)> {
+    use sluice_protocol::native::{FetchPartition, FetchRequest};
+    let mut out = Vec::new();
+    let mut offset = from;
+    for _ in 0..100_000 {
+        let r = client
+            .fetch(FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 0,
+                max_bytes: step_bytes.max(1 << 20),
+                partitions: vec![FetchPartition {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    max_bytes: step_bytes,
+                }],
+            })
+            .expect("fetch");
+        assert_eq!(
+            r[0].error,
+            ErrorCode::NONE,
+            "fetch {topic}/{partition} at {offset} {when}"
+        );
+        let values = decode_values(&r[0].records, offset);
+        let Some(last) = values.last() else {
+            return out;
+        };
+        offset = last.0 + 1;
+        out.extend(values);
+    }
+    panic!("fetch of {topic}/{partition} did not reach the end {when}");
+}
+
+/// A memory figure of process `pid` from /proc/PID/status (`VmRSS`,
+/// `VmHWM`), in bytes.
+pub fn proc_memory_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
