@@ -46,7 +46,10 @@ use sluice_protocol::batch::{self, BatchHeader, Record, BATCH_HEADER_BYTES};
 
 use crate::config::LogConfig;
 use crate::limits::{CLEANER_KEY_BYTES_MAX, CLEANER_WRITE_BYTES, SEGMENT_BYTES_MAX};
-use crate::partition::{segment_path, write_index_files, Partition, Segment, StorageError};
+use crate::partition::{
+    read_offset_file, segment_path, write_index_files, write_offset_file, Partition, Segment,
+    StorageError,
+};
 
 /// What the cleaner remembers of a partition between cleanings.
 #[derive(Debug, Default)]
@@ -64,9 +67,7 @@ impl CleanerState {
     /// any and inside the recovered log (ending at `log_end`). A checkpoint
     /// that is too low only costs a cleaning; one past the log is ignored.
     pub(crate) fn load(dir: &Path, log_end: i64) -> CleanerState {
-        let clean_before = std::fs::read_to_string(dir.join(CHECKPOINT_FILE))
-            .ok()
-            .and_then(|t| t.trim().parse::<i64>().ok())
+        let clean_before = read_offset_file(dir, CHECKPOINT_FILE)
             .filter(|o| (0..=log_end).contains(o))
             .unwrap_or(0);
         CleanerState {
@@ -79,17 +80,8 @@ impl CleanerState {
 /// Writes the checkpoint (write, flush, rename: a crash leaves the old or the
 /// new one). A failure is logged: the next start cleans more, nothing else.
 fn save_checkpoint(dir: &Path, clean_before: i64) {
-    use std::io::Write;
-    let path = dir.join(CHECKPOINT_FILE);
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(format!("{clean_before}\n").as_bytes())?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, &path)
-    };
-    if let Err(e) = write() {
-        tracing::warn!(path = %path.display(), error = %e, "cannot save the cleaner checkpoint");
+    if let Err(e) = write_offset_file(dir, CHECKPOINT_FILE, clean_before) {
+        tracing::warn!(error = %e, "cannot save the cleaner checkpoint");
     }
 }
 

@@ -772,9 +772,15 @@ impl Partition {
 const LOG_START_FILE: &str = "log-start-offset";
 
 fn write_log_start(dir: &Path, offset: i64) -> Result<(), StorageError> {
+    write_offset_file(dir, LOG_START_FILE, offset)
+}
+
+/// Writes `offset` as the text of `dir/name`: written beside it, flushed,
+/// then renamed over it, so a crash leaves the old value or the new one.
+pub(crate) fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), StorageError> {
     use std::io::Write;
-    let path = dir.join(LOG_START_FILE);
-    let tmp = dir.join(format!("{LOG_START_FILE}.tmp"));
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
     let write = || -> io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(format!("{offset}\n").as_bytes())?;
@@ -784,12 +790,17 @@ fn write_log_start(dir: &Path, offset: i64) -> Result<(), StorageError> {
     write().map_err(|e| StorageError::io("write", &path, e))
 }
 
+/// The offset [`write_offset_file`] left in `dir/name`, if any.
+pub(crate) fn read_offset_file(dir: &Path, name: &str) -> Option<i64> {
+    std::fs::read_to_string(dir.join(name))
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+}
+
 /// The log start offset DeleteRecords left, if any and if it is inside the
 /// recovered log.
 fn read_log_start(dir: &Path, first: i64, end: i64) -> i64 {
-    std::fs::read_to_string(dir.join(LOG_START_FILE))
-        .ok()
-        .and_then(|t| t.trim().parse::<i64>().ok())
+    read_offset_file(dir, LOG_START_FILE)
         .filter(|o| *o > first && *o <= end)
         .unwrap_or(first)
 }
