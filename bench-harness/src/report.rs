@@ -473,7 +473,10 @@ mod tests {
         let mut deserializer = Deserializer::new();
         for entry in IntervalLogIterator::new(&log) {
             if let Ok(LogEntry::Interval(h)) = entry {
-                let bytes = base64_decode(h.encoded_histogram());
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(h.encoded_histogram())
+                    .expect("base64");
                 let hist: Histogram<u64> = deserializer
                     .deserialize(&mut bytes.as_slice())
                     .expect("a V2 histogram");
@@ -490,22 +493,6 @@ mod tests {
                 ("end_to_end".to_owned(), 2, 1),
             ]
         );
-    }
-
-    fn base64_decode(text: &str) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for c in text.bytes().filter(|c| *c != b'=') {
-            let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-            }
-        }
-        out
     }
 
     #[test]
