@@ -256,6 +256,8 @@ fn stamped_records(
     let received_ns = ns(received_at - clock.start);
     let measure_from_ns = ns(clock.measure_from - clock.start);
     let (mut read, mut measured) = (0, 0);
+    // Every record of the batch arrived at the same moment.
+    let mut this_second = per_s.at(Duration::from_nanos(received_ns));
     for record in batch::records(batch_bytes).map_err(|e| e.to_string())? {
         let record = record.map_err(|e| e.to_string())?;
         if record.offset < from {
@@ -269,10 +271,9 @@ fn stamped_records(
         if stamp_ns >= measure_from_ns {
             let latency_ns = received_ns.saturating_sub(stamp_ns);
             report::record(e2e_us, Duration::from_nanos(latency_ns));
-            per_s.record(
-                Duration::from_nanos(received_ns),
-                Duration::from_nanos(latency_ns),
-            );
+            if let Some(h) = this_second.as_deref_mut() {
+                report::record(h, Duration::from_nanos(latency_ns));
+            }
             measured += 1;
         }
     }

@@ -49,19 +49,24 @@ impl PerSecond {
     /// Records `latency` in the second of the run that `at` (time since the
     /// start) falls in.
     pub fn record(&mut self, at: Duration, latency: Duration) {
-        let Ok(i) = usize::try_from(at.as_secs()) else {
-            return;
-        };
-        if i >= INTERVALS_MAX {
-            return;
+        if let Some(h) = self.at(at) {
+            record(h, latency);
         }
+    }
+
+    /// The histogram of the second `at` falls in (`None` past
+    /// [`INTERVALS_MAX`]), for recording many latencies of one moment.
+    pub fn at(&mut self, at: Duration) -> Option<&mut Histogram<u64>> {
+        let i = usize::try_from(at.as_secs())
+            .ok()
+            .filter(|i| *i < INTERVALS_MAX)?;
         while self.0.len() <= i {
             self.0.push(
                 Histogram::new_with_bounds(1, LATENCY_US_MAX, INTERVAL_SIGNIFICANT_DIGITS)
                     .expect("constant histogram bounds are valid"),
             );
         }
-        record(&mut self.0[i], latency);
+        self.0.get_mut(i)
     }
 
     /// Adds `other`'s seconds to this one's.
