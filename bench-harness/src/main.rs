@@ -32,6 +32,7 @@ mod produce;
 mod report;
 mod run;
 mod schedule;
+mod sendpath;
 
 use error::BenchError;
 
@@ -57,6 +58,10 @@ enum Command {
     /// Run the workload matrix against Apache Kafka and Sluice in turn and
     /// report the ratios.
     Compare(compare::CompareArgs),
+    /// Measure what each way of sending bytes to a socket (sendmsg,
+    /// MSG_ZEROCOPY, io_uring SEND_ZC, vmsplice, sendfile) costs the sender
+    /// per GB on loopback.
+    Sendpath(sendpath::SendpathArgs),
 }
 
 /// The wire protocol spoken to the broker.
@@ -222,6 +227,7 @@ fn main() -> ExitCode {
         Command::Consume(args) => run::consume(&args).map(drop),
         Command::E2e(args) => run::e2e(&args).map(drop),
         Command::Compare(args) => compare::run(&args),
+        Command::Sendpath(args) => sendpath::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

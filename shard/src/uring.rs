@@ -17,15 +17,21 @@
 //! ring is set up without `DEFER_TASKRUN`, which would keep the eventfd from
 //! ever firing.
 //!
-//! Why not splice or zero-copy send from the segment file: segments are
-//! written with direct I/O, so the page cache does not hold them; splice would
-//! first read them into the page cache (a copy by the kernel plus page-cache
-//! pressure) and then splice pages into the socket, which on loopback is
-//! copied at the receiver anyway. A direct read into a buffer that is sent
-//! with scatter/gather costs one DMA and one kernel copy per byte, no
-//! user-space copy, and no page-cache churn. Splice was not built: the
-//! argument above is why; the side ring is measured against the copying
-//! read it replaced (`SLUICE_SIDE_RING=0`) in docs/benchmarks.md.
+//! Why not splice or zero-copy send: `sluice-bench sendpath` measures every
+//! way of putting bytes a broker holds on a socket, by the sender's CPU per
+//! GB (docs/benchmarks.md has the table). On this project's loopback
+//! benchmarks a plain `sendmsg` from user memory costs the least: io_uring
+//! `SEND_ZC` from registered buffers costs 1.35x as much, `MSG_ZEROCOPY`
+//! 1.66x, `vmsplice` into a pipe and `splice` to the socket 2.4x, and
+//! `sendfile` from the page cache (splicing a segment file) 2.8x. Loopback
+//! copies zero-copy pages at delivery anyway (both zero-copy mechanisms
+//! report so on every send), and page-by-page socket buffers cost more than
+//! the copy they save. Splicing a segment would also first pull it into the
+//! page cache, which direct I/O keeps it out of. So fetch responses go out
+//! with scatter/gather `sendmsg`: tail-cache batches and side-ring buffers
+//! as they are, no payload byte copied in user space. The side ring is
+//! measured against the copying read it replaced (`SLUICE_SIDE_RING=0`) in
+//! docs/benchmarks.md.
 
 use std::alloc::Layout;
 use std::cell::{Cell, RefCell};
