@@ -418,7 +418,10 @@ fn run_workload_for(w: &Workload, bootstrap: &str, pid: u32, duration_s: f64) ->
     };
     let produce = ProduceOpts {
         partitions: w.partitions,
-        record_bytes: w.record_bytes,
+        record_bytes: crate::payload::RecordSize::Fixed(w.record_bytes),
+        key_bytes: 0,
+        key_space: 1000,
+        compression: crate::payload::Codec::None,
         acks: w.acks,
         batch_bytes: 262_144,
         producers: 1,

@@ -11,6 +11,7 @@ use sluice_protocol::batch::{self, BatchError};
 
 use crate::conn::{self, Conn, Fetched};
 use crate::error::BenchError;
+use crate::payload;
 use crate::produce::read_stamp;
 use crate::report;
 use crate::run::{Clock, Progress};
@@ -217,14 +218,16 @@ fn absorb_chunk(
         let (new, measured) = if header.is_control() {
             (0, 0)
         } else if let Some(h) = out.e2e_us.as_mut() {
-            stamped_records(
-                bytes,
-                cursor.next,
-                received_at,
-                clock,
-                h,
-                &mut out.e2e_per_s,
-            )?
+            // Compressed batches are walked decompressed (their CRC, checked
+            // above, covers what was sent).
+            let plain;
+            let walk = if header.compression().is_ok_and(|c| c.id() != 0) {
+                plain = payload::decompress_batch(bytes, &header)?;
+                &plain[..]
+            } else {
+                bytes
+            };
+            stamped_records(walk, cursor.next, received_at, clock, h, &mut out.e2e_per_s)?
         } else {
             let n = u64::try_from(last - cursor.next.max(header.base_offset) + 1).unwrap_or(0);
             (n, n)

@@ -27,6 +27,7 @@ mod conn;
 mod consume;
 mod error;
 mod kafka;
+mod payload;
 mod plot;
 mod produce;
 mod report;
@@ -111,9 +112,21 @@ pub struct ProduceOpts {
     /// Partitions of the topic when it has to be created.
     #[arg(long, default_value_t = 8)]
     pub partitions: u32,
-    /// Bytes of each record's value (no key, no headers).
-    #[arg(long, default_value_t = 100)]
-    pub record_bytes: usize,
+    /// Bytes of each record's value: a number, `uniform:MIN-MAX`, or
+    /// `normal:MEAN,STDDEV` (clamped to 8..MEAN+4*STDDEV). At least 8: a
+    /// value starts with its send time.
+    #[arg(long, default_value = "100")]
+    pub record_bytes: payload::RecordSize,
+    /// Bytes of each record's key; 0 = no keys.
+    #[arg(long, default_value_t = 0)]
+    pub key_bytes: usize,
+    /// Distinct keys per partition (with --key-bytes): each partition
+    /// cycles through its own, so a key always goes to one partition.
+    #[arg(long, default_value_t = 1000)]
+    pub key_space: u64,
+    /// Compression of each batch: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, value_enum, default_value_t = payload::Codec::None)]
+    pub compression: payload::Codec,
     /// 0, 1 or all.
     #[arg(long, default_value = "1", value_parser = parse_acks)]
     pub acks: Acks,
@@ -273,15 +286,16 @@ pub fn validate(
             "--warmup-s must be >= 0",
         ),
         (
-            p.record_bytes >= produce::STAMP_BYTES,
+            p.record_bytes.min() >= produce::STAMP_BYTES,
             "--record-bytes must be at least 8 (the send time)",
         ),
+        (p.key_space >= 1, "--key-space must be at least 1"),
         (
             p.batch_bytes <= produce::BATCH_BYTES_MAX,
             "--batch-bytes must be at most 64 MiB",
         ),
         (
-            p.batch_bytes >= produce::batch_bytes_min(p.record_bytes),
+            p.batch_bytes >= produce::batch_bytes_min(p.record_bytes.max() + p.key_bytes),
             "--batch-bytes must hold at least one record",
         ),
     ];
@@ -309,7 +323,9 @@ mod tests {
         };
         assert_eq!(a.common.bootstrap, "127.0.0.1:9192");
         assert_eq!(a.produce.partitions, 8);
-        assert_eq!(a.produce.record_bytes, 100);
+        assert_eq!(a.produce.record_bytes, payload::RecordSize::Fixed(100));
+        assert_eq!(a.produce.key_bytes, 0);
+        assert_eq!(a.produce.compression, payload::Codec::None);
         assert_eq!(a.produce.batch_bytes, 262_144);
         assert_eq!(a.produce.producers, 1);
         assert_eq!(a.produce.acks, Acks::Leader);
@@ -432,7 +448,10 @@ mod tests {
     fn validation_names_the_bad_option() {
         let mut p = ProduceOpts {
             partitions: 1,
-            record_bytes: 100,
+            record_bytes: payload::RecordSize::Fixed(100),
+            key_bytes: 0,
+            key_space: 1000,
+            compression: payload::Codec::None,
             acks: Acks::All,
             batch_bytes: 1 << 18,
             producers: 1,
@@ -443,12 +462,12 @@ mod tests {
         };
         let limit = Limit::default();
         assert!(validate(&limit, Some(&p), None).is_ok());
-        p.record_bytes = 4;
+        p.record_bytes = payload::RecordSize::Fixed(4);
         let e = validate(&limit, Some(&p), None)
             .err()
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("--record-bytes")));
-        p.record_bytes = 100;
+        p.record_bytes = payload::RecordSize::Fixed(100);
         p.batch_bytes = 50;
         let e = validate(&limit, Some(&p), None)
             .err()

@@ -13,6 +13,7 @@ use sluice_protocol::native::Acks;
 
 use crate::conn::{self, Conn, RESPONSE_TIMEOUT};
 use crate::error::BenchError;
+use crate::payload::{compress_batch, Codec, Payload};
 use crate::report;
 use crate::run::{Clock, Progress};
 use crate::schedule::Schedule;
@@ -26,20 +27,11 @@ pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// The most a record's framing adds to its value: length, attributes,
 /// timestamp and offset deltas, key and value lengths, header count.
 const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 1 + 5 + 1;
-/// What fills each value after its stamp.
-const FILL_BYTE: u8 = b'x';
 
 /// The smallest `--batch-bytes` that holds one record of `record_bytes`.
 #[must_use]
 pub fn batch_bytes_min(record_bytes: usize) -> usize {
     BATCH_HEADER_BYTES + RECORD_OVERHEAD_BYTES_MAX + record_bytes
-}
-
-/// The value of a record due `stamp_ns` after the start.
-pub fn stamp(value: &mut [u8], stamp_ns: u64) {
-    if let Some(head) = value.get_mut(..STAMP_BYTES) {
-        head.copy_from_slice(&stamp_ns.to_be_bytes());
-    }
 }
 
 /// The stamp at the front of a value, if it has one.
@@ -123,7 +115,15 @@ pub fn run(
         },
     };
     let in_flight_max = opts.in_flight as usize;
-    let mut value = vec![FILL_BYTE; opts.record_bytes];
+    // Each producer thread its own sizes and text (its partitions differ).
+    let seed = targets.first().map_or(1, |&(_, p)| u64::from(p) + 1);
+    let mut payload = Payload::new(
+        opts.record_bytes,
+        opts.key_bytes,
+        opts.key_space,
+        opts.partitions,
+        seed,
+    );
     let (mut sent, mut batch_no) = (0u64, 0usize);
     loop {
         let now = Instant::now();
@@ -135,12 +135,14 @@ pub fn run(
             if due <= now && p.in_flight[c].len() < in_flight_max {
                 let n = schedule.batch_records(room, opts.linger_ms);
                 let batch = build_batch(
-                    &mut value,
+                    &mut payload,
+                    partition,
                     n,
                     opts.batch_bytes,
                     due - clock.start,
                     clock.start_wall_ms,
-                );
+                    opts.compression,
+                )?;
                 let records = p.send(&mut conns[c], c, partition, due, batch)?;
                 sent += records;
                 batch_no += 1;
@@ -171,30 +173,38 @@ pub fn run(
     Ok(p.out)
 }
 
-/// A batch of `records` values stamped `due_ns`, filled to at most
-/// `batch_bytes`; returns it and how many records it holds. Its CreateTime
-/// is the wall-clock time the batch was due (`start_wall_ms` + `due`), as
-/// a Kafka producer stamps the time of `send()`.
+/// A batch of up to `records` records for `partition`, stamped `due`,
+/// filled to at most `batch_bytes` (before compression) and compressed with
+/// `codec`; returns it and how many records it holds. Its CreateTime is the
+/// wall-clock time the batch was due (`start_wall_ms` + `due`), as a Kafka
+/// producer stamps the time of `send()`.
 fn build_batch(
-    value: &mut [u8],
+    payload: &mut Payload,
+    partition: u32,
     records: u64,
     batch_bytes: usize,
     due: std::time::Duration,
     start_wall_ms: i64,
-) -> (Vec<u8>, u64) {
+    codec: Codec,
+) -> Result<(Vec<u8>, u64), BenchError> {
     let now_ms = start_wall_ms.saturating_add(i64::try_from(due.as_millis()).unwrap_or(i64::MAX));
-    stamp(value, u64::try_from(due.as_nanos()).unwrap_or(u64::MAX));
+    let stamp_ns = u64::try_from(due.as_nanos()).unwrap_or(u64::MAX);
     let mut builder = BatchBuilder::with_capacity(now_ms, batch_bytes);
     let mut count = 0u64;
-    // The first record always fits: validated by `batch_bytes_min`.
-    while count < records
-        && (count == 0
-            || builder.size_bytes() + RECORD_OVERHEAD_BYTES_MAX + value.len() <= batch_bytes)
-    {
-        builder.push(now_ms, None, Some(value), &[]);
+    while count < records {
+        let (key, value) = payload.next(partition, stamp_ns);
+        let record_bytes = key.map_or(0, <[u8]>::len) + value.len();
+        // The first record always fits: validated by `batch_bytes_min`.
+        if count > 0
+            && builder.size_bytes() + RECORD_OVERHEAD_BYTES_MAX + record_bytes > batch_bytes
+        {
+            break;
+        }
+        builder.push(now_ms, key, Some(value), &[]);
         count += 1;
     }
-    (builder.finish(), count)
+    let batch = compress_batch(builder.finish(), codec).map_err(BenchError::new)?;
+    Ok((batch, count))
 }
 
 impl Producer<'_> {
@@ -265,20 +275,32 @@ mod tests {
     use super::*;
     use sluice_protocol::batch;
 
+    fn fixed(n: usize) -> Payload {
+        Payload::new(crate::payload::RecordSize::Fixed(n), 0, 1, 1, 1)
+    }
+
     #[test]
     fn stamps_round_trip() {
-        let mut value = vec![0u8; 16];
-        stamp(&mut value, 123_456_789);
-        assert_eq!(read_stamp(&value), Some(123_456_789));
+        let mut p = fixed(16);
+        let (_, value) = p.next(0, 123_456_789);
+        assert_eq!(read_stamp(value), Some(123_456_789));
         assert_eq!(read_stamp(&value[..7]), None);
     }
 
     #[test]
     fn batches_stop_at_their_byte_bound() {
-        let mut value = vec![FILL_BYTE; 100];
         let bytes_max = 4_096;
         let due = std::time::Duration::from_millis(3);
-        let (b, n) = build_batch(&mut value, 1_000, bytes_max, due, 1_000);
+        let (b, n) = build_batch(
+            &mut fixed(100),
+            0,
+            1_000,
+            bytes_max,
+            due,
+            1_000,
+            Codec::None,
+        )
+        .expect("batch");
         assert!(b.len() <= bytes_max, "{} bytes", b.len());
         assert!(n > 20, "{n} records");
         let header = batch::validate(&b).expect("a valid batch");
@@ -287,9 +309,45 @@ mod tests {
         let value = first.and_then(Result::ok).and_then(|r| r.value);
         assert_eq!(value.and_then(read_stamp), Some(3_000_000));
         assert_eq!(header.base_timestamp, 1_003, "CreateTime = start + due");
-        let (_, few) = build_batch(&mut [0; 100], 5, bytes_max, due, 0);
+        let (_, few) =
+            build_batch(&mut fixed(100), 0, 5, bytes_max, due, 0, Codec::None).expect("batch");
         assert_eq!(few, 5);
-        let (_, one) = build_batch(&mut [0; 100], 9, batch_bytes_min(100), due, 0);
+        let (_, one) = build_batch(
+            &mut fixed(100),
+            0,
+            9,
+            batch_bytes_min(100),
+            due,
+            0,
+            Codec::None,
+        )
+        .expect("batch");
         assert_eq!(one, 1);
+    }
+
+    /// Varied sizes, keys and compression: every record arrives with its
+    /// key and stamp, and the batch's byte bound holds before compression.
+    #[test]
+    fn keyed_compressed_batches_of_varied_sizes() {
+        let size = "uniform:8-600".parse().expect("size");
+        let mut p = Payload::new(size, 10, 50, 4, 3);
+        let due = std::time::Duration::from_millis(7);
+        let (b, n) = build_batch(&mut p, 3, 10_000, 65_536, due, 0, Codec::Zstd).expect("batch");
+        assert!(n > 50, "{n} records");
+        let header = batch::validate(&b).expect("a valid batch");
+        assert_eq!(u64::from(header.record_count_u32()), n);
+        let plain = crate::payload::decompress_batch(&b, &header).expect("decompress");
+        assert!(plain.len() <= 65_536 && plain.len() > b.len());
+        let mut sizes = std::collections::BTreeSet::new();
+        for r in batch::records(&plain).expect("records") {
+            let r = r.expect("record");
+            let key = std::str::from_utf8(r.key.expect("keyed")).expect("ascii");
+            let index: u64 = key.trim_start_matches('k').parse().expect("a number");
+            assert_eq!(index % 4, 3, "key {key} belongs to partition 3");
+            let value = r.value.expect("value");
+            assert_eq!(read_stamp(value), Some(7_000_000));
+            sizes.insert(value.len());
+        }
+        assert!(sizes.len() > 20, "sizes vary: {sizes:?}");
     }
 }

@@ -423,6 +423,8 @@ fn produce_settings(opts: &ProduceOpts, limit: &Limit) -> Vec<(&'static str, Str
         ("producers", opts.producers.to_string()),
         ("acks", acks.to_owned()),
         ("record_bytes", opts.record_bytes.to_string()),
+        ("key_bytes", opts.key_bytes.to_string()),
+        ("compression", opts.compression.name().to_owned()),
         ("batch_bytes", opts.batch_bytes.to_string()),
         ("in_flight", opts.in_flight.to_string()),
         (
