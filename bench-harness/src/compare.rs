@@ -368,6 +368,13 @@ fn run_broker(
         if let Some(e) = row.error {
             eprintln!("compare: {} warm-up failed: {e}", broker.name());
         }
+        if !running.alive() {
+            eprintln!(
+                "compare: {} {} during the warm-up",
+                broker.name(),
+                running.ended()
+            );
+        }
         if let Err(e) = delete_topic(&running.bootstrap, "bench-warmup") {
             eprintln!("compare: deleting bench-warmup: {e}");
         }
@@ -384,7 +391,13 @@ fn run_broker(
         out.rows
             .push(run_workload(w, &running.bootstrap, running.pid, setup));
         if !running.alive() {
-            eprintln!("compare: {} exited during ({})", broker.name(), w.id);
+            eprintln!(
+                "compare: {} {} during ({}); its log is kept in {}",
+                broker.name(),
+                running.ended(),
+                w.id,
+                setup.results.display()
+            );
             break;
         }
         // Each workload's data goes with it, so a full run fits on the disk
@@ -511,6 +524,8 @@ struct Running {
     stopped: bool,
     /// Sluice: its metrics listener.
     metrics: Option<String>,
+    /// Sluice: how it ended, once it has (`ExitStatus` shows a signal).
+    exited: Option<std::process::ExitStatus>,
 }
 
 impl Running {
@@ -548,6 +563,7 @@ impl Running {
             data_dir: dir.clone(),
             stopped: false,
             metrics: None,
+            exited: None,
         };
         running.settings = vec![
             format!("Apache Kafka (KAFKA_VERSION, default 4.3.1) from scripts/kafka-peer.sh, single-node KRaft, data in {}", dir.display()),
@@ -618,6 +634,7 @@ impl Running {
             data_dir: dir,
             stopped: false,
             metrics: Some(metrics),
+            exited: None,
         };
         running.wait_ready()?;
         Ok(running)
@@ -647,9 +664,22 @@ impl Running {
         )))
     }
 
+    /// "exited", with the status (code or signal) when it is known.
+    fn ended(&self) -> String {
+        self.exited
+            .map_or_else(|| "exited".to_owned(), |s| format!("exited ({s})"))
+    }
+
     fn alive(&mut self) -> bool {
         if let Some(child) = &mut self.child {
-            return matches!(child.try_wait(), Ok(None));
+            return match child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    self.exited.get_or_insert(status);
+                    false
+                }
+                Err(_) => false,
+            };
         }
         Path::new(&format!("/proc/{}", self.pid)).exists()
     }
