@@ -11,6 +11,7 @@ use sluice_protocol::batch::{self, BatchError};
 
 use crate::conn::{self, Conn, Fetched};
 use crate::error::BenchError;
+use crate::group;
 use crate::payload;
 use crate::produce::read_stamp;
 use crate::report;
@@ -33,6 +34,8 @@ pub struct Cursor {
 pub struct Plan {
     /// Its connections, and the cursors each one reads.
     pub conns: Vec<(Conn, Vec<Cursor>)>,
+    /// Its membership of a coordinated group (`--coordinated-groups`).
+    pub member: Option<group::Member>,
 }
 
 /// When consumers stop, besides the clock's deadline.
@@ -75,7 +78,15 @@ pub fn run(
     clock: &Clock,
     progress: &Progress,
 ) -> Result<Outcome, BenchError> {
+    let mut member = plan.member;
     let (mut conns, mut cursors): (Vec<Conn>, Vec<Vec<Cursor>>) = plan.conns.into_iter().unzip();
+    let positions = |cursors: &[Vec<Cursor>]| -> Vec<(u32, i64)> {
+        cursors
+            .iter()
+            .flatten()
+            .map(|c| (c.partition, c.next))
+            .collect()
+    };
     let mut out = Outcome {
         e2e_us: settings.stamped.then(report::histogram),
         e2e_per_s: report::PerSecond::default(),
@@ -94,6 +105,9 @@ pub fn run(
         if last_progress.elapsed() >= settings.idle_timeout {
             out.idled = true;
             break;
+        }
+        if let Some(m) = member.as_mut() {
+            m.tick(&positions(&cursors))?;
         }
         for (c, conn) in conns.iter_mut().enumerate() {
             if !waiting[c] {
@@ -129,6 +143,9 @@ pub fn run(
                 last_progress = received_at;
             }
         }
+    }
+    if let Some(m) = member {
+        m.leave(&positions(&cursors))?;
     }
     Ok(out)
 }

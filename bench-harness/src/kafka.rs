@@ -55,24 +55,35 @@ pub struct Versions {
     pub delete_topics: i16,
 }
 
+/// The highest version of `key` both sides speak: the broker's range from
+/// `broker` ((api_key, min, max)), this client's `lowest..=preferred`.
+fn pick(
+    broker: &[(i16, i16, i16)],
+    key: ApiKey,
+    lowest: i16,
+    preferred: i16,
+) -> Result<i16, BenchError> {
+    let k = key as i16;
+    let Some(&(_, min, max)) = broker.iter().find(|(b, _, _)| *b == k) else {
+        return Err(BenchError::new(format!(
+            "the broker does not offer {key:?} (API key {k})"
+        )));
+    };
+    let v = preferred.min(max);
+    if v < lowest || v < min {
+        return Err(BenchError::new(format!(
+            "no common {key:?} version: the broker offers {min}..={max}, this client {lowest}..={preferred}"
+        )));
+    }
+    Ok(v)
+}
+
 /// The version to use of each wanted API, given the broker's ranges
 /// `(api_key, min, max)`; an error names the first API with no overlap.
 pub fn negotiate(broker: &[(i16, i16, i16)]) -> Result<Versions, BenchError> {
     let mut picked = [0i16; WANTED.len()];
     for (slot, (key, lowest, preferred)) in picked.iter_mut().zip(WANTED) {
-        let k = key as i16;
-        let Some(&(_, min, max)) = broker.iter().find(|(b, _, _)| *b == k) else {
-            return Err(BenchError::new(format!(
-                "the broker does not offer {key:?} (API key {k})"
-            )));
-        };
-        let v = preferred.min(max);
-        if v < lowest || v < min {
-            return Err(BenchError::new(format!(
-                "no common {key:?} version: the broker offers {min}..={max}, this client {lowest}..={preferred}"
-            )));
-        }
-        *slot = v;
+        *slot = pick(broker, key, lowest, preferred)?;
     }
     Ok(Versions {
         produce: picked[0],
@@ -90,6 +101,9 @@ pub struct KafkaClient {
     /// (correlation id, API, version) of each request awaiting an answer.
     in_flight: VecDeque<(i32, ApiKey, i16)>,
     pub versions: Versions,
+    /// The broker's (API key, min, max) from ApiVersions, for APIs
+    /// negotiated when first used ([`KafkaClient::call`]).
+    ranges: Vec<(i16, i16, i16)>,
 }
 
 /// A decoded response.
@@ -117,6 +131,7 @@ impl KafkaClient {
             correlation_next: 1,
             in_flight: VecDeque::new(),
             versions: Versions::default(),
+            ranges: Vec::new(),
         };
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str(CLIENT_ID))
@@ -140,6 +155,7 @@ impl KafkaClient {
             .map(|k| (k.api_key, k.min_version, k.max_version))
             .collect();
         client.versions = negotiate(&ranges)?;
+        client.ranges = ranges;
         Ok(client)
     }
 
@@ -314,6 +330,44 @@ impl KafkaClient {
 }
 
 impl KafkaClient {
+    /// One request and its answer, alone on the connection, for APIs
+    /// outside [`WANTED`] (the group protocol): the version is the broker's
+    /// highest up to `preferred`, at least `lowest`, and `body` builds the
+    /// request for it (fields differ between versions).
+    pub fn call<Q, R>(
+        &mut self,
+        key: ApiKey,
+        (lowest, preferred): (i16, i16),
+        body: impl FnOnce(i16) -> Q,
+    ) -> Result<(R, i16), BenchError>
+    where
+        Q: Encodable + HeaderVersion,
+        R: Decodable + HeaderVersion,
+    {
+        if !self.in_flight.is_empty() {
+            return Err(BenchError::new(format!(
+                "{key:?} sent with other requests in flight"
+            )));
+        }
+        let version = pick(&self.ranges, key, lowest, preferred)?;
+        self.send_raw(key, version, &body(version))?;
+        let mut frame = self.read_frame()?;
+        let Some((correlation, _, _)) = self.in_flight.pop_front() else {
+            return Err(BenchError::new("a response with none in flight"));
+        };
+        let header = ResponseHeader::decode(&mut frame, R::header_version(version))
+            .map_err(|e| codec_error("a response header", e))?;
+        if header.correlation_id != correlation {
+            return Err(BenchError::new(format!(
+                "response to correlation id {} where {correlation} was next",
+                header.correlation_id
+            )));
+        }
+        let response = R::decode(&mut frame, version)
+            .map_err(|e| codec_error(&format!("a {key:?} v{version} response"), e))?;
+        Ok((response, version))
+    }
+
     /// Deletes `name` (its data too); "unknown topic" counts as success.
     pub fn delete_topic(&mut self, name: &str) -> Result<(), BenchError> {
         let request = DeleteTopicsRequest::default()

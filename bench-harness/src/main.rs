@@ -26,6 +26,7 @@ mod compare;
 mod conn;
 mod consume;
 mod error;
+mod group;
 mod kafka;
 mod payload;
 mod plot;
@@ -156,11 +157,17 @@ pub struct ConsumeOpts {
     /// Consumer threads per group.
     #[arg(long, default_value_t = 1)]
     pub consumers: u32,
-    /// Consumer groups, simulated: each group is its own set of
-    /// --consumers threads reading every partition with offsets kept here
-    /// (no group coordinator, no offset commits).
+    /// Consumer groups: each group is its own set of --consumers threads
+    /// reading every partition. Simulated (offsets kept here, no group
+    /// coordinator) unless --coordinated-groups.
     #[arg(long, default_value_t = 1)]
     pub groups: u32,
+    /// Run each group through the broker's group coordinator (Kafka
+    /// protocol only): members join, get their partitions from the group's
+    /// leader (range assignment), heartbeat, commit offsets every 5 s and
+    /// leave at the end, as Kafka consumers do.
+    #[arg(long)]
+    pub coordinated_groups: bool,
     /// The most bytes a fetch returns per partition.
     #[arg(long, default_value_t = 1_048_576)]
     pub fetch_bytes: u32,

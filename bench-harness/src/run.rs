@@ -12,6 +12,7 @@ use crate::cluster::{self, Topic};
 use crate::conn::Conn;
 use crate::consume::{self, Cursor, Until};
 use crate::error::BenchError;
+use crate::group;
 use crate::produce;
 use crate::report::{self, CpuTime, Report, Throughput};
 use crate::schedule::{self, Schedule};
@@ -224,51 +225,131 @@ fn producer_plans(
         .collect()
 }
 
+/// With `--coordinated-groups`: every group's members, joined through the
+/// coordinator, all groups at once (joining waits out the coordinator's
+/// initial rebalance delay). Empty otherwise.
+fn join_groups(topic: &Topic, opts: &ConsumeOpts) -> Result<Vec<Vec<group::Member>>, BenchError> {
+    if !opts.coordinated_groups {
+        return Ok(Vec::new());
+    }
+    let bootstrap = topic.addr_of.first().cloned().unwrap_or_default();
+    let t0 = Instant::now();
+    let joined = thread::scope(|s| {
+        let handles: Vec<_> = (0..opts.groups)
+            .map(|g| {
+                let name = format!("sluice-bench-{}-{}-{g}", topic.name, std::process::id());
+                let bootstrap = &bootstrap;
+                s.spawn(move || {
+                    group::join_all(
+                        bootstrap,
+                        &name,
+                        &topic.name,
+                        topic.partitions(),
+                        opts.consumers,
+                    )
+                    .map_err(|e| e.context(&format!("joining consumer group {name}")))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| BenchError::new("a group join thread panicked"))?
+            })
+            .collect::<Result<Vec<_>, BenchError>>()
+    })?;
+    eprintln!(
+        "{} consumer groups of {} joined through the coordinator in {:.1} s",
+        opts.groups,
+        opts.consumers,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(joined)
+}
+
 /// Connects each consumer thread to the shards of its partitions and finds
 /// where each partition starts; also returns how many records lie between
 /// the starts and the ends (summed over the groups).
 ///
-/// Consumer groups are simulated: each of `--groups` sets of `--consumers`
-/// threads reads every partition on its own connections, with offsets kept
-/// in the generator. No group coordinator is involved (no JoinGroup,
-/// OffsetCommit): the broker sees N independent readers of each partition,
-/// which is the fan-out load that N consumer groups put on it.
+/// Each of `--groups` sets of `--consumers` threads reads every partition
+/// on its own connections. Simulated groups split the partitions here and
+/// keep offsets in the generator: the broker sees N independent readers of
+/// each partition, the fan-out load of N groups. With
+/// `--coordinated-groups` each group joins through the broker's
+/// coordinator ([`group`]), which assigns the partitions, and starts from
+/// its committed offsets.
 fn consumer_plans(
     topic: &Topic,
     opts: &ConsumeOpts,
     from: StartAt,
     protocol: Protocol,
 ) -> Result<(Vec<consume::Plan>, u64), BenchError> {
+    if opts.coordinated_groups && protocol != Protocol::Kafka {
+        return Err(BenchError::usage(
+            "--coordinated-groups needs --protocol kafka (the group coordinator speaks Kafka)",
+        ));
+    }
     let mut plans = Vec::new();
     let mut available = 0;
-    for t in (0..opts.groups).flat_map(|_| 0..opts.consumers) {
-        let partitions = schedule::partitions_of(t, opts.consumers, topic.partitions(), false);
-        if partitions.is_empty() {
-            eprintln!("consumer {t}: no partition left to read (more consumers than partitions)");
-            continue;
-        }
-        let mut conns = Vec::new();
-        for (addr, ps) in topic.group_by_shard(&partitions) {
-            let mut conn = Conn::connect(&addr, protocol)?;
-            let earliest = conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::EARLIEST)?;
-            let latest = conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::LATEST)?;
-            let starts = if from == StartAt::Earliest {
-                &earliest
-            } else {
-                &latest
+    let mut groups = join_groups(topic, opts)?.into_iter();
+    for _ in 0..opts.groups {
+        let mut members: Vec<Option<group::Member>> = match groups.next() {
+            Some(joined) => joined.into_iter().map(Some).collect(),
+            None => (0..opts.consumers).map(|_| None).collect(),
+        };
+        for (t, member) in members.iter_mut().enumerate() {
+            let t = t as u32;
+            let partitions = match member {
+                Some(m) => m.partitions.clone(),
+                None => schedule::partitions_of(t, opts.consumers, topic.partitions(), false),
             };
-            available += latest
-                .iter()
-                .zip(starts)
-                .map(|(l, s)| (l - s).max(0) as u64)
-                .sum::<u64>();
-            let cursors = ps
-                .iter()
-                .zip(starts)
-                .map(|(&partition, &next)| Cursor { partition, next });
-            conns.push((conn, cursors.collect()));
+            if partitions.is_empty() {
+                eprintln!(
+                    "consumer {t}: no partition left to read (more consumers than partitions)"
+                );
+            }
+            let committed = match member {
+                Some(m) => m.committed(&partitions)?,
+                None => vec![-1; partitions.len()],
+            };
+            let mut conns = Vec::new();
+            for (addr, ps) in topic.group_by_shard(&partitions) {
+                let mut conn = Conn::connect(&addr, protocol)?;
+                let earliest =
+                    conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::EARLIEST)?;
+                let latest = conn.list_offsets(&topic.name, &ps, list_offsets_timestamp::LATEST)?;
+                let starts: Vec<i64> = ps
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| {
+                        let at = partitions.iter().position(|q| q == p);
+                        match at.and_then(|i| committed.get(i)).copied() {
+                            Some(c) if c >= 0 => c,
+                            _ if from == StartAt::Earliest => earliest[k],
+                            _ => latest[k],
+                        }
+                    })
+                    .collect();
+                available += latest
+                    .iter()
+                    .zip(&starts)
+                    .map(|(l, s)| (l - s).max(0) as u64)
+                    .sum::<u64>();
+                let cursors = ps
+                    .iter()
+                    .zip(&starts)
+                    .map(|(&partition, &next)| Cursor { partition, next });
+                conns.push((conn, cursors.collect()));
+            }
+            if conns.is_empty() && member.is_none() {
+                continue;
+            }
+            plans.push(consume::Plan {
+                conns,
+                member: member.take(),
+            });
         }
-        plans.push(consume::Plan { conns });
     }
     Ok((plans, available))
 }
