@@ -4,6 +4,7 @@
 //! - `sluice topic ...`, `sluice produce`, `sluice consume` talk to a broker
 //!   over the native protocol.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,12 +80,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// The log's writer: stderr, except that a line that cannot be written (the
+/// log's disk is full, its pipe closed) is dropped. A broker must keep
+/// serving when its log cannot be written: with `std::io::stderr` as the
+/// writer, tracing-subscriber reports the failed write with `eprintln!`,
+/// which panics when stderr fails, and a panic aborts the process.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        .log_internal_errors(false)
         .init();
     let overrides = config::Overrides {
         data_dir: args.data_dir,
@@ -97,7 +118,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("sluice: {e}");
+            // Not eprintln!: it panics (and so aborts) when stderr cannot
+            // be written, and the exit code must still say what happened.
+            let _ = writeln!(std::io::stderr(), "sluice: {e}");
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,11 +106,15 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     wait_ready(&ready, shards, &stop)?;
     let shard_ports: Vec<u16> = (0..shards).map(|id| shard_port(&config, id)).collect();
     tracing::info!(%native, shards, ?shard_ports, data_dir = %data_dir.display(), generation, "sluice ready");
-    println!(
+    // Not println!: it panics (and so aborts) when stdout cannot be written.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
         "sluice ready: native={native} kafka={kafka} shards={shards} shard_ports={shard_ports:?} \
          data_dir={}",
         data_dir.display()
     );
+    let _ = stdout.flush();
     let mut failed = None;
     for h in handles {
         if let Err(e) = h.join() {

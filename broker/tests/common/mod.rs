@@ -55,12 +55,66 @@ impl Broker {
         Self::start_with(data_dir, shards, "")
     }
 
+    /// Starts a broker whose stdout and stderr are `/dev/full`: every write
+    /// to them fails with ENOSPC, as when the disk under a redirected log
+    /// is full. It is ready once its native listener creates a topic.
+    pub fn start_with_unwritable_output(data_dir: &Path, shards: u32) -> Broker {
+        let mut b = Self::configure(data_dir, shards, "");
+        let full = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .expect("open /dev/full")
+        };
+        let mut child = Command::new(SLUICE)
+            .arg("serve")
+            .arg("--config")
+            .arg(&b.config)
+            .arg("--data-dir")
+            .arg(&b.data_dir)
+            .arg("--shards")
+            .arg(shards.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(full())
+            .stderr(full())
+            .spawn()
+            .expect("start sluice");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!("the broker exited during start-up with its log unwritable: {status}");
+            }
+            let created = Client::connect(&b.addr()).ok().and_then(|mut c| {
+                c.create_topics(vec![CreateTopic {
+                    name: "ready".into(),
+                    partitions: 1,
+                    configs: vec![],
+                }])
+                .ok()
+            });
+            if created.is_some_and(|r| r[0].error == ErrorCode::NONE) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker not ready within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b.child = Some(child);
+        b
+    }
+
     /// Starts a broker; `extra_toml` is appended to its config file.
     pub fn start_with(data_dir: &Path, shards: u32, extra_toml: &str) -> Broker {
+        let mut b = Self::configure(data_dir, shards, extra_toml);
+        b.spawn();
+        b
+    }
+
+    /// A broker's ports and config file, not started.
+    fn configure(data_dir: &Path, shards: u32, extra_toml: &str) -> Broker {
         // Room for restarts with up to 8 shards.
         let base = free_ports(20);
         let config = data_dir.with_extension("toml");
-        let mut b = Broker {
+        let b = Broker {
             child: None,
             data_dir: data_dir.to_path_buf(),
             config,
@@ -70,7 +124,6 @@ impl Broker {
             shards,
         };
         b.write_config(extra_toml);
-        b.spawn();
         b
     }
 
