@@ -381,7 +381,8 @@ fn flip(mut batch: Vec<u8>, at: usize) -> Bytes {
 
 /// Case 7, 8: one produce carrying a good batch for `abuse_partition` and, for
 /// the victim topic, a batch with a flipped CRC byte, one with a flipped
-/// value byte and 10 bytes that are not a batch. Only the good one is
+/// value byte, 10 bytes that are not a batch and a gzip-flagged batch that
+/// does not decompress. Only the good one is
 /// appended, at `abuse_next`; returns the abuse partition's next offset.
 fn produce_corrupt(addr: &str, rng: &mut Rng, abuse_partition: u32, abuse_next: i64) -> i64 {
     let mut c = Client::connect(addr).expect("connect");
@@ -438,6 +439,24 @@ fn produce_corrupt(addr: &str, rng: &mut Rng, abuse_partition: u32, abuse_next: 
         r[0].error,
         ErrorCode::CORRUPT_MESSAGE,
         "10 random bytes as records"
+    );
+    // Flagged gzip with a correct CRC, but the records are not gzip: a
+    // consumer could never read them, so the broker refuses the batch.
+    let mut fake_gzip = batch_of(&[b"not compressed at all"]).to_vec();
+    fake_gzip[22] |= 1;
+    let crc = sluice_protocol::batch::compute_crc(&fake_gzip);
+    fake_gzip[17..21].copy_from_slice(&crc.to_be_bytes());
+    let r = c
+        .produce(
+            Acks::Leader,
+            10_000,
+            vec![part(TOPIC_VICTIM, 1, Bytes::from(fake_gzip))],
+        )
+        .expect("produce of a fake gzip batch");
+    assert_eq!(
+        r[0].error,
+        ErrorCode::INVALID_RECORD,
+        "a gzip-flagged batch that does not decompress"
     );
     for p in 0..VICTIM_PARTITIONS {
         assert_eq!(

@@ -457,11 +457,15 @@ pub fn validate_with_max(buf: &[u8], bytes_max: usize) -> Result<BatchHeader, Ba
             computed,
         });
     }
+    // A compressed batch is decompressed (within the decompression bound)
+    // and walked by the same rules, as Kafka's validator does: a batch
+    // whose payload does not decompress, or whose records do not match its
+    // header, is refused here instead of stored for consumers to trip on.
     let found = match header.compression()? {
-        Compression::None => Some(count_records(&buf[RECORDS_AT..])?),
-        _ => None,
+        Compression::None => count_records(&buf[RECORDS_AT..])?,
+        codec => count_records(&crate::compression::decompress(codec, &buf[RECORDS_AT..])?)?,
     };
-    check_counts(&header, found)
+    check_counts(&header, Some(found))
 }
 
 /// Walks every record of an uncompressed records section, returning how many there are.
@@ -1442,24 +1446,51 @@ mod tests {
         ));
     }
 
+    /// `batch` with its records section gzip-compressed.
+    fn gzipped(batch: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&batch[BATCH_HEADER_BYTES..]).expect("gzip");
+        let mut out = batch[..BATCH_HEADER_BYTES].to_vec();
+        out.extend_from_slice(&gz.finish().expect("gzip"));
+        let batch_length = (out.len() - BATCH_OVERHEAD_BYTES) as i32;
+        edit_header(&mut out, |h| {
+            h.attributes |= 1;
+            h.batch_length = batch_length;
+        });
+        out
+    }
+
     #[test]
-    fn compressed_batches_check_counts_only() {
-        let mut batch = sample_batch();
-        edit_header(&mut batch, |h| h.attributes = 1); // gzip; the bytes are not gzip
-        let header = validate(&batch).expect("count checks pass");
+    fn compressed_batches_are_decompressed_and_walked() {
+        let plain = sample_batch();
+        let packed = gzipped(&plain);
+        let header = validate(&packed).expect("a real gzip batch is valid");
         assert_eq!(header.compression(), Ok(Compression::Gzip));
-        let err = records(&batch).expect_err("compressed");
+        assert_eq!(header.records_count, 3);
+        let err = records(&packed).expect_err("compressed");
         assert_eq!(err, BatchError::UnknownCompression(1));
         assert!(err.to_string().contains("gzip"), "{err}");
 
-        edit_header(&mut batch, |h| h.records_count = 0);
-        let err = validate(&batch).expect_err("empty");
+        // Flagged gzip, but the bytes are not gzip: refused, not stored.
+        let mut fake = sample_batch();
+        edit_header(&mut fake, |h| h.attributes = 1);
+        let err = validate(&fake).expect_err("not gzip");
+        assert!(matches!(err, BatchError::MalformedRecord(_)), "{err:?}");
+        assert_eq!(err.error_code(), ErrorCode::INVALID_RECORD);
+
+        // Real gzip whose header claims more records than it holds.
+        let mut short = packed.clone();
+        edit_header(&mut short, |h| {
+            h.records_count = 4;
+            h.last_offset_delta = 3;
+        });
         assert_eq!(
-            err,
-            BatchError::BadRecordCount {
-                declared: 0,
-                found: 0
-            }
+            validate(&short),
+            Err(BatchError::BadRecordCount {
+                declared: 4,
+                found: 3
+            })
         );
 
         let mut unknown = sample_batch();
