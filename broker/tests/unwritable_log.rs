@@ -62,3 +62,33 @@ fn a_broker_whose_stdout_and_stderr_fail_keeps_serving() {
     // A clean stop still says so with its exit code.
     assert!(b.terminate().success());
 }
+
+/// The CLI reports a stdout it cannot write as an error (exit 1 and a
+/// message), instead of panicking (exit 134 and a backtrace).
+#[test]
+fn the_cli_reports_an_unwritable_stdout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("d"), 1);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("open /dev/full");
+    let out = std::process::Command::new(common::SLUICE)
+        .args([
+            "topic",
+            "create",
+            "cli-full",
+            "--partitions",
+            "1",
+            "--bootstrap",
+        ])
+        .arg(b.addr())
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run the cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -21,7 +21,7 @@ mod topic;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
+use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -71,7 +71,8 @@ pub fn exit(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Not eprintln!: it panics when stderr cannot be written.
+            let _ = writeln!(io::stderr(), "error: {e}");
             ExitCode::from(1)
         }
     }

@@ -82,7 +82,12 @@ fn create(
     };
     let results = client.create_topics(vec![topic])?;
     check_topic_result(&results, &name)?;
-    println!("created topic {name} with {partitions} partitions");
+    // writeln!, not println!: a stdout that cannot be written is an error
+    // to report, not a panic.
+    writeln!(
+        io::stdout(),
+        "created topic {name} with {partitions} partitions"
+    )?;
     Ok(())
 }
 
@@ -90,7 +95,7 @@ fn delete(connect: &ConnectArgs, name: String) -> Result<(), CliError> {
     let mut client = connect.connect()?;
     let results = client.delete_topics(vec![name.clone()])?;
     check_topic_result(&results, &name)?;
-    println!("deleted topic {name}");
+    writeln!(io::stdout(), "deleted topic {name}")?;
     Ok(())
 }
 
