@@ -457,15 +457,79 @@ pub fn validate_with_max(buf: &[u8], bytes_max: usize) -> Result<BatchHeader, Ba
             computed,
         });
     }
-    // A compressed batch is decompressed (within the decompression bound)
-    // and walked by the same rules, as Kafka's validator does: a batch
-    // whose payload does not decompress, or whose records do not match its
-    // header, is refused here instead of stored for consumers to trip on.
+    // A compressed batch is walked as it decompresses (within the
+    // decompression bound, one record in memory at a time) by the same rules,
+    // as Kafka's validator does: a batch whose payload does not decompress,
+    // or whose records do not match its header, is refused here instead of
+    // stored for consumers to trip on.
     let found = match header.compression()? {
         Compression::None => count_records(&buf[RECORDS_AT..])?,
-        codec => count_records(&crate::compression::decompress(codec, &buf[RECORDS_AT..])?)?,
+        codec => count_compressed_records(codec, &buf[RECORDS_AT..])?,
     };
     check_counts(&header, Some(found))
+}
+
+/// [`count_records`] over a compressed records section, streamed through
+/// its decoder: memory holds one record, not the decompressed section.
+fn count_compressed_records(codec: Compression, section: &[u8]) -> Result<i32, BatchError> {
+    use std::io::{BufRead, BufReader, Read};
+    let corrupt = crate::compression::corrupt(codec);
+    let mut r = BufReader::with_capacity(64 * 1024, crate::compression::stream(codec, section)?);
+    let mut body = Vec::new();
+    let mut index: i32 = 0;
+    let mut total: usize = 0;
+    loop {
+        // The record's length: a zigzag varint, or the clean end.
+        if r.fill_buf().map_err(|_| corrupt.clone())?.is_empty() {
+            return Ok(index);
+        }
+        let (mut n, mut shift, mut used) = (0u32, 0u32, 0usize);
+        loop {
+            let mut byte = [0u8; 1];
+            r.read_exact(&mut byte)
+                .map_err(|_| BatchError::MalformedRecord("record length cut off"))?;
+            used += 1;
+            n |= u32::from(byte[0] & 0x7f) << shift;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if used >= varint::VARINT_BYTES_MAX {
+                return Err(BatchError::MalformedRecord("record length"));
+            }
+        }
+        let len = ((n >> 1) as i32) ^ -((n & 1) as i32);
+        let len = usize::try_from(len).map_err(|_| BatchError::MalformedRecord("record length"))?;
+        total = total.saturating_add(used + len);
+        if total > crate::compression::DECOMPRESSED_BYTES_MAX {
+            return Err(BatchError::MalformedRecord(
+                "decompressed records exceed the limit",
+            ));
+        }
+        body.clear();
+        // Grows as bytes arrive: a length that lies costs no allocation.
+        (&mut r)
+            .take(len as u64)
+            .read_to_end(&mut body)
+            .map_err(|_| corrupt.clone())?;
+        if body.len() != len {
+            return Err(BatchError::MalformedRecord("record cut off"));
+        }
+        index = next_index(&read_record_body(&body, None)?, index)?;
+    }
+}
+
+/// The index after a record read at `index`, whose offset delta must be
+/// `index` (Kafka's producers number a batch's records 0, 1, 2, ...).
+fn next_index(fields: &RecordFields<'_>, index: i32) -> Result<i32, BatchError> {
+    if fields.offset_delta != index {
+        return Err(BatchError::MalformedRecord(
+            "offset delta is not the record's index",
+        ));
+    }
+    index
+        .checked_add(1)
+        .ok_or(BatchError::MalformedRecord("too many records"))
 }
 
 /// Walks every record of an uncompressed records section, returning how many there are.
@@ -473,15 +537,7 @@ fn count_records(section: &[u8]) -> Result<i32, BatchError> {
     let mut cur = Cursor::new(section);
     let mut index: i32 = 0;
     while !cur.is_empty() {
-        let fields = read_record(&mut cur, None)?;
-        if fields.offset_delta != index {
-            return Err(BatchError::MalformedRecord(
-                "offset delta is not the record's index",
-            ));
-        }
-        index = index
-            .checked_add(1)
-            .ok_or(BatchError::MalformedRecord("too many records"))?;
+        index = next_index(&read_record(&mut cur, None)?, index)?;
     }
     Ok(index)
 }
@@ -871,9 +927,18 @@ struct RecordFields<'a> {
 /// to `headers` when given; validation walks them without storing them.
 fn read_record<'a>(
     cur: &mut Cursor<'a>,
+    headers: Option<&mut Vec<Header<'a>>>,
+) -> Result<RecordFields<'a>, BatchError> {
+    read_record_body(cur.bytes("record length")?, headers)
+}
+
+/// Reads one record's fields from its body (what follows its length prefix),
+/// which they must fill exactly.
+fn read_record_body<'a>(
+    body: &'a [u8],
     mut headers: Option<&mut Vec<Header<'a>>>,
 ) -> Result<RecordFields<'a>, BatchError> {
-    let mut body = Cursor::new(cur.bytes("record length")?);
+    let mut body = Cursor::new(body);
     let _attributes = body.i8("record attributes")?;
     let timestamp_delta = body.varlong("timestamp delta")?;
     let offset_delta = body.varint("offset delta")?;
@@ -1055,7 +1120,7 @@ impl BatchBuilder {
 
 /// Kafka's varints: zigzag, then little-endian base-128 with a continuation bit.
 mod varint {
-    const VARINT_BYTES_MAX: usize = 5;
+    pub(super) const VARINT_BYTES_MAX: usize = 5;
     const VARLONG_BYTES_MAX: usize = 10;
 
     pub(super) fn put_varint(out: &mut Vec<u8>, v: i32) {
@@ -1491,6 +1556,24 @@ mod tests {
                 declared: 4,
                 found: 3
             })
+        );
+
+        // A gzip section whose one record claims 128 MiB: refused as cut off
+        // (the body is read as it arrives, nothing of that size allocated).
+        let lying = {
+            use std::io::Write;
+            let mut section = Vec::new();
+            varint::put_varint(&mut section, 1 << 27);
+            section.extend_from_slice(&[0; 16]);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&section).expect("gzip");
+            let mut b = batch_around(&gz.finish().expect("gzip"), 1);
+            edit_header(&mut b, |h| h.attributes = 1);
+            b
+        };
+        assert_eq!(
+            validate(&lying),
+            Err(BatchError::MalformedRecord("record cut off"))
         );
 
         let mut unknown = sample_batch();

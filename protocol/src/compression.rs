@@ -55,6 +55,102 @@ pub fn decompress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, BatchEr
     }
 }
 
+/// A reader of `section` decompressed with `codec`, for walking it without
+/// holding it whole. The caller bounds how much it reads
+/// ([`DECOMPRESSED_BYTES_MAX`]); a decoder's failure is an `io::Error`,
+/// to be reported as [`corrupt`].
+pub fn stream(codec: Compression, section: &[u8]) -> Result<Box<dyn Read + '_>, BatchError> {
+    Ok(match codec {
+        Compression::None => Box::new(section),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(section)),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(section)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(section)
+                .map_err(|_| BatchError::MalformedRecord("zstd: bad stream"))?,
+        ),
+        Compression::Snappy => Box::new(SnappyBlocks::new(section)),
+    })
+}
+
+/// The error for a `codec` stream that fails to decode.
+#[must_use]
+pub fn corrupt(codec: Compression) -> BatchError {
+    BatchError::MalformedRecord(match codec {
+        Compression::Gzip => codec_error("gzip"),
+        Compression::Lz4 => codec_error("lz4"),
+        Compression::Snappy => "snappy: corrupt compressed records",
+        Compression::Zstd => codec_error("zstd"),
+        Compression::None => "corrupt records",
+    })
+}
+
+/// Snappy in Kafka's xerial framing (or one raw block), decoded one block
+/// at a time.
+struct SnappyBlocks<'a> {
+    /// Framed blocks still to decode; `None` for a single raw block.
+    rest: &'a [u8],
+    raw: Option<&'a [u8]>,
+    block: Vec<u8>,
+    at: usize,
+}
+
+impl<'a> SnappyBlocks<'a> {
+    fn new(section: &'a [u8]) -> SnappyBlocks<'a> {
+        let framed = section
+            .strip_prefix(XERIAL_MAGIC)
+            .and_then(|r| r.get(XERIAL_HEADER_BYTES - XERIAL_MAGIC.len()..));
+        SnappyBlocks {
+            rest: framed.unwrap_or(&[]),
+            raw: if framed.is_none() {
+                Some(section)
+            } else {
+                None
+            },
+            block: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// Decodes the next block into `self.block`; false at the end.
+    fn next_block(&mut self) -> std::io::Result<bool> {
+        let bad = |what: &'static str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let compressed = if let Some(raw) = self.raw.take() {
+            raw
+        } else {
+            if self.rest.is_empty() {
+                return Ok(false);
+            }
+            let (len, tail) = self
+                .rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| bad("snappy: cut block length"))?;
+            let len = usize::try_from(i32::from_be_bytes(*len))
+                .map_err(|_| bad("snappy: negative block length"))?;
+            let block = tail.get(..len).ok_or_else(|| bad("snappy: cut block"))?;
+            self.rest = &tail[len..];
+            block
+        };
+        self.block.clear();
+        self.at = 0;
+        snappy_block(compressed, &mut self.block).map_err(|_| bad("snappy: corrupt block"))?;
+        Ok(true)
+    }
+}
+
+impl Read for SnappyBlocks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.block.len() {
+            if !self.next_block()? {
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 fn read_bounded(reader: impl Read, what: &'static str) -> Result<Vec<u8>, BatchError> {
     let mut out = Vec::new();
     let limit = DECOMPRESSED_BYTES_MAX as u64 + 1;
