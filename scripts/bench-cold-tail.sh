@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 S=target/release/sluice
 run_case() { # name cache_bytes side_ring
   local name=$1 cache=$2 ring=$3 dir; dir=$(mktemp -d /tmp/coldtail.XXXXXX)
-  printf '[broker]\ntail_cache_bytes = %s\nio_memory_bytes = 10485760\nmetrics_addr = "127.0.0.1:29644"\n' "$cache" > $dir/c.toml
+  # The memory budget must hold the 768 MiB-per-shard tail cache of the tail case.
+  printf '[broker]\nmemory_budget_bytes = 2147483648\ntail_cache_bytes = %s\nio_memory_bytes = 10485760\nmetrics_addr = "127.0.0.1:29644"\n' "$cache" > $dir/c.toml
   SLUICE_SIDE_RING=$ring $S serve --config $dir/c.toml --data-dir $dir/d --native-addr 127.0.0.1:29400 --kafka-addr 127.0.0.1:29490 > $dir/out 2> $dir/log &
   local pid=$!
   for _ in $(seq 50); do grep -q ready $dir/out 2>/dev/null && break; sleep 0.2; done
+  if ! grep -q ready $dir/out 2>/dev/null; then
+    echo "$name: the broker did not start:" >&2; tail -3 $dir/log >&2; rm -rf $dir; return 1
+  fi
   $S topic create t --partitions 8 --bootstrap 127.0.0.1:29400 >/dev/null
   $S produce t --acks 1 --bootstrap 127.0.0.1:29400 < ${INPUT:-/tmp/sluice-input-1g.txt} 2>/dev/null
   local m=127.0.0.1:29644/metrics
