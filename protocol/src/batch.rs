@@ -472,6 +472,50 @@ pub fn validate_with_max(buf: &[u8], bytes_max: usize) -> Result<BatchHeader, Ba
 /// [`count_records`] over a compressed records section, streamed through
 /// its decoder: memory holds one record, not the decompressed section.
 fn count_compressed_records(codec: Compression, section: &[u8]) -> Result<i32, BatchError> {
+    walk_compressed(codec, section, |_| true)
+}
+
+/// The offset delta of the first record without a key in a validated
+/// batch, or `None` when every record has one (a compacted topic's rule).
+/// Compressed batches are streamed, one record in memory at a time.
+pub fn first_keyless_record(batch: &[u8]) -> Result<Option<i32>, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    let total = header.total_bytes();
+    let section = batch.get(RECORDS_AT..total).ok_or(BatchError::Truncated {
+        needed: total,
+        available: batch.len(),
+    })?;
+    let mut found = None;
+    match header.compression()? {
+        Compression::None => {
+            let mut cur = Cursor::new(section);
+            while !cur.is_empty() {
+                let fields = read_record(&mut cur, None)?;
+                if fields.key.is_none() {
+                    return Ok(Some(fields.offset_delta));
+                }
+            }
+        }
+        codec => {
+            walk_compressed(codec, section, |fields| {
+                if fields.key.is_none() {
+                    found = Some(fields.offset_delta);
+                }
+                found.is_none()
+            })?;
+        }
+    }
+    Ok(found)
+}
+
+/// Walks a compressed records section through its decoder, checking each
+/// record as [`count_records`] does and handing it to `each`, which returns
+/// false to stop; returns how many records were walked.
+fn walk_compressed(
+    codec: Compression,
+    section: &[u8],
+    mut each: impl FnMut(&RecordFields<'_>) -> bool,
+) -> Result<i32, BatchError> {
     use std::io::{BufRead, BufReader, Read};
     let corrupt = crate::compression::corrupt(codec);
     let mut r = BufReader::with_capacity(64 * 1024, crate::compression::stream(codec, section)?);
@@ -515,7 +559,11 @@ fn count_compressed_records(codec: Compression, section: &[u8]) -> Result<i32, B
         if body.len() != len {
             return Err(BatchError::MalformedRecord("record cut off"));
         }
-        index = next_index(&read_record_body(&body, None)?, index)?;
+        let fields = read_record_body(&body, None)?;
+        index = next_index(&fields, index)?;
+        if !each(&fields) {
+            return Ok(index);
+        }
     }
 }
 

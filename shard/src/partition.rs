@@ -866,18 +866,13 @@ fn validate_all(records: &Bytes, max: usize) -> Result<Vec<(Bytes, BatchHeader)>
 
 /// Refuses a batch with a record without a key: a compacted topic keeps the
 /// newest record of each key, so a keyless record has no meaning there
-/// (Kafka: INVALID_RECORD). Compressed batches are decompressed to check.
+/// (Kafka: INVALID_RECORD). Compressed batches are streamed through their decoder to check.
 fn check_keys(batches: &[(Bytes, BatchHeader)]) -> Result<(), AppendError> {
     for (bytes, _) in batches {
-        let records = batch::records_owned(bytes).map_err(AppendError::Batch)?;
-        for record in records.iter() {
-            let record = record.map_err(AppendError::Batch)?;
-            if record.key.is_none() {
-                return Err(AppendError::InvalidRecord(format!(
-                    "record at offset delta {} has no key: a compacted topic needs keys",
-                    record.offset - records.header().base_offset
-                )));
-            }
+        if let Some(delta) = batch::first_keyless_record(bytes).map_err(AppendError::Batch)? {
+            return Err(AppendError::InvalidRecord(format!(
+                "record at offset delta {delta} has no key: a compacted topic needs keys"
+            )));
         }
     }
     Ok(())
