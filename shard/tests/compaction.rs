@@ -230,7 +230,10 @@ fn compacted_topics_refuse_records_without_a_key() {
                 .await
                 .expect_err("refused");
             assert_eq!(err.error_code(), ErrorCode::INVALID_RECORD, "{err}");
-            assert!(err.to_string().contains("offset delta 1 has no key"), "{err}");
+            assert!(
+                err.to_string().contains("offset delta 1 has no key"),
+                "{err}"
+            );
         }
         assert_eq!(p.offsets().log_end, 0);
         store.close_all().await.expect("close");
