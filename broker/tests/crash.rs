@@ -147,12 +147,24 @@ fn kill_dash_nine_during_acks_all_produce_loses_no_acknowledged_record() {
         for (partition, base, values) in acked.iter() {
             for (i, v) in values.iter().enumerate() {
                 let at = *base as usize + i;
-                let got = logs[*partition as usize].get(at);
-                assert_eq!(
-                    got,
-                    Some(v),
-                    "seed {seed} round {round}: acknowledged record {partition}/{at} lost or changed"
-                );
+                let log = &logs[*partition as usize];
+                if log.get(at) != Some(v) {
+                    // Everything a post-mortem needs: the log's extent, the
+                    // broker's own account of recovery, and the files.
+                    let broker_log = std::fs::read_to_string(b.data_dir.with_extension("log"))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = broker_log.lines().rev().take(40).collect();
+                    let kept = dir.keep();
+                    panic!(
+                        "seed {seed} round {round}: acknowledged record {partition}/{at} lost or changed \
+                         (the batch acknowledged at {base} has {} records; the partition now holds {}). \
+                         Data kept in {}. Broker log, newest first:\n{}",
+                        values.len(),
+                        log.len(),
+                        kept.display(),
+                        tail.join("\n")
+                    );
+                }
             }
         }
         eprintln!(
