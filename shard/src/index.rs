@@ -170,9 +170,15 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
             return (found, ScanStop::End);
         }
         if rest.len() < BATCH_HEADER_BYTES {
+            // Too short to tell: even all zeros may be the start of a batch
+            // (a base offset's high bytes) cut by the end of this read, not
+            // padding. The caller, who knows where the file ends, decides.
             return (
                 found,
-                need_more_or_invalid(rest, position, BATCH_HEADER_BYTES),
+                ScanStop::NeedMore {
+                    position,
+                    needed: BATCH_HEADER_BYTES,
+                },
             );
         }
         let header = match BatchHeader::parse(rest) {
@@ -222,17 +228,6 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
 
 /// A short tail is either the start of a batch cut by the end of the read, or
 /// padding/garbage. Zeros mean padding; anything else is read again whole.
-fn need_more_or_invalid(rest: &[u8], position: u64, needed: usize) -> ScanStop {
-    if rest.iter().all(|b| *b == 0) {
-        ScanStop::Invalid {
-            position,
-            reason: "zero padding".into(),
-        }
-    } else {
-        ScanStop::NeedMore { position, needed }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,12 +292,12 @@ mod tests {
         for cut in 1..log.len() {
             let (found, stop) = scan(&log[..cut], 0, 0);
             assert!(found.is_empty());
-            // A prefix of zeros (base offset 0 starts with eight) is
-            // indistinguishable from padding; either way the log ends there.
-            let zeros = log[..cut].iter().all(|b| *b == 0);
-            let ok = matches!(stop, ScanStop::NeedMore { position: 0, .. })
-                || (zeros && matches!(stop, ScanStop::Invalid { position: 0, .. }));
-            assert!(ok, "cut {cut}: {stop:?}");
+            // Even a prefix of zeros (a base offset's high bytes) asks for
+            // more: only the end of the file makes zeros padding.
+            assert!(
+                matches!(stop, ScanStop::NeedMore { position: 0, .. }),
+                "cut {cut}: {stop:?}"
+            );
         }
     }
 

@@ -200,11 +200,24 @@ async fn scan_segment(
                 want = needed.max(SCAN_READ_BYTES);
             }
             ScanStop::NeedMore { position, .. } => {
+                // Cut by the end of the file: zeros from here to the end are
+                // the padding after the last batch, anything else a torn
+                // write. Read to the end: this read may have stopped short.
+                let rest = seg
+                    .file
+                    .read_at(position, (file_size - position) as usize)
+                    .await
+                    .map_err(|e| StorageError::io("read", &seg.path, e))?;
+                let padding = rest.iter().all(|b| *b == 0);
                 return Ok(ScanOutcome {
-                    torn: true,
-                    found_none_at_start: position == scan_start,
-                    reason: "batch cut by the end of the file".into(),
-                })
+                    torn: !padding,
+                    found_none_at_start: position == scan_start && (!padding || scan_start > 0),
+                    reason: if padding {
+                        "zero padding".into()
+                    } else {
+                        "batch cut by the end of the file".into()
+                    },
+                });
             }
             ScanStop::Invalid { position, reason } => {
                 let padding = reason == "zero padding" || is_zero_tail(&data, position - pos);

@@ -203,6 +203,72 @@ fn batch_len() -> u64 {
     make_batch(0, 2, 100).len() as u64
 }
 
+/// A one-record batch of exactly `len` bytes (value padded to fit).
+fn batch_of_len(len: usize, ts: i64) -> Bytes {
+    for pad in 0..len {
+        let mut b = BatchBuilder::new(ts);
+        let v = vec![b'p'; pad];
+        b.push(ts, None, Some(&v), &[]);
+        let bytes = b.finish();
+        if bytes.len() == len {
+            return Bytes::from(bytes);
+        }
+        if bytes.len() > len {
+            break;
+        }
+    }
+    panic!("no one-record batch of {len} bytes");
+}
+
+/// Recovery reads a segment in 1 MiB pieces. A batch that starts a few
+/// bytes before a piece ends shows only the high bytes of its base offset,
+/// all zeros, in that piece. Recovery once took them for the zero padding
+/// after the last batch and cut the log there, losing every record from
+/// that batch on, acknowledged or not (the kill -9 test caught it, rarely).
+#[test]
+fn recovery_keeps_a_batch_that_starts_just_before_a_read_boundary() {
+    const PIECE: u64 = 1 << 20;
+    for before in [1u64, 5, 8, 30, 60] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        run(move || async move {
+            let (store, p) = open(&path, LogConfig::default()).await;
+            let mut size = 0u64;
+            let mut next = 0u64;
+            // Fill to a little short of the boundary with ordinary batches...
+            while size + 40_000 < PIECE - before {
+                let b = make_batch(next, 500, 100);
+                size += b.len() as u64;
+                next += 500;
+                p.append(b, Durability::Flushed).await.expect("append");
+            }
+            // ...then one batch that ends exactly `before` bytes short of it.
+            let filler = batch_of_len((PIECE - before - size) as usize, 100);
+            p.append(filler, Durability::Flushed).await.expect("append");
+            let last = p
+                .append(make_batch(next + 1, 3, 100), Durability::Flushed)
+                .await
+                .expect("append")
+                .base_offset;
+            let end = p.offsets().log_end;
+            // A crash: no clean close, so no index files (recovery scans from 0).
+            drop((store, p));
+            let (store, p) = open(&path, LogConfig::default()).await;
+            let recovered = p.offsets().log_end;
+            let got = p.read(last, 1 << 20).await.expect("read").chunks;
+            store.close_all().await.expect("close");
+            let want: Vec<(i64, String)> = (0..3)
+                .map(|i| (last + i as i64, format!("value-{:08}", next + 1 + i)))
+                .collect();
+            tx.send((end, recovered, values(&got), want)).expect("send");
+        });
+        let (end, recovered, got, want) = rx.recv().expect("result");
+        assert_eq!(recovered, end, "{before} bytes before the boundary");
+        assert_eq!(got, want, "{before} bytes before the boundary");
+    }
+}
+
 #[test]
 fn recovery_truncates_a_torn_tail() {
     let len = batch_len();
