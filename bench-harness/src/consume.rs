@@ -106,7 +106,8 @@ pub fn run(
             out.idled = true;
             break;
         }
-        if let Some(m) = member.as_mut() {
+        // Positions are gathered only when a heartbeat or commit is due.
+        if let Some(m) = member.as_mut().filter(|m| m.due()) {
             m.tick(&positions(&cursors))?;
         }
         for (c, conn) in conns.iter_mut().enumerate() {

@@ -340,6 +340,13 @@ impl Member {
             .collect()
     }
 
+    /// Whether a heartbeat or a commit is due ([`Member::tick`]).
+    #[must_use]
+    pub fn due(&self) -> bool {
+        self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY
+            || self.last_commit.elapsed() >= COMMIT_EVERY
+    }
+
     /// What a consumer does between fetches: heartbeat when due, commit
     /// `positions` ((partition, next offset)) when due.
     pub fn tick(&mut self, positions: &[(u32, i64)]) -> Result<(), BenchError> {

@@ -580,7 +580,10 @@ fn send_uring_zc(sock: &TcpStream, buffers: &[Mapped], messages: u64) -> Copied 
             while zc.sent.is_none() {
                 zc.reap()?;
             }
-            off += zc.sent.take().unwrap_or(0);
+            match zc.sent.take() {
+                Some(0) | None => return Err(BenchError::new("SEND_ZC sent nothing")),
+                Some(n) => off += n,
+            }
         }
     }
     while zc.pending.iter().any(|&n| n > 0) {

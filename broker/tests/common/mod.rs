@@ -66,15 +66,8 @@ impl Broker {
                 .open("/dev/full")
                 .expect("open /dev/full")
         };
-        let mut child = Command::new(SLUICE)
-            .arg("serve")
-            .arg("--config")
-            .arg(&b.config)
-            .arg("--data-dir")
-            .arg(&b.data_dir)
-            .arg("--shards")
-            .arg(shards.to_string())
-            .env("RUST_LOG", "info")
+        let mut child = b
+            .serve_command()
             .stdout(full())
             .stderr(full())
             .spawn()
@@ -155,17 +148,24 @@ impl Broker {
         std::fs::write(&self.config, text).expect("write config");
     }
 
-    /// Starts the process and waits for its ready line.
-    pub fn spawn(&mut self) {
-        let mut child = Command::new(SLUICE)
-            .arg("serve")
+    /// `sluice serve` with this broker's config, data and shards.
+    fn serve_command(&self) -> Command {
+        let mut c = Command::new(SLUICE);
+        c.arg("serve")
             .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--shards")
             .arg(self.shards.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    /// Starts the process and waits for its ready line.
+    pub fn spawn(&mut self) {
+        let mut child = self
+            .serve_command()
             .stdout(Stdio::piped())
             .stderr(self.log_file())
             .spawn()
