@@ -466,7 +466,28 @@ impl<'a> SegmentBatches<'a> {
 
     /// The next whole batch, or `None` at the end of the segment.
     async fn next(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
-        let position = self.pos + self.at as u64;
+        let mut position = self.pos + self.at as u64;
+        if position >= self.target.size {
+            return Ok(None);
+        }
+        // Skip a gap before a landed batch (see `landing`).
+        let mut refilled = false;
+        loop {
+            match crate::landing::gap_at(&self.buf[self.at..], position) {
+                crate::landing::Gap::Skip(n) => {
+                    self.at += n;
+                    position += n as u64;
+                }
+                crate::landing::Gap::Undecided if !refilled => {
+                    let need = crate::landing::gap_len(position) + BATCH_HEADER_BYTES;
+                    self.refill(position, need).await?;
+                    refilled = true;
+                    continue;
+                }
+                _ => {}
+            }
+            break;
+        }
         if position >= self.target.size {
             return Ok(None);
         }

@@ -169,6 +169,19 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
         if rest.is_empty() {
             return (found, ScanStop::End);
         }
+        // Zeros before a 512-byte boundary that a landed batch was written
+        // at (see `landing`); at the end of the data they are padding.
+        match crate::landing::gap_at(rest, position) {
+            crate::landing::Gap::Skip(n) => {
+                at += n;
+                continue;
+            }
+            crate::landing::Gap::Undecided => {
+                let needed = crate::landing::gap_len(position) + BATCH_HEADER_BYTES;
+                return (found, ScanStop::NeedMore { position, needed });
+            }
+            _ => {}
+        }
         if rest.len() < BATCH_HEADER_BYTES {
             // Too short to tell: even all zeros may be the start of a batch
             // (a base offset's high bytes) cut by the end of this read, not
@@ -253,10 +266,35 @@ mod tests {
         let (found, stop) = scan(&log, 0, 10);
         assert_eq!(found.len(), 2);
         assert_eq!(found[1].header.base_offset, 13);
+        // Zeros that may be a gap before a landed batch: the caller, who
+        // knows where the file ends, decides they are padding.
         match stop {
-            ScanStop::Invalid { position, .. } => assert_eq!(position, valid),
+            ScanStop::Invalid { position, .. } | ScanStop::NeedMore { position, .. } => {
+                assert_eq!(position, valid)
+            }
             other => panic!("unexpected stop {other:?}"),
         }
+    }
+
+    #[test]
+    fn scan_steps_over_a_gap_before_a_landed_batch() {
+        let mut log = batch_at(10, 3, 1000);
+        let end = log.len() as u64;
+        let gap = crate::landing::gap_len(end);
+        assert!(gap >= crate::landing::GAP_MIN);
+        log.extend(vec![0u8; gap]);
+        assert_eq!(log.len() % crate::landing::LANDING_ALIGN, 0);
+        log.extend(batch_at(13, 2, 1001));
+        let landed_at = (log.len() - batch_at(13, 2, 1001).len()) as u64;
+        log.extend(vec![0u8; 30]);
+        let (found, _) = scan(&log, 0, 10);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].position, landed_at);
+        assert_eq!(found[1].header.base_offset, 13);
+        // A gap cut by the end of the read asks for more.
+        let (found, stop) = scan(&log[..end as usize + 5], 0, 10);
+        assert_eq!(found.len(), 1);
+        assert!(matches!(stop, ScanStop::NeedMore { position, .. } if position == end));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub mod cache;
 pub mod compaction;
 pub mod config;
 pub mod index;
+pub mod landing;
 pub mod limits;
 pub mod partition;
 pub mod producer;

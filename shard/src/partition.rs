@@ -497,6 +497,15 @@ impl Partition {
             let mut at = 0usize;
             let mut need_more = None;
             while at < buf.len() {
+                match crate::landing::gap_at(&buf[at..], pos + at as u64) {
+                    crate::landing::Gap::Skip(n) => {
+                        at += n;
+                        continue;
+                    }
+                    // Cut by this read: the next one starts at the gap.
+                    crate::landing::Gap::Undecided if at > 0 => break,
+                    _ => {}
+                }
                 let header = match BatchHeader::parse(&buf[at..]) {
                     Ok(h) => h,
                     Err(_) if buf.len() - at < batch::BATCH_HEADER_BYTES => {
@@ -601,6 +610,10 @@ impl Partition {
                 .read_at(pos, len)
                 .await
                 .map_err(|e| ReadError::Storage(StorageError::io("read", &path, e)))?;
+            if let crate::landing::Gap::Skip(n) = crate::landing::gap_at(&data, pos) {
+                pos += n as u64;
+                continue;
+            }
             let header = BatchHeader::parse(&data).map_err(|e| {
                 ReadError::Storage(StorageError(format!("{}: {e}", path.display())))
             })?;
@@ -1200,6 +1213,150 @@ fn place_batches(
     placed
 }
 
+/// Writes a group whose every batch was received into a landing (see
+/// `landing`) straight from those landings, with one `writev` through the
+/// side ring: no user-space copy of the payload. The write starts at the
+/// 512-byte block holding the end of the log (`size`), rewriting that
+/// block's live bytes (from `tail`, the bytes of the log's last partial
+/// 4 KiB block) and the zero gap up to the first batch. `None`: not such a
+/// group, or no side ring; the caller copies instead.
+async fn write_landed(
+    file: &Rc<DmaFile>,
+    size: u64,
+    tail: &[u8],
+    group: &[PendingAppend],
+    epoch: i32,
+) -> Option<(
+    Result<(), String>,
+    Vec<(u64, BatchHeader, Bytes)>,
+    u64,
+    Vec<u8>,
+)> {
+    use crate::landing::{gap_len, lookup, LandingMem, LANDING_ALIGN};
+    use std::sync::Arc;
+    // At most this many iovecs per write (the kernel's IOV_MAX is 1024).
+    const LANDED_BATCHES_MAX: usize = 1000;
+    // Each write segment: its memory and the batches in it (bytes, header,
+    // offset, position in the segment). Batches that were not landed are
+    // copied, a run of them into one segment of their own.
+    type Part = (Arc<LandingMem>, Vec<(Bytes, BatchHeader, i64, usize)>);
+    let mut parts: Vec<Part> = Vec::new();
+    let mut run: Vec<(Bytes, BatchHeader, i64, usize)> = Vec::new();
+    let mut run_bytes: Vec<u8> = Vec::new();
+    let mut any_landed = false;
+    let end_run = |run: &mut Vec<_>, run_bytes: &mut Vec<u8>, parts: &mut Vec<Part>| {
+        if run.is_empty() {
+            return Some(());
+        }
+        let copy = crate::landing::land(run_bytes)?;
+        parts.push((lookup(&copy)?, std::mem::take(run)));
+        run_bytes.clear();
+        Some(())
+    };
+    for pending in group {
+        for ((bytes, header), slot) in pending.batches.iter().zip(&pending.slots) {
+            let Slot::Write(offset) = *slot else { continue };
+            match lookup(bytes) {
+                Some(mem) => {
+                    end_run(&mut run, &mut run_bytes, &mut parts)?;
+                    let copied = group
+                        .iter()
+                        .flat_map(|p| &p.batches)
+                        .filter(|(b, _)| lookup(b).is_none());
+                    let copied = copied.count() as u64;
+                    parts.push((mem, vec![(bytes.clone(), *header, offset, 0)]));
+                    any_landed = true;
+                }
+                None => {
+                    run.push((bytes.clone(), *header, offset, run_bytes.len()));
+                    run_bytes.extend_from_slice(bytes);
+                }
+            }
+        }
+    }
+    if !any_landed || parts.len() >= LANDED_BATCHES_MAX {
+        return None;
+    }
+    end_run(&mut run, &mut run_bytes, &mut parts)?;
+    let copied = group
+        .iter()
+        .flat_map(|p| &p.batches)
+        .filter(|(b, _)| lookup(b).is_none());
+    let copied = copied.count() as u64;
+    let ring = crate::uring::side_ring()?;
+    // The head block: the log's live bytes in its last 512-byte block, then
+    // zeros up to where the first batch goes.
+    let head_from = size - size % LANDING_ALIGN as u64;
+    let first_at = size + gap_len(size) as u64;
+    let head_len = (first_at - head_from) as usize;
+    let live = (size - head_from) as usize;
+    if live > tail.len() {
+        return None;
+    }
+    let mut head = crate::uring::AlignedBuf::new(head_len.max(1))?;
+    let head_bytes = head.as_mut_slice(head_len);
+    head_bytes[..live].copy_from_slice(&tail[tail.len() - live..]);
+    let mut segments: Vec<(*const u8, usize)> = Vec::with_capacity(parts.len() + 1);
+    if head_len > 0 {
+        segments.push((head.as_ptr(), head_len));
+    }
+    let mut placed = Vec::new();
+    let mut at = first_at;
+    let mut end = first_at;
+    for (mem, batches) in &parts {
+        for (bytes, header, offset, within) in batches {
+            // SAFETY: this shard received (or just copied) the batch and has
+            // not published this memory: a landed batch reaches the tail
+            // cache and the producer only after this write.
+            unsafe {
+                mem.stamp_in_place(|b| {
+                    batch::stamp(&mut b[*within..*within + bytes.len()], *offset, epoch)
+                })
+            };
+            let mut stamped = *header;
+            stamped.base_offset = *offset;
+            placed.push((at + *within as u64, stamped, bytes.clone()));
+        }
+        segments.push((mem.as_ptr(), mem.padded_len()));
+        end = at + mem.len() as u64;
+        at += mem.padded_len() as u64;
+    }
+    let expected: usize = segments.iter().map(|s| s.1).sum();
+    // The new tail: the log's bytes from the last 4 KiB boundary to `end`.
+    let tail_from = align_down(end);
+    let mut new_tail = Vec::with_capacity((end - tail_from) as usize);
+    let mut pos = head_from;
+    for &(ptr, len) in &segments {
+        let (from, to) = (pos.max(tail_from), (pos + len as u64).min(end));
+        if from < to {
+            // SAFETY: `ptr` is valid for `len` bytes (a landing or `head`).
+            let seg = unsafe { std::slice::from_raw_parts(ptr, len) };
+            new_tail.extend_from_slice(&seg[(from - pos) as usize..(to - pos) as usize]);
+        }
+        pos += len as u64;
+    }
+    let keep: Box<dyn std::any::Any> = Box::new((head, parts));
+    let result = match ring
+        .write_vectored(
+            std::os::fd::AsRawFd::as_raw_fd(file.as_ref()),
+            head_from,
+            &segments,
+            keep,
+        )
+        .await
+    {
+        Ok(n) if n == expected => Ok(()),
+        Ok(n) => Err(format!("short write of {n}/{expected} bytes")),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            // The side ring is full: nothing was written; copy instead.
+            return None;
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    stats::add_payload_copies(copied);
+    Some((result, placed, end, new_tail))
+}
+
 fn payload_bytes(group: &[PendingAppend]) -> usize {
     let written = |p: &PendingAppend| -> usize {
         let slots = p.batches.iter().zip(&p.slots);
@@ -1242,30 +1399,36 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             s.leader_epoch,
         )
     };
-    let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
-    buf.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
-    let placed = place_batches(buf.as_bytes_mut(), tail.len(), &group, write_pos, epoch);
-    let end = write_pos + (tail.len() + payload) as u64;
-    let new_tail = {
-        let from = (align_down(end) - write_pos) as usize;
-        buf.as_bytes()[from..tail.len() + payload].to_vec()
-    };
-    let expected = buf.len();
     let needs_flush = group.iter().any(|g| g.durability == Durability::Flushed) || {
         let s = p.state.borrow();
         s.config
             .flush_ms
             .is_some_and(|ms| s.last_flush.elapsed() >= Duration::from_millis(ms))
     };
-    let written = file.write_at(buf, write_pos).await;
-    let result = match written {
-        Ok(n) if n == expected => Ok(()),
-        Ok(n) => Err(StorageError(format!(
-            "short write of {n}/{expected} bytes to {}",
-            path.display()
-        ))),
-        Err(e) => Err(StorageError::io("write", &path, e)),
+    let size = write_pos + tail.len() as u64;
+    let (result, placed, end, new_tail) = match write_landed(&file, size, &tail, &group, epoch)
+        .await
+    {
+        Some((result, placed, end, new_tail)) => (result, placed, end, new_tail),
+        None => {
+            let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
+            buf.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
+            let placed = place_batches(buf.as_bytes_mut(), tail.len(), &group, write_pos, epoch);
+            let end = write_pos + (tail.len() + payload) as u64;
+            let new_tail = {
+                let from = (align_down(end) - write_pos) as usize;
+                buf.as_bytes()[from..tail.len() + payload].to_vec()
+            };
+            let expected = buf.len();
+            let result = match file.write_at(buf, write_pos).await {
+                Ok(n) if n == expected => Ok(()),
+                Ok(n) => Err(format!("short write of {n}/{expected} bytes")),
+                Err(e) => Err(e.to_string()),
+            };
+            (result, placed, end, new_tail)
+        }
     };
+    let result = result.map_err(|e| StorageError(format!("write to {}: {e}", path.display())));
     if let Err(e) = result {
         tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "append failed");
         // Cut anything a partial write left behind the logical end.

@@ -155,6 +155,14 @@ async fn replay_segment(
         let data = &data[..len.min(data.len())];
         let mut at = 0usize;
         while at + BATCH_HEADER_BYTES <= data.len() {
+            match crate::landing::gap_at(&data[at..], pos + at as u64) {
+                crate::landing::Gap::Skip(n) => {
+                    at += n;
+                    continue;
+                }
+                crate::landing::Gap::Undecided => break,
+                crate::landing::Gap::None => {}
+            }
             let header = BatchHeader::parse(&data[at..])
                 .map_err(|e| StorageError(format!("{}: {e}", seg.path.display())))?;
             if header.base_offset >= from && header.producer_id >= 0 {

@@ -81,6 +81,22 @@ impl AlignedBuf {
     }
 }
 
+impl AlignedBuf {
+    /// The start of the buffer.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The first `len` bytes (at most the capacity), which become the
+    /// buffer's contents.
+    pub fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
+        self.len = len.min(self.capacity);
+        // SAFETY: `len <= capacity` bytes were allocated (zeroed) and are
+        // borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: `len <= capacity` bytes were allocated and initialised.
@@ -97,10 +113,13 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A read in flight: its buffer is kept alive until the kernel is done.
+/// An operation in flight: its memory is kept alive until the kernel is done.
 struct InFlight {
-    buf: AlignedBuf,
-    done: oneshot::Sender<(i32, AlignedBuf)>,
+    /// A read's destination, handed back with the result.
+    buf: Option<AlignedBuf>,
+    /// A write's sources and iovec array.
+    _keep: Option<Box<dyn std::any::Any>>,
+    done: oneshot::Sender<(i32, Option<AlignedBuf>)>,
 }
 
 /// The shard's side ring (`!Send`: one per shard).
@@ -170,30 +189,79 @@ impl SideRing {
             .offset(offset)
             .build()
             .user_data(id);
-        let (done, answer) = oneshot::channel();
         buf.len = 0;
-        self.in_flight
-            .borrow_mut()
-            .insert(id, InFlight { buf, done });
+        let (res, buf) = self.submit(id, entry, Some(buf), None).await?;
+        let mut buf = buf.ok_or_else(|| io::Error::other("side ring lost a buffer"))?;
+        buf.len = (res as usize).min(len);
+        Ok(Bytes::from_owner(buf))
+    }
+
+    /// Writes `segments` back to back at `offset` of an `O_DIRECT` file
+    /// descriptor with one `WRITEV`. Each segment must be 512-byte aligned
+    /// and a multiple of 512 bytes long, and stay valid while `keep` lives
+    /// (it is held until the kernel is done). Returns the bytes written.
+    pub async fn write_vectored(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        segments: &[(*const u8, usize)],
+        keep: Box<dyn std::any::Any>,
+    ) -> io::Result<usize> {
+        let iovecs: Box<[libc::iovec]> = segments
+            .iter()
+            .map(|&(ptr, len)| libc::iovec {
+                iov_base: ptr.cast_mut().cast(),
+                iov_len: len,
+            })
+            .collect();
+        let count = u32::try_from(iovecs.len()).map_err(|_| io::Error::other("too many iovecs"))?;
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let entry = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
+            .offset(offset)
+            .build()
+            .user_data(id);
+        let keep: Box<dyn std::any::Any> = Box::new((keep, iovecs));
+        let (res, _) = self.submit(id, entry, None, Some(keep)).await?;
+        Ok(res as usize)
+    }
+
+    /// Submits `entry` and waits for its completion (a negative result is
+    /// the error).
+    async fn submit(
+        &self,
+        id: u64,
+        entry: io_uring::squeue::Entry,
+        buf: Option<AlignedBuf>,
+        keep: Option<Box<dyn std::any::Any>>,
+    ) -> io::Result<(i32, Option<AlignedBuf>)> {
+        let (done, answer) = oneshot::channel();
+        self.in_flight.borrow_mut().insert(
+            id,
+            InFlight {
+                buf,
+                _keep: keep,
+                done,
+            },
+        );
         {
             let mut ring = self.ring.borrow_mut();
-            // SAFETY: the buffer stays alive in `in_flight` until the
-            // completion for `id` is reaped.
+            // SAFETY: the memory the entry points at stays alive in
+            // `in_flight` until the completion for `id` is reaped.
             let pushed = unsafe { ring.submission().push(&entry) };
             if pushed.is_err() {
                 self.in_flight.borrow_mut().remove(&id);
-                return Err(io::Error::other("side ring full"));
+                return Err(io::Error::new(io::ErrorKind::WouldBlock, "side ring full"));
             }
             ring.submit()?;
         }
-        let (res, mut buf) = answer
+        let (res, buf) = answer
             .await
             .map_err(|_| io::Error::other("side ring stopped"))?;
         if res < 0 {
             return Err(io::Error::from_raw_os_error(-res));
         }
-        buf.len = (res as usize).min(len);
-        Ok(Bytes::from_owner(buf))
+        Ok((res, buf))
     }
 
     fn reap(&self) {

@@ -1,0 +1,309 @@
+//! Landings: batches received from a socket straight into memory that the
+//! segment writer can hand to direct I/O as it is, so the produce path makes
+//! no user-space copy of the payload (the kernel's copy out of the socket
+//! buffer is the only one).
+//!
+//! Direct I/O on the disks we run on wants every buffer 512-byte aligned and
+//! every `writev` segment a multiple of 512 bytes long. A landing is such a
+//! buffer: the batch starts at its first byte and zeros follow up to the next
+//! 512-byte boundary. The writer puts a group of landed batches on disk with
+//! one `writev` starting at a 512-byte boundary of the segment, so a landed
+//! batch may be preceded by fewer than 512 zero bytes (a *gap*) in the file.
+//! Every reader of segment files skips gaps ([`gap_at`]).
+//!
+//! A batch is recognised as landed by its address: each shard keeps a map
+//! from landing addresses to weak references ([`lookup`]). Landings may be
+//! dropped on any thread (a cached batch can leave in a cross-shard reply);
+//! a dead entry simply fails to upgrade.
+
+use std::alloc::Layout;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+
+/// Alignment of landings and of gap ends in segment files: the logical
+/// block size and DMA alignment of the disks Sluice writes to.
+pub const LANDING_ALIGN: usize = 512;
+
+/// Smallest records field worth landing: below this the copy costs little and
+/// the gap would waste a larger share of the segment.
+pub const LANDING_MIN_BYTES: usize = 4096;
+
+/// The memory of one landing: `capacity` bytes, 512-byte aligned, of which
+/// the first `len` are the batch bytes and the rest zeros.
+pub struct LandingMem {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+}
+
+// SAFETY: plain heap memory with no thread affinity; once frozen it is only
+// written by the owning shard's writer, through `stamp_in_place`, before the
+// batch is published to any reader.
+unsafe impl Send for LandingMem {}
+// SAFETY: see `Send`.
+unsafe impl Sync for LandingMem {}
+
+impl LandingMem {
+    fn layout(capacity: usize) -> Option<Layout> {
+        Layout::from_size_align(capacity, LANDING_ALIGN).ok()
+    }
+
+    /// The start of the memory (512-byte aligned).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Bytes to write: the batch and its zero padding (a multiple of 512).
+    pub fn padded_len(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The whole padded memory (batch, then zeros).
+    pub fn padded(&self) -> &[u8] {
+        // SAFETY: `capacity` bytes were allocated zeroed and stay alive with `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    /// Lets the writer stamp a landed batch's base offset and leader epoch
+    /// (`batch::stamp`) in the memory it then writes.
+    ///
+    /// # Safety
+    /// Nothing may read these bytes while `f` runs: the caller is the shard
+    /// that received the batch, and the batch has not yet been published
+    /// (cached, answered, routed) by it.
+    pub unsafe fn stamp_in_place(&self, f: impl FnOnce(&mut [u8])) {
+        // SAFETY: the memory is valid for `len` bytes; exclusivity is the
+        // caller's promise.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) };
+        f(bytes);
+    }
+}
+
+impl Drop for LandingMem {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.capacity) {
+            // SAFETY: allocated with this very layout in `Landing::new`.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// The owner behind a landed batch's `Bytes`.
+struct Owner(Arc<LandingMem>);
+
+impl AsRef<[u8]> for Owner {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were filled before the owner existed.
+        unsafe { std::slice::from_raw_parts(self.0.ptr.as_ptr(), self.0.len) }
+    }
+}
+
+thread_local! {
+    static LANDINGS: RefCell<HashMap<usize, Weak<LandingMem>>> = RefCell::new(HashMap::new());
+}
+
+/// A landing being filled from a socket.
+pub struct Landing {
+    mem: LandingMem,
+    filled: usize,
+}
+
+impl Landing {
+    /// Room for a batch of `len` bytes (`None` when it cannot be allocated).
+    #[must_use]
+    pub fn new(len: usize) -> Option<Landing> {
+        let capacity = len.div_ceil(LANDING_ALIGN).max(1) * LANDING_ALIGN;
+        let layout = LandingMem::layout(capacity)?;
+        // SAFETY: the layout has a non-zero size. Zeroed: the padding must be
+        // zeros on disk, and untouched pages cost nothing until written.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(Landing {
+            mem: LandingMem { ptr, capacity, len },
+            filled: 0,
+        })
+    }
+
+    /// Bytes still to receive.
+    #[must_use]
+    pub fn remaining(&self) -> usize {
+        self.mem.len - self.filled
+    }
+
+    /// Where the next received bytes go, and how many may go there.
+    pub fn unfilled(&mut self) -> (*mut u8, usize) {
+        // SAFETY: `filled <= len <= capacity`, inside the allocation.
+        let at = unsafe { self.mem.ptr.as_ptr().add(self.filled) };
+        (at, self.remaining())
+    }
+
+    /// Records that `n` more bytes were written at [`Landing::unfilled`].
+    pub fn advance(&mut self, n: usize) {
+        self.filled = (self.filled + n).min(self.mem.len);
+    }
+
+    /// Copies `bytes` in (for tests, and for bytes that arrived before the
+    /// landing was made).
+    pub fn fill_from(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.remaining());
+        let (at, _) = self.unfilled();
+        // SAFETY: `at` has `remaining() >= n` writable bytes, disjoint from `bytes`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, n) };
+        self.advance(n);
+    }
+
+    /// The received batch as `Bytes`, registered on this thread as landed.
+    /// `None` until every byte has been received.
+    #[must_use]
+    pub fn freeze(self) -> Option<Bytes> {
+        if self.filled != self.mem.len {
+            return None;
+        }
+        let mem = Arc::new(self.mem);
+        let key = mem.ptr.as_ptr() as usize;
+        LANDINGS.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= 4096 && m.len().is_power_of_two() {
+                m.retain(|_, w| w.strong_count() > 0);
+            }
+            m.insert(key, Arc::downgrade(&mem));
+        });
+        Some(Bytes::from_owner(Owner(mem)))
+    }
+}
+
+/// A copy of `bytes` as a landed batch (tests, benchmarks of the write path).
+#[must_use]
+pub fn land(bytes: &[u8]) -> Option<Bytes> {
+    let mut l = Landing::new(bytes.len())?;
+    l.fill_from(bytes);
+    l.freeze()
+}
+
+/// The landing `batch` is, when it is exactly one landed on this thread.
+#[must_use]
+pub fn lookup(batch: &Bytes) -> Option<Arc<LandingMem>> {
+    let key = batch.as_ptr() as usize;
+    if key % LANDING_ALIGN != 0 {
+        return None;
+    }
+    let mem = LANDINGS.with(|m| m.borrow().get(&key).and_then(Weak::upgrade))?;
+    (mem.len == batch.len()).then_some(mem)
+}
+
+/// Forgets landings that are gone (called now and then by the writer).
+pub fn forget_dead() {
+    LANDINGS.with(|m| m.borrow_mut().retain(|_, w| w.strong_count() > 0));
+}
+
+/// Fewest bytes in a gap. A batch starts with its base offset (8 bytes) and
+/// its length (4 bytes, never 0), so 12 zero bytes cannot start a batch.
+pub const GAP_MIN: usize = 12;
+
+/// The gap a writer leaves after a batch ending at `pos` before a landed
+/// batch: up to the next 512-byte boundary, or the one after it when the
+/// next is closer than [`GAP_MIN`]; 0 at a boundary.
+#[must_use]
+pub fn gap_len(pos: u64) -> usize {
+    let into = (pos % LANDING_ALIGN as u64) as usize;
+    match into {
+        0 => 0,
+        _ if LANDING_ALIGN - into < GAP_MIN => 2 * LANDING_ALIGN - into,
+        _ => LANDING_ALIGN - into,
+    }
+}
+
+/// What the bytes at a file position hold, for readers of segment files.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// Not a gap: a batch (or the end of the data) starts here.
+    None,
+    /// Zeros up to the next 512-byte boundary: skip this many bytes.
+    Skip(usize),
+    /// Zeros up to the end of `buf`, before the boundary: read further to tell.
+    Undecided,
+}
+
+/// Whether `buf`, holding the segment bytes from file position `pos`, starts
+/// with a gap: [`gap_len`] zeros from an unaligned position. A zero run at an
+/// aligned position is never a gap (it is the padding after the last batch,
+/// or damage).
+#[must_use]
+pub fn gap_at(buf: &[u8], pos: u64) -> Gap {
+    let len = gap_len(pos);
+    if len == 0 {
+        return Gap::None;
+    }
+    let seen = &buf[..len.min(buf.len())];
+    if seen.is_empty() || seen.iter().any(|&b| b != 0) {
+        return Gap::None;
+    }
+    if seen.len() < len {
+        return Gap::Undecided;
+    }
+    Gap::Skip(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_landing_is_aligned_padded_with_zeros_and_found_by_address() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        let b = land(&data).expect("landed");
+        assert_eq!(&b[..], &data[..]);
+        assert_eq!(b.as_ptr() as usize % LANDING_ALIGN, 0);
+        let mem = lookup(&b).expect("registered");
+        assert_eq!(mem.padded_len(), 5120);
+        assert!(mem.padded()[5000..].iter().all(|&x| x == 0));
+        // A slice of it, or ordinary memory, is not a landing.
+        assert!(lookup(&b.slice(0..100)).is_none());
+        assert!(lookup(&b.slice(512..1024)).is_none());
+        assert!(lookup(&Bytes::from(data.clone())).is_none());
+        drop(mem);
+        drop(b);
+        forget_dead();
+    }
+
+    #[test]
+    fn an_unfinished_landing_does_not_freeze() {
+        let mut l = Landing::new(100).expect("landing");
+        l.fill_from(&[1; 60]);
+        assert_eq!(l.remaining(), 40);
+        assert!(l.freeze().is_none());
+    }
+
+    #[test]
+    fn gaps_are_zeros_from_an_unaligned_position_to_the_boundary() {
+        let zeros = [0u8; 600];
+        assert_eq!(gap_at(&zeros, 0), Gap::None, "aligned: padding, not a gap");
+        assert_eq!(gap_at(&zeros, 1000), Gap::Skip(24));
+        // Closer than 12 bytes to the boundary: the gap runs to the next one,
+        // so a batch whose base offset starts with zero bytes is not a gap.
+        assert_eq!(gap_len(1020), 516);
+        assert_eq!(gap_at(&zeros, 1020), Gap::Skip(516));
+        let mut batch_like = [0u8; 600];
+        batch_like[11] = 70; // a length of 70 after a small base offset
+        assert_eq!(gap_at(&batch_like, 1020), Gap::None);
+        assert_eq!(gap_at(&batch_like, 1000), Gap::None);
+        assert_eq!(gap_at(&zeros[..10], 1000), Gap::Undecided);
+        let mut b = [0u8; 30];
+        b[5] = 1;
+        assert_eq!(gap_at(&b, 1000), Gap::None, "data inside");
+        assert_eq!(gap_at(&[], 1000), Gap::None);
+    }
+}

@@ -1,0 +1,213 @@
+//! Landed batches (received straight into direct-I/O memory, see
+//! `sluice_shard::landing`) are written without a user-space copy, with zero
+//! gaps before them in the segment file; every reader of segment files (tail
+//! and cold reads, recovery, timestamps, compaction, producer state) steps
+//! over those gaps. Landed and copied appends mix freely.
+
+mod common;
+
+use common::run;
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use sluice_protocol::batch::{self, BatchBuilder};
+use sluice_protocol::ShardId;
+use sluice_shard::config::{CleanupPolicy, LogConfig};
+use sluice_shard::landing;
+use sluice_shard::partition::{now_ms, Durability, Partition};
+use sluice_shard::store::{warm_up_direct_io, ShardStore};
+
+/// A batch of `records` records from offset `first` whose values are
+/// `value_bytes` long (so the batch can be large enough to land).
+fn make_batch(first: u64, records: u64, value_bytes: usize, ts: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(ts);
+    for i in first..first + records {
+        let mut v = format!("value-{i:08}-").into_bytes();
+        v.resize(value_bytes.max(v.len()), b'x');
+        let k = format!("key-{}", i % 17);
+        b.push(ts + (i - first) as i64, Some(k.as_bytes()), Some(&v), &[]);
+    }
+    b.finish()
+}
+
+/// Every (offset, value prefix) in `chunks`, in order.
+fn values(chunks: &[Bytes]) -> Vec<(i64, String)> {
+    let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut out = Vec::new();
+    for item in batch::split(&joined) {
+        let (range, _) = item.expect("whole batches, no gap bytes served");
+        let bytes = &joined[range];
+        // Compaction may leave empty batches (for producer state).
+        batch::validate_stored(bytes).expect("served batches are valid");
+        for r in batch::records(bytes).expect("uncompressed") {
+            let r = r.expect("record");
+            let v = r.value.expect("value");
+            let text = String::from_utf8_lossy(&v[..15.min(v.len())]).into_owned();
+            out.push((r.offset, text));
+        }
+    }
+    out
+}
+
+async fn open(dir: &Path, config: LogConfig, cache: usize) -> (Rc<ShardStore>, Rc<Partition>) {
+    warm_up_direct_io(dir).await.expect("direct I/O works");
+    let store = Rc::new(ShardStore::new(ShardId(0), dir.to_path_buf(), cache));
+    let p = store.open_partition("t", 0, config, 0).await.expect("open");
+    (store, p)
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 256 * 1024,
+        index_interval_bytes: 1024,
+        ..LogConfig::default()
+    }
+}
+
+/// Reads the whole log from `from` in small fetches; checks order and values.
+async fn read_all(p: &Partition, from: i64, end: i64) -> usize {
+    let mut offset = from;
+    let mut seen = 0usize;
+    while offset < end {
+        let got = p.read(offset, 3000).await.expect("read");
+        let vals = values(&got.chunks);
+        assert!(!vals.is_empty(), "progress at {offset}");
+        for (o, v) in vals {
+            if o >= offset {
+                assert_eq!(o, from + seen as i64, "offsets in order, none missing");
+                assert_eq!(v, format!("value-{o:08}-"));
+                seen += 1;
+            }
+        }
+        offset = from + seen as i64;
+    }
+    seen
+}
+
+/// Appends rounds of concurrent appends (so one write carries several), each
+/// round mixing landed batches of uneven sizes with small copied ones.
+/// Returns (records, copied batches).
+async fn fill(p: &Rc<Partition>, rounds: u64, durability: Durability) -> (u64, u64) {
+    let mut next = 0u64;
+    let mut copied = 0u64;
+    for round in 0..rounds {
+        let mut tasks = Vec::new();
+        for j in 0..6u64 {
+            let small = (round + j) % 3 == 0;
+            let (records, value) = match small {
+                true => (1 + j % 2, 40),
+                false => (8 + (round * 7 + j) % 9, 500 + (j as usize * 37)),
+            };
+            let bytes = make_batch(next, records, value, 1000 + next as i64);
+            let bytes = match small {
+                true => {
+                    copied += 1;
+                    Bytes::from(bytes)
+                }
+                false => landing::land(&bytes).expect("landed"),
+            };
+            let want = next as i64;
+            next += records;
+            let p = p.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let at = p.append(bytes, durability).await.expect("append");
+                assert_eq!(at.base_offset, want);
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+    }
+    (next, copied)
+}
+
+#[test]
+fn landed_and_copied_appends_read_back_from_cache_disk_and_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // No tail cache: every read goes to the segment files.
+        let (store, p) = open(&path, config(), 0).await;
+        let before = sluice_shard::stats::snapshot();
+        let (end, copied) = fill(&p, 60, Durability::Written).await;
+        let after = sluice_shard::stats::snapshot();
+        assert_eq!(
+            after.payload_copies - before.payload_copies,
+            copied,
+            "only the small batches were copied"
+        );
+        assert!(p.segment_count() > 1, "segments rolled");
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        assert_eq!(read_all(&p, 301, end as i64).await, end as usize - 301);
+        // Timestamps: record i has timestamp 1000 + i.
+        let found = p.offset_for_timestamp(1000 + 777).await.expect("ts");
+        assert_eq!(found, Some((777, 1000 + 777)));
+
+        // A clean restart, then a crash (no close): recovery keeps every
+        // record and appends continue after them.
+        store.close_all().await.expect("close");
+        drop((store, p));
+        let (store, p) = open(&path, config(), 0).await;
+        assert_eq!(p.offsets().log_end, end as i64);
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        let more = landing::land(&make_batch(end, 9, 600, 1000 + end as i64)).expect("landed");
+        let at = p.append(more, Durability::Flushed).await.expect("append");
+        assert_eq!(at.base_offset, end as i64);
+        drop((store, p));
+        let (store, p) = open(&path, config(), 1 << 20).await;
+        assert_eq!(p.offsets().log_end, end as i64 + 9);
+        assert_eq!(read_all(&p, 0, end as i64 + 9).await, end as usize + 9);
+        store.close_all().await.expect("close");
+    });
+}
+
+#[test]
+fn compaction_and_producer_state_read_over_gaps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            cleanup_policy: CleanupPolicy::Compact,
+            segment_bytes: 64 * 1024,
+            ..config()
+        };
+        let (store, p) = open(&path, config.clone(), 1 << 20).await;
+        let (end, _) = fill(&p, 30, Durability::Written).await;
+        let outcome = store.clean_at(now_ms()).await.expect("clean");
+        assert!(outcome.segments_rewritten > 0, "{outcome:?}");
+        assert_eq!(p.offsets().log_end, end as i64, "offsets never change");
+        // 17 keys: after cleaning, the newest record of each key of the
+        // cleaned segments survives, in offset order, with its value.
+        let mut offset = 0i64;
+        let mut last = -1i64;
+        let mut survivors = 0;
+        while offset < end as i64 {
+            let got = p.read(offset, 1 << 16).await.expect("read");
+            for (o, v) in values(&got.chunks) {
+                assert!(o > last, "offsets increase");
+                assert_eq!(v, format!("value-{o:08}-"));
+                last = o;
+                survivors += 1;
+            }
+            // Step over batches the cleaner emptied, as consumers do.
+            let joined: Vec<u8> = got.chunks.iter().flat_map(|c| c.to_vec()).collect();
+            let next = batch::split(&joined)
+                .filter_map(Result::ok)
+                .map(|(_, h)| h.last_offset() + 1)
+                .max()
+                .expect("progress");
+            assert!(next > offset, "progress at {offset}");
+            offset = next;
+        }
+        assert!(survivors < end / 2, "the cleaner removed records");
+        assert_eq!(last, end as i64 - 1, "the newest record survives");
+        store.close_all().await.expect("close");
+        drop((store, p));
+        // Reopening rebuilds producer state and indexes by reading the
+        // segments (gaps included).
+        let (store, p) = open(&path, config, 1 << 20).await;
+        assert_eq!(p.offsets().log_end, end as i64);
+        store.close_all().await.expect("close");
+    });
+}
