@@ -2,7 +2,9 @@
 //! broker process is killed at a random moment, many times. After each
 //! restart every acknowledged record must be there, at the offset it was
 //! acknowledged with, byte for byte, and the log must read cleanly from the
-//! first offset to the last with no gap.
+//! first offset to the last with no gap. Producers use both the native
+//! protocol and the Kafka protocol (whose large batches are written from
+//! where they were received, with zero gaps in the segment files).
 
 mod common;
 
@@ -19,6 +21,8 @@ use sluice_protocol::ErrorCode;
 const PARTITIONS: u32 = 4;
 const ROUNDS: u32 = 20;
 const PRODUCERS: u32 = 3;
+/// Producers through the Kafka listener, beside the native ones.
+const KAFKA_PRODUCERS: u32 = 2;
 
 /// (partition, base offset, values) of one acknowledged batch.
 type Acked = (u32, i64, Vec<Vec<u8>>);
@@ -69,6 +73,90 @@ fn produce_until_error(
             Ok(r) if r.len() == 1 && r[0].error == ErrorCode::NONE => {
                 if let Ok(mut a) = acked.lock() {
                     a.push((partition, r[0].base_offset, values));
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// As `produce_until_error`, through the Kafka listener (Produce v9), with
+/// batches from 150 bytes to 12 KiB: large requests are read apart and their
+/// batches written from where they were received (see `produce_frame`).
+fn produce_kafka_until_error(
+    port: u16,
+    round: u32,
+    thread: u32,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    stop: Arc<AtomicBool>,
+) {
+    use bytes::{BufMut, Bytes, BytesMut};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut rng = Rng(u64::from(round * 1000 + thread + 101) * 0x9E37_79B9);
+    for seq in 0..100_000i32 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let partition = (rng.next() % u64::from(PARTITIONS)) as u32;
+        let count = 1 + rng.next() % 80;
+        let mut builder = BatchBuilder::new(1_700_000_000_000);
+        let mut values = Vec::new();
+        for i in 0..count {
+            let v = format!("k{round}-t{thread}-s{seq}-i{i}-{:0>120}", rng.next()).into_bytes();
+            builder.push(1_700_000_000_000, None, Some(&v), &[]);
+            values.push(v);
+        }
+        let part = PartitionProduceData::default()
+            .with_index(partition as i32)
+            .with_records(Some(Bytes::from(builder.finish())));
+        let topic = TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("crash")))
+            .with_partition_data(vec![part]);
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(5000)
+            .with_topic_data(vec![topic]);
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(9)
+            .with_correlation_id(seq);
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        if header.encode(&mut buf, 2).is_err() || req.encode(&mut buf, 9).is_err() {
+            return;
+        }
+        let size = (buf.len() - 4) as i32;
+        buf[0..4].copy_from_slice(&size.to_be_bytes());
+        if stream.write_all(&buf).is_err() {
+            return;
+        }
+        let mut size = [0u8; 4];
+        if stream.read_exact(&mut size).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+        if stream.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut body = Bytes::from(body);
+        let answered = ResponseHeader::decode(&mut body, 1)
+            .and_then(|_| ProduceResponse::decode(&mut body, 9))
+            .ok()
+            .and_then(|r| r.responses.into_iter().next())
+            .and_then(|t| t.partition_responses.into_iter().next());
+        match answered {
+            Some(p) if p.error_code == 0 => {
+                if let Ok(mut a) = acked.lock() {
+                    a.push((partition, p.base_offset, values));
                 }
             }
             _ => return,
@@ -129,12 +217,18 @@ fn kill_dash_nine_during_acks_all_produce_loses_no_acknowledged_record() {
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::new(Mutex::new(Vec::new()));
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..PRODUCERS)
+        let mut threads: Vec<_> = (0..PRODUCERS)
             .map(|t| {
                 let (addr, acked, stop) = (b.addr(), acked.clone(), stop.clone());
                 std::thread::spawn(move || produce_until_error(addr, round, t, acked, stop))
             })
             .collect();
+        for t in 0..KAFKA_PRODUCERS {
+            let (port, acked, stop) = (b.kafka_port, acked.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                produce_kafka_until_error(port, round, t, acked, stop)
+            }));
+        }
         std::thread::sleep(Duration::from_millis(50 + rng.next() % 400));
         b.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -172,8 +266,11 @@ fn kill_dash_nine_during_acks_all_produce_loses_no_acknowledged_record() {
             acked.len()
         );
     }
+    let acked = acked.lock().expect("acked");
+    assert!(acked.len() > 50, "the producers made progress");
+    let through_kafka = acked.iter().filter(|a| a.2[0].starts_with(b"k")).count();
     assert!(
-        acked.lock().expect("acked").len() > 50,
-        "the producers made progress"
+        through_kafka > 20,
+        "the Kafka producers made progress: {through_kafka}"
     );
 }

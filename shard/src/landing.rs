@@ -74,7 +74,9 @@ impl LandingMem {
 
     /// The whole padded memory (batch, then zeros).
     pub fn padded(&self) -> &[u8] {
-        // SAFETY: `capacity` bytes were allocated zeroed and stay alive with `self`.
+        // SAFETY: `capacity` bytes stay alive with `self`; a `LandingMem`
+        // exists only once its batch bytes were filled (`Landing::freeze`)
+        // and the padding was zeroed at allocation.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
     }
 
@@ -128,9 +130,12 @@ impl Landing {
     pub fn new(len: usize) -> Option<Landing> {
         let capacity = len.div_ceil(LANDING_ALIGN).max(1) * LANDING_ALIGN;
         let layout = LandingMem::layout(capacity)?;
-        // SAFETY: the layout has a non-zero size. Zeroed: the padding must be
-        // zeros on disk, and untouched pages cost nothing until written.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        // The padding must be zeros on disk; the batch bytes are received
+        // before anything reads them (`freeze` refuses an unfilled landing).
+        // SAFETY: `len..capacity` lies inside the allocation.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(len), 0, capacity - len) };
         Some(Landing {
             mem: LandingMem { ptr, capacity, len },
             filled: 0,
@@ -197,7 +202,7 @@ pub fn land(bytes: &[u8]) -> Option<Bytes> {
 #[must_use]
 pub fn lookup(batch: &Bytes) -> Option<Arc<LandingMem>> {
     let key = batch.as_ptr() as usize;
-    if key % LANDING_ALIGN != 0 {
+    if !key.is_multiple_of(LANDING_ALIGN) {
         return None;
     }
     let mem = LANDINGS.with(|m| m.borrow().get(&key).and_then(Weak::upgrade))?;

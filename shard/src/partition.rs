@@ -1244,6 +1244,7 @@ async fn write_landed(
     let mut run: Vec<(Bytes, BatchHeader, i64, usize)> = Vec::new();
     let mut run_bytes: Vec<u8> = Vec::new();
     let mut any_landed = false;
+    let mut copied = 0u64;
     let end_run = |run: &mut Vec<_>, run_bytes: &mut Vec<u8>, parts: &mut Vec<Part>| {
         if run.is_empty() {
             return Some(());
@@ -1259,15 +1260,11 @@ async fn write_landed(
             match lookup(bytes) {
                 Some(mem) => {
                     end_run(&mut run, &mut run_bytes, &mut parts)?;
-                    let copied = group
-                        .iter()
-                        .flat_map(|p| &p.batches)
-                        .filter(|(b, _)| lookup(b).is_none());
-                    let copied = copied.count() as u64;
                     parts.push((mem, vec![(bytes.clone(), *header, offset, 0)]));
                     any_landed = true;
                 }
                 None => {
+                    copied += 1;
                     run.push((bytes.clone(), *header, offset, run_bytes.len()));
                     run_bytes.extend_from_slice(bytes);
                 }
@@ -1278,11 +1275,6 @@ async fn write_landed(
         return None;
     }
     end_run(&mut run, &mut run_bytes, &mut parts)?;
-    let copied = group
-        .iter()
-        .flat_map(|p| &p.batches)
-        .filter(|(b, _)| lookup(b).is_none());
-    let copied = copied.count() as u64;
     let ring = crate::uring::side_ring()?;
     // The head block: the log's live bytes in its last 512-byte block, then
     // zeros up to where the first batch goes.

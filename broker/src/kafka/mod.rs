@@ -19,6 +19,7 @@ pub mod fetch_encode;
 pub mod group;
 pub mod handlers;
 pub mod offsets_log;
+pub mod produce_frame;
 pub mod versions;
 
 use std::cell::RefCell;
@@ -85,10 +86,36 @@ async fn read_requests(
             Err(e) => return Err(format!("read failed: {e}")),
         }
         let total = frame_total(prefix, max)?;
-        let (frame, memory) =
-            read_frame_body(&mut incoming, &prefix, total, &shard.request_memory).await?;
-        let memory = Rc::new(RefCell::new(memory));
-        let request = parse_request(frame, memory.clone())?;
+        let pool = &shard.request_memory;
+        let (request, memory) = if total >= produce_frame::FRAME_MIN_BYTES
+            && produce_frame::enabled()
+        {
+            // Large enough to be a Produce worth receiving in place.
+            let mut head = [0u8; 8];
+            head[..4].copy_from_slice(&prefix);
+            incoming
+                .reader
+                .read_exact(&mut head[4..])
+                .await
+                .map_err(|e| format!("connection lost mid-frame: {e}"))?;
+            let key = i16::from_be_bytes([head[4], head[5]]);
+            let version = i16::from_be_bytes([head[6], head[7]]);
+            if key == ApiKey::Produce as i16 && produce_frame::VERSIONS.contains(&version) {
+                let f = produce_frame::read(&mut incoming, &head, total, version, pool).await?;
+                let memory = Rc::new(RefCell::new(f.memory));
+                let mut request = parse_request(f.skeleton, memory.clone())?;
+                request.records = Some(f.records);
+                (request, memory)
+            } else {
+                let (frame, memory) = read_frame_body(&mut incoming, &head, total, pool).await?;
+                let memory = Rc::new(RefCell::new(memory));
+                (parse_request(frame, memory.clone())?, memory)
+            }
+        } else {
+            let (frame, memory) = read_frame_body(&mut incoming, &prefix, total, pool).await?;
+            let memory = Rc::new(RefCell::new(memory));
+            (parse_request(frame, memory.clone())?, memory)
+        };
         let shard = shard.clone();
         let answer = Answer::spawn(memory, async move {
             shard.in_flight.set(shard.in_flight.get() + 1);
@@ -111,6 +138,9 @@ pub struct KafkaRequest {
     /// The request memory held for this request; a fetch adds what its
     /// response holds.
     pub memory: Rc<RefCell<Reservation>>,
+    /// A Produce read apart (`produce_frame`): its records fields, in
+    /// order, received outside `body`, where each is a null.
+    pub records: Option<Vec<Option<Bytes>>>,
 }
 
 /// Decodes the header. An unknown API key or a header that does not decode
@@ -140,6 +170,7 @@ fn parse_request(frame: Bytes, memory: Rc<RefCell<Reservation>>) -> Result<Kafka
         header,
         body: buf,
         memory,
+        records: None,
     })
 }
 

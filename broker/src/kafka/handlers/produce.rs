@@ -33,7 +33,26 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
     if req.version < PRODUCE_VERSION_MIN_SERVED {
         return refuse_old(req);
     }
-    let r: ProduceRequest = decode(req)?;
+    let mut r: ProduceRequest = decode(req)?;
+    if let Some(records) = &req.records {
+        // Read apart (`produce_frame`): put each records field back.
+        let mut fields = records.iter();
+        for p in r
+            .topic_data
+            .iter_mut()
+            .flat_map(|t| t.partition_data.iter_mut())
+        {
+            p.records = fields
+                .next()
+                .ok_or_else(|| {
+                    "malformed Produce: fewer records fields than partitions".to_string()
+                })?
+                .clone();
+        }
+        if fields.next().is_some() {
+            return Err("malformed Produce: more records fields than partitions".into());
+        }
+    }
     let acks = match r.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
