@@ -21,10 +21,22 @@
 //! - [`uring::SideRing`]: a second io_uring ring per shard for cold reads
 //!   that land, without a user-space copy, in buffers a response can carry.
 //!
-//! Copies of record payloads in user space: one on the produce path (the
-//! request buffer into the aligned write buffer), none on the fetch path
-//! (tail cache or side-ring reads, sent with scatter/gather). [`stats`]
-//! counts them and the tests assert the count.
+//! - [`landing`]: batches received from the socket straight into memory
+//!   that is written to the segment as it is (512-byte aligned, zero-padded),
+//!   with one `writev` through the side ring per group of appends.
+//!
+//! Copies of record payloads in user space: none on the produce path for a
+//! batch that landed (the Kafka listener lands every batch of at least
+//! 4 KiB in a Produce request of at least 8 KiB; the kernel's copy out of
+//! the socket buffer is the only one), one for any other batch (the request
+//! buffer into the aligned write buffer), and none on the fetch path (tail
+//! cache or side-ring reads, sent with scatter/gather). [`stats`] counts
+//! them and the tests assert the count.
+//!
+//! Segment files: batches back to back, except that a landed batch starts
+//! at a 512-byte boundary, after fewer than 1,024 zero bytes (a *gap*,
+//! [`landing::gap_at`]). Every reader of segment files steps over gaps;
+//! fetch responses never contain them.
 //!
 //! Every type here is `!Send` and lives on one shard. Cross-shard routing is
 //! the broker's job; this crate never talks to another core.

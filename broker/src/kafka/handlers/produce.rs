@@ -1,7 +1,8 @@
 //! Produce (served: v3-v11, RecordBatch v2 only; v0-v2 are advertised for old
 //! librdkafka's feature detection and refused). Records travel to their
-//! owning shards as slices of the request (no copy) through the same path as
-//! the native protocol; `acks=0` gets no response.
+//! owning shards as slices of the request, or as the landings a large
+//! request's batches were received into (`produce_frame`), with no copy,
+//! through the same path as the native protocol; `acks=0` gets no response.
 
 use std::rc::Rc;
 
