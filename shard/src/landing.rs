@@ -33,7 +33,8 @@ pub const LANDING_ALIGN: usize = 512;
 pub const LANDING_MIN_BYTES: usize = 4096;
 
 /// The memory of one landing: `capacity` bytes, 512-byte aligned, of which
-/// the first `len` are the batch bytes and the rest zeros.
+/// the first `len` are the batch bytes and the rest zeros: exactly the gap
+/// ([`gap_len`]) that readers skip after a batch ending there.
 pub struct LandingMem {
     ptr: NonNull<u8>,
     capacity: usize,
@@ -128,7 +129,9 @@ impl Landing {
     /// Room for a batch of `len` bytes (`None` when it cannot be allocated).
     #[must_use]
     pub fn new(len: usize) -> Option<Landing> {
-        let capacity = len.div_ceil(LANDING_ALIGN).max(1) * LANDING_ALIGN;
+        // The padding is exactly the gap readers expect after a batch that
+        // ends there (landings are written back to back from a boundary).
+        let capacity = (len + gap_len(len as u64)).max(LANDING_ALIGN);
         let layout = LandingMem::layout(capacity)?;
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
@@ -274,6 +277,12 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % LANDING_ALIGN, 0);
         let mem = lookup(&b).expect("registered");
         assert_eq!(mem.padded_len(), 5120);
+        // A batch ending closer than GAP_MIN to a boundary: the padding runs
+        // to the boundary after it, as readers expect.
+        let tight = land(&[7u8; 1020]).expect("landed");
+        assert_eq!(lookup(&tight).expect("registered").padded_len(), 1536);
+        let exact = land(&[7u8; 1024]).expect("landed");
+        assert_eq!(lookup(&exact).expect("registered").padded_len(), 1024);
         assert!(mem.padded()[5000..].iter().all(|&x| x == 0));
         // A slice of it, or ordinary memory, is not a landing.
         assert!(lookup(&b.slice(0..100)).is_none());

@@ -211,3 +211,62 @@ fn compaction_and_producer_state_read_over_gaps() {
         store.close_all().await.expect("close");
     });
 }
+
+/// xorshift64*: deterministic from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[test]
+fn random_mixes_of_landed_and_copied_batches_survive_every_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1;
+        eprintln!("landing mix seed {seed}");
+        let mut rng = Rng(seed);
+        let mut next = 0u64;
+        for _round in 0..12 {
+            // No close: every reopen recovers the log as after a crash.
+            let (_store, p) = open(&path, config(), 1 << 16).await;
+            assert_eq!(p.offsets().log_end, next as i64);
+            let mut tasks = Vec::new();
+            for _ in 0..40 {
+                let records = 1 + rng.next() % 80;
+                let value = 20 + (rng.next() % 140) as usize;
+                let bytes = make_batch(next, records, value, 1000 + next as i64);
+                let bytes = match bytes.len() >= landing::LANDING_MIN_BYTES {
+                    true => landing::land(&bytes).expect("landed"),
+                    false => Bytes::from(bytes),
+                };
+                let want = next as i64;
+                next += records;
+                let p = p.clone();
+                tasks.push(glommio::spawn_local(async move {
+                    let at = p.append(bytes, Durability::Flushed).await.expect("append");
+                    assert_eq!(at.base_offset, want);
+                }));
+                if rng.next() % 4 == 0 {
+                    glommio::yield_if_needed().await;
+                }
+            }
+            for t in tasks {
+                t.await;
+            }
+            assert_eq!(read_all(&p, 0, next as i64).await, next as usize);
+        }
+        let (_store, p) = open(&path, config(), 0).await;
+        assert_eq!(p.offsets().log_end, next as i64);
+        assert_eq!(read_all(&p, 0, next as i64).await, next as usize);
+    });
+}
