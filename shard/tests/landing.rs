@@ -256,7 +256,7 @@ fn random_mixes_of_landed_and_copied_batches_survive_every_reopen() {
                     let at = p.append(bytes, Durability::Flushed).await.expect("append");
                     assert_eq!(at.base_offset, want);
                 }));
-                if rng.next() % 4 == 0 {
+                if rng.next().is_multiple_of(4) {
                     glommio::yield_if_needed().await;
                 }
             }
