@@ -1199,7 +1199,7 @@ fn place_batches(
         for ((bytes, header), slot) in pending.batches.iter().zip(&pending.slots) {
             let Slot::Write(offset) = *slot else { continue };
             let n = bytes.len();
-            // The one copy of the payload on the produce path.
+            // The one copy of a payload that did not land (see `landing`).
             out[at..at + n].copy_from_slice(bytes);
             stats::add_payload_copies(1);
             batch::stamp(&mut out[at..at + n], offset, epoch);
