@@ -232,11 +232,6 @@ pub fn lookup(batch: &Bytes) -> Option<Arc<LandingMem>> {
     (mem.len == batch.len()).then_some(mem)
 }
 
-/// Forgets landings that are gone (called now and then by the writer).
-pub fn forget_dead() {
-    LANDINGS.with(|m| m.borrow_mut().retain(|_, w| w.strong_count() > 0));
-}
-
 /// Fewest bytes in a gap. A batch starts with its base offset (8 bytes) and
 /// its length (4 bytes, never 0), so 12 zero bytes cannot start a batch.
 pub const GAP_MIN: usize = 12;
@@ -308,9 +303,6 @@ mod tests {
         assert!(lookup(&b.slice(0..100)).is_none());
         assert!(lookup(&b.slice(512..1024)).is_none());
         assert!(lookup(&Bytes::from(data.clone())).is_none());
-        drop(mem);
-        drop(b);
-        forget_dead();
     }
 
     #[test]

@@ -1236,45 +1236,52 @@ async fn write_landed(
     use std::sync::Arc;
     // At most this many iovecs per write (the kernel's IOV_MAX is 1024).
     const LANDED_BATCHES_MAX: usize = 1000;
-    // Each write segment: its memory and the batches in it (bytes, header,
-    // offset, position in the segment). Batches that were not landed are
-    // copied, a run of them into one segment of their own.
-    type Part = (Arc<LandingMem>, Vec<(Bytes, BatchHeader, i64, usize)>);
-    let mut parts: Vec<Part> = Vec::new();
-    let mut run: Vec<(Bytes, BatchHeader, i64, usize)> = Vec::new();
-    let mut run_bytes: Vec<u8> = Vec::new();
-    let mut any_landed = false;
-    let mut copied = 0u64;
-    let end_run = |run: &mut Vec<_>, run_bytes: &mut Vec<u8>, parts: &mut Vec<Part>| {
-        if run.is_empty() {
-            return Some(());
-        }
-        let copy = crate::landing::land(run_bytes)?;
-        parts.push((lookup(&copy)?, std::mem::take(run)));
-        run_bytes.clear();
-        Some(())
-    };
+    // The batches to write, in order, with the landing each arrived in.
+    let mut batches = Vec::new();
     for pending in group {
         for ((bytes, header), slot) in pending.batches.iter().zip(&pending.slots) {
-            let Slot::Write(offset) = *slot else { continue };
-            match lookup(bytes) {
-                Some(mem) => {
-                    end_run(&mut run, &mut run_bytes, &mut parts)?;
-                    parts.push((mem, vec![(bytes.clone(), *header, offset, 0)]));
-                    any_landed = true;
-                }
-                None => {
-                    copied += 1;
-                    run.push((bytes.clone(), *header, offset, run_bytes.len()));
-                    run_bytes.extend_from_slice(bytes);
-                }
+            if let Slot::Write(offset) = *slot {
+                batches.push((bytes, *header, offset, lookup(bytes)));
             }
         }
     }
-    if !any_landed || parts.len() >= LANDED_BATCHES_MAX {
+    // Decided before anything is copied: a group with no landed batch (every
+    // native-protocol write, small Kafka batches) takes the caller's path.
+    let landed = batches.iter().filter(|b| b.3.is_some()).count();
+    if landed == 0 || 2 * landed + 1 > LANDED_BATCHES_MAX {
         return None;
     }
-    end_run(&mut run, &mut run_bytes, &mut parts)?;
+    // Each write segment: its memory and the batches in it (bytes, header,
+    // offset, position in the segment). Batches that were not landed are
+    // copied, once, a run of them into one landing of their own.
+    type Part = (Arc<LandingMem>, Vec<(Bytes, BatchHeader, i64, usize)>);
+    let mut parts: Vec<Part> = Vec::new();
+    let mut copied = 0u64;
+    let mut i = 0;
+    while i < batches.len() {
+        if let Some(mem) = batches[i].3.clone() {
+            let (bytes, header, offset, _) = &batches[i];
+            parts.push((mem, vec![((*bytes).clone(), *header, *offset, 0)]));
+            i += 1;
+            continue;
+        }
+        let run_end = (i..batches.len())
+            .find(|&j| batches[j].3.is_some())
+            .unwrap_or(batches.len());
+        let run = &batches[i..run_end];
+        let mut copy = crate::landing::Landing::new(run.iter().map(|b| b.0.len()).sum())?;
+        let mut placed_run = Vec::with_capacity(run.len());
+        let mut within = 0;
+        for (bytes, header, offset, _) in run {
+            copy.fill_from(bytes);
+            placed_run.push(((*bytes).clone(), *header, *offset, within));
+            within += bytes.len();
+        }
+        copied += run.len() as u64;
+        let copy = copy.freeze()?;
+        parts.push((lookup(&copy)?, placed_run));
+        i = run_end;
+    }
     let ring = crate::uring::side_ring()?;
     // The head block: the log's live bytes in its last 512-byte block, then
     // zeros up to where the first batch goes.
