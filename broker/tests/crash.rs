@@ -90,13 +90,6 @@ fn produce_kafka_until_error(
     acked: Arc<Mutex<Vec<Acked>>>,
     stop: Arc<AtomicBool>,
 ) {
-    use bytes::{BufMut, Bytes, BytesMut};
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{
-        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return;
     };
@@ -115,48 +108,13 @@ fn produce_kafka_until_error(
             builder.push(1_700_000_000_000, None, Some(&v), &[]);
             values.push(v);
         }
-        let part = PartitionProduceData::default()
-            .with_index(partition as i32)
-            .with_records(Some(Bytes::from(builder.finish())));
-        let topic = TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str("crash")))
-            .with_partition_data(vec![part]);
-        let req = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(5000)
-            .with_topic_data(vec![topic]);
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(9)
-            .with_correlation_id(seq);
-        let mut buf = BytesMut::new();
-        buf.put_i32(0);
-        if header.encode(&mut buf, 2).is_err() || req.encode(&mut buf, 9).is_err() {
-            return;
-        }
-        let size = (buf.len() - 4) as i32;
-        buf[0..4].copy_from_slice(&size.to_be_bytes());
-        if stream.write_all(&buf).is_err() {
-            return;
-        }
-        let mut size = [0u8; 4];
-        if stream.read_exact(&mut size).is_err() {
-            return;
-        }
-        let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
-        if stream.read_exact(&mut body).is_err() {
-            return;
-        }
-        let mut body = Bytes::from(body);
-        let answered = ResponseHeader::decode(&mut body, 1)
-            .and_then(|_| ProduceResponse::decode(&mut body, 9))
-            .ok()
-            .and_then(|r| r.responses.into_iter().next())
-            .and_then(|t| t.partition_responses.into_iter().next());
-        match answered {
-            Some(p) if p.error_code == 0 => {
+        let batch = bytes::Bytes::from(builder.finish());
+        let answer =
+            common::kafka_produce(&mut stream, seq, "crash", -1, &[(partition as i32, batch)]);
+        match answer.as_deref() {
+            Some([(_, 0, base)]) => {
                 if let Ok(mut a) = acked.lock() {
-                    a.push((partition, p.base_offset, values));
+                    a.push((partition, *base, values));
                 }
             }
             _ => return,

@@ -26,6 +26,17 @@ fn peak_rss(pid: u32) -> u64 {
     common::proc_memory_bytes(pid, "VmHWM")
 }
 
+fn assert_peak_within_budget(pid: u32) {
+    let peak = peak_rss(pid);
+    eprintln!("peak RSS {} MiB", peak / MIB);
+    assert!(
+        peak <= BUDGET,
+        "peak RSS {} MiB over the {} MiB budget",
+        peak / MIB,
+        BUDGET / MIB
+    );
+}
+
 #[test]
 fn resident_memory_stays_within_the_budget_under_large_produce_and_cold_fetch() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -127,14 +138,7 @@ fn resident_memory_stays_within_the_budget_under_large_produce_and_cold_fetch() 
     for c in consumers {
         c.join().expect("consumer");
     }
-    let peak = peak_rss(pid);
-    eprintln!("peak RSS {} MiB", peak / MIB);
-    assert!(
-        peak <= BUDGET,
-        "peak RSS {} MiB over the {} MiB budget",
-        peak / MIB,
-        BUDGET / MIB
-    );
+    assert_peak_within_budget(pid);
     assert_eq!(
         scrape(metrics, "sluice_request_memory_bytes"),
         0,
@@ -214,59 +218,6 @@ fn frames_larger_than_the_request_pool_from_many_connections_all_complete() {
     );
 }
 
-/// Sends one Produce v9 (acks=1) of `batches` ((partition, batch)) to topic
-/// `topic` and checks every partition was appended.
-fn kafka_produce(
-    stream: &mut std::net::TcpStream,
-    id: i32,
-    topic: &str,
-    batches: &[(i32, bytes::Bytes)],
-) {
-    use bytes::{BufMut, BytesMut};
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{
-        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-    };
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    use std::io::{Read, Write};
-    let parts = batches
-        .iter()
-        .map(|(p, b)| {
-            PartitionProduceData::default()
-                .with_index(*p)
-                .with_records(Some(b.clone()))
-        })
-        .collect();
-    let t = TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-        .with_partition_data(parts);
-    let req = ProduceRequest::default()
-        .with_acks(1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(vec![t]);
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(9)
-        .with_correlation_id(id);
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header.encode(&mut buf, 2).expect("header");
-    req.encode(&mut buf, 9).expect("body");
-    let size = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&size.to_be_bytes());
-    stream.write_all(&buf).expect("send");
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).expect("response size");
-    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-    stream.read_exact(&mut body).expect("response");
-    let mut body = bytes::Bytes::from(body);
-    ResponseHeader::decode(&mut body, 1).expect("header");
-    let r = ProduceResponse::decode(&mut body, 9).expect("produce response");
-    for p in r.responses.iter().flat_map(|t| &t.partition_responses) {
-        assert_eq!(p.error_code, 0, "partition {}", p.index);
-    }
-}
-
 /// Kafka producers whose batches (4 KiB to 200 KiB, uneven) are received
 /// straight into write memory (landings), held by the tail cache after the
 /// write: the process stays within its budget. (Aligned allocations once
@@ -308,7 +259,9 @@ fn resident_memory_stays_within_the_budget_under_kafka_produce_of_landed_batches
                             ((next() % u64::from(PARTITIONS)) as i32, batch_of(&values))
                         })
                         .collect();
-                    kafka_produce(&mut s, id, "landed", &batches);
+                    let answer = common::kafka_produce(&mut s, id, "landed", 1, &batches)
+                        .expect("produce answered");
+                    assert!(answer.iter().all(|p| p.1 == 0), "{answer:?}");
                 }
             })
         })
@@ -316,12 +269,5 @@ fn resident_memory_stays_within_the_budget_under_kafka_produce_of_landed_batches
     for p in producers {
         p.join().expect("producer");
     }
-    let peak = peak_rss(pid);
-    eprintln!("peak RSS {} MiB", peak / MIB);
-    assert!(
-        peak <= BUDGET,
-        "peak RSS {} MiB over the {} MiB budget",
-        peak / MIB,
-        BUDGET / MIB
-    );
+    assert_peak_within_budget(pid);
 }

@@ -13,10 +13,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use sluice_protocol::batch::{self, BatchBuilder, BatchHeader};
-use sluice_protocol::{ErrorCode, ShardId};
+use sluice_protocol::ErrorCode;
 use sluice_shard::config::{CleanupPolicy, LogConfig};
 use sluice_shard::partition::{now_ms, Durability, Partition};
-use sluice_shard::store::{partition_dir, warm_up_direct_io, ShardStore};
+use sluice_shard::store::{partition_dir, ShardStore};
 
 fn compacted() -> LogConfig {
     LogConfig {
@@ -28,10 +28,7 @@ fn compacted() -> LogConfig {
 }
 
 async fn open(dir: &Path, config: LogConfig) -> (Rc<ShardStore>, Rc<Partition>) {
-    warm_up_direct_io(dir).await.expect("direct I/O works");
-    let store = Rc::new(ShardStore::new(ShardId(0), dir.to_path_buf(), 1 << 20));
-    let p = store.open_partition("t", 0, config, 0).await.expect("open");
-    (store, p)
+    common::open(dir, config, 1 << 20).await
 }
 
 type Rec = (String, Option<String>);

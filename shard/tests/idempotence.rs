@@ -11,10 +11,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use sluice_protocol::batch::{self, BatchBuilder, BatchHeader};
-use sluice_protocol::{ErrorCode, ShardId};
+use sluice_protocol::ErrorCode;
 use sluice_shard::config::LogConfig;
 use sluice_shard::partition::{Durability, Partition};
-use sluice_shard::store::{warm_up_direct_io, ShardStore};
+use sluice_shard::store::ShardStore;
 
 /// A batch of `records` records from producer `pid`, epoch `epoch`, whose
 /// first sequence is `seq`.
@@ -42,10 +42,7 @@ fn segments_of(config_bytes: u64) -> LogConfig {
 }
 
 async fn open(dir: &Path, config: LogConfig) -> (Rc<ShardStore>, Rc<Partition>) {
-    warm_up_direct_io(dir).await.expect("direct I/O works");
-    let store = Rc::new(ShardStore::new(ShardId(0), dir.to_path_buf(), 1 << 20));
-    let p = store.open_partition("t", 0, config, 0).await.expect("open");
-    (store, p)
+    common::open(dir, config, 1 << 20).await
 }
 
 async fn append(p: &Partition, bytes: Bytes) -> Result<i64, ErrorCode> {

@@ -6,17 +6,14 @@
 
 mod common;
 
-use common::run;
-use std::path::Path;
+use common::{open, run};
 use std::rc::Rc;
 
 use bytes::Bytes;
 use sluice_protocol::batch::{self, BatchBuilder};
-use sluice_protocol::ShardId;
 use sluice_shard::config::{CleanupPolicy, LogConfig};
 use sluice_shard::landing;
 use sluice_shard::partition::{now_ms, Durability, Partition};
-use sluice_shard::store::{warm_up_direct_io, ShardStore};
 
 /// A batch of `records` records from offset `first` whose values are
 /// `value_bytes` long (so the batch can be large enough to land).
@@ -48,13 +45,6 @@ fn values(chunks: &[Bytes]) -> Vec<(i64, String)> {
         }
     }
     out
-}
-
-async fn open(dir: &Path, config: LogConfig, cache: usize) -> (Rc<ShardStore>, Rc<Partition>) {
-    warm_up_direct_io(dir).await.expect("direct I/O works");
-    let store = Rc::new(ShardStore::new(ShardId(0), dir.to_path_buf(), cache));
-    let p = store.open_partition("t", 0, config, 0).await.expect("open");
-    (store, p)
 }
 
 fn config() -> LogConfig {

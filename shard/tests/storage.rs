@@ -10,10 +10,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use sluice_protocol::batch::{self, BatchBuilder};
-use sluice_protocol::ShardId;
 use sluice_shard::config::LogConfig;
 use sluice_shard::partition::{Durability, Partition, ReadError};
-use sluice_shard::store::{partition_dir, warm_up_direct_io, ShardStore};
+use sluice_shard::store::{partition_dir, ShardStore};
 
 fn make_batch(first: u64, records: u64, ts: i64) -> Bytes {
     let mut b = BatchBuilder::new(ts);
@@ -56,10 +55,7 @@ async fn open_with_cache(
     config: LogConfig,
     cache_bytes: usize,
 ) -> (Rc<ShardStore>, Rc<Partition>) {
-    warm_up_direct_io(dir).await.expect("direct I/O works");
-    let store = Rc::new(ShardStore::new(ShardId(0), dir.to_path_buf(), cache_bytes));
-    let p = store.open_partition("t", 0, config, 0).await.expect("open");
-    (store, p)
+    common::open(dir, config, cache_bytes).await
 }
 
 fn small_segments() -> LogConfig {

@@ -379,3 +379,65 @@ pub fn proc_memory_bytes(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib * 1024
 }
+
+/// Sends one Produce v9 of `batches` ((partition, batch)) to `topic` over a
+/// plain socket to a Kafka listener and returns (partition, error code, base
+/// offset) per partition, or `None` if the connection failed or the answer
+/// did not decode (the crash test expects that when the broker dies).
+pub fn kafka_produce(
+    stream: &mut std::net::TcpStream,
+    correlation_id: i32,
+    topic: &str,
+    acks: i16,
+    batches: &[(i32, bytes::Bytes)],
+) -> Option<Vec<(i32, i16, i64)>> {
+    use bytes::BufMut;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+    let partitions = batches
+        .iter()
+        .map(|(p, b)| {
+            PartitionProduceData::default()
+                .with_index(*p)
+                .with_records(Some(b.clone()))
+        })
+        .collect();
+    let topic = TopicProduceData::default()
+        .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+        .with_partition_data(partitions);
+    let request = ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![topic]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(correlation_id);
+    let mut buf = bytes::BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, 2).ok()?;
+    request.encode(&mut buf, 9).ok()?;
+    let size = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&size.to_be_bytes());
+    stream.write_all(&buf).ok()?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(size).max(0) as usize];
+    stream.read_exact(&mut body).ok()?;
+    let mut body = bytes::Bytes::from(body);
+    ResponseHeader::decode(&mut body, 1).ok()?;
+    let response = ProduceResponse::decode(&mut body, 9).ok()?;
+    let answers = response
+        .responses
+        .iter()
+        .flat_map(|t| &t.partition_responses);
+    Some(
+        answers
+            .map(|p| (p.index, p.error_code, p.base_offset))
+            .collect(),
+    )
+}

@@ -13,3 +13,21 @@ where
         .join()
         .expect("test executor finished");
 }
+
+/// Opens (recovering) partition `t`/0 under `dir` in a shard store with a
+/// tail cache of `cache_bytes`, after the direct-I/O warm-up every shard does.
+pub async fn open(
+    dir: &std::path::Path,
+    config: sluice_shard::config::LogConfig,
+    cache_bytes: usize,
+) -> (
+    std::rc::Rc<sluice_shard::store::ShardStore>,
+    std::rc::Rc<sluice_shard::partition::Partition>,
+) {
+    use sluice_shard::store::{warm_up_direct_io, ShardStore};
+    warm_up_direct_io(dir).await.expect("direct I/O works");
+    let shard = sluice_protocol::ShardId(0);
+    let store = std::rc::Rc::new(ShardStore::new(shard, dir.to_path_buf(), cache_bytes));
+    let p = store.open_partition("t", 0, config, 0).await.expect("open");
+    (store, p)
+}
