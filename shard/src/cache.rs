@@ -28,11 +28,20 @@ pub struct CachedBatch {
     pub prefix: Bytes,
     /// The rest of the batch, from `magic` on, as the producer sent it.
     pub body: Bytes,
+    /// Memory the entry keeps alive beyond `len()`, charged to the cache's
+    /// budget with it: a landed batch's zero padding and its landing's
+    /// alignment slack (`landing::LandingMem::allocated_bytes`).
+    pub overhead_bytes: usize,
 }
 
 impl CachedBatch {
     pub fn len(&self) -> usize {
         self.prefix.len() + self.body.len()
+    }
+
+    /// What the cache's budget is charged for this entry.
+    pub fn charged_bytes(&self) -> usize {
+        self.len() + self.overhead_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,7 +84,7 @@ impl TailCache {
     /// Adds a batch just written at the end of `key`'s log.
     pub fn insert(&self, key: CacheKey, batch: CachedBatch) {
         let mut inner = self.inner.borrow_mut();
-        let len = batch.len();
+        let len = batch.charged_bytes();
         if len > inner.budget_bytes {
             return;
         }
@@ -83,7 +92,7 @@ impl TailCache {
         if let Some(last) = q.back() {
             // A gap (after a failed write) breaks contiguity: start afresh.
             if last.last_offset + 1 != batch.base_offset {
-                let dropped: usize = q.drain(..).map(|b| b.len()).sum();
+                let dropped: usize = q.drain(..).map(|b| b.charged_bytes()).sum();
                 inner.used_bytes -= dropped;
                 inner.order.retain(|(k, _, _)| *k != key);
             }
@@ -123,7 +132,7 @@ impl TailCache {
     pub fn remove(&self, key: CacheKey) {
         let mut inner = self.inner.borrow_mut();
         if let Some(q) = inner.partitions.remove(&key) {
-            let bytes: usize = q.iter().map(|b| b.len()).sum();
+            let bytes: usize = q.iter().map(|b| b.charged_bytes()).sum();
             inner.used_bytes -= bytes;
             inner.order.retain(|(k, _, _)| *k != key);
         }
@@ -161,6 +170,7 @@ mod tests {
             max_timestamp: 0,
             prefix: Bytes::from(vec![0u8; STAMPED_PREFIX_BYTES]),
             body: Bytes::from(vec![1u8; len - STAMPED_PREFIX_BYTES]),
+            overhead_bytes: 0,
         }
     }
 

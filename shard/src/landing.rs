@@ -70,6 +70,12 @@ impl LandingMem {
         self.capacity
     }
 
+    /// Heap bytes the landing holds: its padded length plus the slack
+    /// allocated to find a 512-byte aligned start.
+    pub fn allocated_bytes(&self) -> usize {
+        self.capacity + LANDING_ALIGN - 1
+    }
+
     /// Bytes of the batch.
     pub fn len(&self) -> usize {
         self.len

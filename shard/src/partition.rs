@@ -1561,6 +1561,10 @@ fn commit_group(
 fn cache_placed(p: &Partition, placed: Vec<(u64, BatchHeader, Bytes)>) {
     let epoch = p.leader_epoch();
     for (_, header, bytes) in placed {
+        // A landed batch keeps its whole landing alive: padding and slack
+        // count against the cache's budget too.
+        let overhead_bytes = crate::landing::lookup(&bytes)
+            .map_or(0, |mem| mem.allocated_bytes().saturating_sub(bytes.len()));
         let mut prefix = Vec::with_capacity(STAMPED_PREFIX_BYTES);
         prefix.extend_from_slice(&header.base_offset.to_be_bytes());
         prefix.extend_from_slice(&header.batch_length.to_be_bytes());
@@ -1573,6 +1577,7 @@ fn cache_placed(p: &Partition, placed: Vec<(u64, BatchHeader, Bytes)>) {
                 max_timestamp: header.max_timestamp,
                 prefix: Bytes::from(prefix),
                 body: bytes.slice(STAMPED_PREFIX_BYTES..),
+                overhead_bytes,
             },
         );
         p.appended_batches.set(p.appended_batches.get() + 1);

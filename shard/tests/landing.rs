@@ -260,3 +260,34 @@ fn random_mixes_of_landed_and_copied_batches_survive_every_reopen() {
         assert_eq!(read_all(&p, 0, next as i64).await, next as usize);
     });
 }
+
+/// The tail cache's budget bounds the memory it keeps alive: a landed batch
+/// holds its whole landing (zero padding and alignment slack included), so
+/// that is what it is charged, not just the batch's bytes.
+#[test]
+fn the_tail_cache_charges_a_landed_batch_its_whole_landing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, p) = open(&path, config(), 1 << 20).await;
+        // A batch just over a 512-byte boundary pads nearly a block.
+        let bytes = make_batch(0, 8, 520, 1000);
+        let landed = landing::land(&bytes).expect("landed");
+        let mem = landing::lookup(&landed).expect("a landing");
+        let allocated = mem.allocated_bytes();
+        assert!(
+            allocated > bytes.len() + 300,
+            "{allocated} for {}",
+            bytes.len()
+        );
+        drop(mem);
+        p.append(landed, Durability::Written).await.expect("append");
+        assert_eq!(store.cache().used_bytes(), allocated);
+        // A copied batch is charged its bytes.
+        let copied = Bytes::from(make_batch(8, 2, 10, 1001));
+        let copied_len = copied.len();
+        p.append(copied, Durability::Written).await.expect("append");
+        assert_eq!(store.cache().used_bytes(), allocated + copied_len);
+        store.close_all().await.expect("close");
+    });
+}
