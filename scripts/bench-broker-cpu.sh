@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One sluice-bench workload against a fresh release Sluice broker, reporting
+# the broker's CPU seconds per GB moved (utime+stime from /proc/PID/stat):
+# the hand-run A/B measurements in docs/benchmarks.md.
+#
+#   scripts/bench-broker-cpu.sh [--perf] -- produce --protocol kafka --partitions 8 \
+#       --record-bytes 100 --acks 1
+#
+# The broker runs under `taskset -c 0-1` (SLUICE_CPUS) with the embedded
+# defaults, group_initial_rebalance_delay_ms = 0, and any extra [broker]
+# lines in $SLUICE_EXTRA (for example 'spin_before_park_us = 50'), so two
+# settings are compared on one binary. 3 s of unmeasured load on another
+# topic, then 8 s measured (SLUICE_MEASURE_S). --perf records the broker
+# with `perf record -g` into the run directory. Needs a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+perf=0
+if [ "${1:-}" = "--perf" ]; then perf=1; shift; fi
+[ "${1:-}" = "--" ] && shift
+bin=target/release/sluice
+bench=target/release/sluice-bench
+[ -x "$bin" ] && [ -x "$bench" ] || { echo "build first: cargo build --release -p sluice-broker -p sluice-bench-harness" >&2; exit 1; }
+dir=$(mktemp -d /tmp/sluice-cpu.XXXXXX)
+base=$((20000 + RANDOM % 10000))
+cat > "$dir/sluice.toml" <<TOML
+[broker]
+metrics_addr = "127.0.0.1:$((base + 10))"
+native_addr = "127.0.0.1:$base"
+native_shard_port_base = $((base + 1))
+kafka_addr = "127.0.0.1:$((base + 20))"
+kafka_shard_port_base = $((base + 21))
+group_initial_rebalance_delay_ms = 0
+${SLUICE_EXTRA:-}
+TOML
+taskset -c "${SLUICE_CPUS:-0-1}" "$bin" serve --config "$dir/sluice.toml" --data-dir "$dir/data" \
+  >"$dir/broker.out" 2>"$dir/broker.log" &
+pid=$!
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
+for _ in $(seq 1 100); do grep -q "sluice ready" "$dir/broker.out" && break; sleep 0.1; done
+grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1; }
+boot="127.0.0.1:$((base + 20))"
+"$bench" "$@" --bootstrap "$boot" --topic warm --duration-s 3 >/dev/null
+cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+t0=$(cpu)
+secs=${SLUICE_MEASURE_S:-8}
+perf_pid=""
+if [ "$perf" = 1 ]; then
+  perf record -F 2000 -g -p "$pid" -o "$dir/perf.data" -- sleep $((secs - 1)) >/dev/null 2>&1 &
+  perf_pid=$!
+fi
+"$bench" "$@" --bootstrap "$boot" --topic measured --duration-s "$secs" >"$dir/bench.out"
+t1=$(cpu)
+[ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
+# Bytes moved: each throughput row's MB/s times its window (produced and consumed).
+awk -v t0="$t0" -v t1="$t1" -v hz="$(getconf CLK_TCK)" '
+  ($1 == "produced" || $1 == "consumed") && NF >= 5 { gb += $4 * $5 / 1000 }
+  { print }
+  END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0) }
+' "$dir/bench.out"
+echo "run directory: $dir"
