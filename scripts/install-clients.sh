@@ -50,8 +50,8 @@ command -v mvn >/dev/null || { echo "mvn not found: apt-get install maven" >&2; 
 # JUnit provider is resolved only when tests run, so it is fetched by name.
 # Then surefire runs once online with no test selected: that loads the
 # plugin's whole runtime (surefire-booter, plexus-utils 1.1, ...). Without
-# it, a ~/.m2 where another build (such as `scripts/kafka-peer.sh fetch`)
-# left only the poms of some of those failed the offline run.
+# it, a ~/.m2 holding only the poms of some of those (seen after
+# `scripts/kafka-peer.sh fetch` had run first) failed the offline run.
 SUREFIRE_VERSION="$(sed -n 's:.*<surefire.version>\(.*\)</surefire.version>.*:\1:p' broker/tests/clients/java/pom.xml)"
 (cd broker/tests/clients/java &&
   mvn -q -B -Dstyle.color=never dependency:go-offline test-compile -DskipTests >/dev/null 2>&1 &&
