@@ -55,6 +55,11 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity: usize,
     len: usize,
+    /// Bytes from the start known to be initialised: all of a zeroed
+    /// buffer, what the kernel wrote into a read buffer.
+    init: usize,
+    /// A read buffer: given back to the dropping thread's pool.
+    pooled: bool,
 }
 
 // SAFETY: the buffer is uniquely owned heap memory with no thread affinity.
@@ -77,8 +82,98 @@ impl AlignedBuf {
             ptr,
             capacity,
             len: 0,
+            init: capacity,
+            pooled: false,
         })
     }
+
+    /// A buffer of at least `capacity` bytes (rounded up to a block) for a
+    /// read to fill: not zeroed, and none of it readable (`len` 0) until the
+    /// read says how many bytes it wrote. Taken from this thread's pool of
+    /// read buffers when one fits. Zeroing a fresh 1 MiB buffer, and the page
+    /// faults and unmapping of one allocated and freed per read, cost about
+    /// as much as the copy the side ring exists to avoid (docs/benchmarks.md).
+    fn for_read(capacity: usize) -> Option<AlignedBuf> {
+        let capacity = capacity.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
+        if let Some((ptr, capacity)) = READ_POOL
+            .try_with(|p| p.borrow_mut().take(capacity))
+            .ok()
+            .flatten()
+        {
+            return Some(AlignedBuf {
+                ptr,
+                capacity,
+                len: 0,
+                init: 0,
+                pooled: true,
+            });
+        }
+        let layout = Self::layout(capacity)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        Some(AlignedBuf {
+            ptr,
+            capacity,
+            len: 0,
+            init: 0,
+            pooled: true,
+        })
+    }
+}
+
+/// Most bytes of read buffers one thread keeps for reuse: a few fetches'
+/// worth of 1 MiB partition reads.
+const READ_POOL_BYTES: usize = 8 << 20;
+
+/// Read buffers given back on this thread (a shard, or whichever thread
+/// dropped a response), for the next read of about the same size.
+struct ReadPool {
+    bufs: Vec<(NonNull<u8>, usize)>,
+    bytes: usize,
+}
+
+impl ReadPool {
+    /// A pooled buffer of `capacity` to `capacity * 5 / 4` bytes.
+    fn take(&mut self, capacity: usize) -> Option<(NonNull<u8>, usize)> {
+        let i = self
+            .bufs
+            .iter()
+            .position(|&(_, c)| c >= capacity && c <= capacity + capacity / 4)?;
+        let buf = self.bufs.swap_remove(i);
+        self.bytes -= buf.1;
+        Some(buf)
+    }
+
+    /// Keeps `ptr` when there is room; hands it back otherwise.
+    fn give(&mut self, ptr: NonNull<u8>, capacity: usize) -> Option<NonNull<u8>> {
+        if self.bytes + capacity > READ_POOL_BYTES {
+            return Some(ptr);
+        }
+        self.bytes += capacity;
+        self.bufs.push((ptr, capacity));
+        None
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        for &(ptr, capacity) in &self.bufs {
+            if let Some(layout) = AlignedBuf::layout(capacity) {
+                // SAFETY: allocated with this layout by `AlignedBuf::for_read`
+                // and owned by the pool since its buffer was dropped.
+                unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+            }
+        }
+    }
+}
+
+thread_local! {
+    static READ_POOL: RefCell<ReadPool> = const {
+        RefCell::new(ReadPool {
+            bufs: Vec::new(),
+            bytes: 0,
+        })
+    };
 }
 
 impl AlignedBuf {
@@ -87,27 +182,35 @@ impl AlignedBuf {
         self.ptr.as_ptr()
     }
 
-    /// The first `len` bytes (at most the capacity), which become the
-    /// buffer's contents.
+    /// The first `len` bytes (at most the initialised ones: the capacity of
+    /// a zeroed buffer), which become the buffer's contents.
     pub fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
-        self.len = len.min(self.capacity);
-        // SAFETY: `len <= capacity` bytes were allocated (zeroed) and are
-        // borrowed mutably through `self`.
+        self.len = len.min(self.init);
+        // SAFETY: `len <= init <= capacity` bytes were allocated and
+        // initialised, and are borrowed mutably through `self`.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len <= capacity` bytes were allocated and initialised.
+        // SAFETY: `len <= init <= capacity` bytes were allocated and initialised.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        let (ptr, capacity) = (self.ptr, self.capacity);
+        let kept = self.pooled
+            && READ_POOL
+                .try_with(|p| p.borrow_mut().give(ptr, capacity).is_none())
+                .unwrap_or(false);
+        if kept {
+            return;
+        }
         if let Some(layout) = Self::layout(self.capacity) {
-            // SAFETY: allocated with this very layout in `new`.
+            // SAFETY: allocated with this very layout in `new` or `for_read`.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         }
     }
@@ -182,17 +285,18 @@ impl SideRing {
     /// be shorter at the end of the file.
     pub async fn read_direct(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<Bytes> {
         debug_assert_eq!(offset % BLOCK_BYTES as u64, 0);
-        let mut buf = AlignedBuf::new(len).ok_or_else(|| io::Error::other("buffer allocation"))?;
+        let buf = AlignedBuf::for_read(len).ok_or_else(|| io::Error::other("buffer allocation"))?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         let entry = opcode::Read::new(types::Fd(fd), buf.ptr.as_ptr(), buf.capacity as u32)
             .offset(offset)
             .build()
             .user_data(id);
-        buf.len = 0;
         let (res, buf) = self.submit(id, entry, Some(buf), None).await?;
         let mut buf = buf.ok_or_else(|| io::Error::other("side ring lost a buffer"))?;
-        buf.len = (res as usize).min(len);
+        // The kernel wrote `res` bytes; only those (at most `len`) are read.
+        buf.init = (res as usize).min(buf.capacity);
+        buf.len = buf.init.min(len);
         Ok(Bytes::from_owner(buf))
     }
 
@@ -290,5 +394,47 @@ async fn completions(side: std::rc::Weak<SideRing>, events: glommio::io::Buffere
             Some(s) => s.reap(),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_read_buffer_shows_none_of_its_last_contents() {
+        let mut first = AlignedBuf::for_read(1 << 20).expect("buffer");
+        let ptr = first.as_ptr();
+        // What a read would have left in it.
+        // SAFETY: the buffer holds `capacity` writable bytes.
+        unsafe { std::ptr::write_bytes(first.ptr.as_ptr(), 0xAB, first.capacity) };
+        first.init = first.capacity;
+        first.len = first.capacity;
+        drop(first);
+        // A read of about the same size gets the same memory back, but none
+        // of it is readable until the kernel fills it.
+        let mut again = AlignedBuf::for_read((1 << 20) - 100).expect("buffer");
+        assert_eq!(again.as_ptr(), ptr, "reused from this thread's pool");
+        assert!(again.as_ref().is_empty());
+        assert!(again.as_mut_slice(4096).is_empty());
+        // A much smaller read does not take a 1 MiB buffer.
+        let small = AlignedBuf::for_read(64 << 10).expect("buffer");
+        assert_ne!(small.as_ptr(), ptr);
+        assert_eq!(small.capacity, 64 << 10);
+        // Zeroed buffers stay usable in full and are never pooled.
+        let mut zeroed = AlignedBuf::new(5000).expect("buffer");
+        assert_eq!(zeroed.as_mut_slice(5000).len(), 5000);
+        assert!(zeroed.as_mut_slice(8192).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn the_read_pool_keeps_at_most_its_budget() {
+        let bufs: Vec<AlignedBuf> = (0..20)
+            .map(|_| AlignedBuf::for_read(1 << 20).expect("buffer"))
+            .collect();
+        drop(bufs);
+        let kept = READ_POOL.with(|p| p.borrow().bytes);
+        assert!(kept <= READ_POOL_BYTES, "{kept}");
+        assert_eq!(kept, READ_POOL_BYTES, "8 of the 20 buffers kept");
     }
 }
