@@ -9,7 +9,7 @@
 # The broker runs under `taskset -c 0-1` (SLUICE_CPUS) with the embedded
 # defaults, group_initial_rebalance_delay_ms = 0, and any extra [broker]
 # lines in $SLUICE_EXTRA (for example 'spin_before_park_us = 50'), so two
-# settings are compared on one binary. 3 s of unmeasured load on another
+# settings are compared on one binary (SLUICE_BIN names another build). 3 s of unmeasured load on another
 # topic, then 8 s measured (SLUICE_MEASURE_S). --perf records the broker
 # with `perf record -g` into the run directory. Needs a release build.
 set -euo pipefail
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 perf=0
 if [ "${1:-}" = "--perf" ]; then perf=1; shift; fi
 [ "${1:-}" = "--" ] && shift
-bin=target/release/sluice
+bin=${SLUICE_BIN:-target/release/sluice}
 bench=target/release/sluice-bench
 [ -x "$bin" ] && [ -x "$bench" ] || { echo "build first: cargo build --release -p sluice-broker -p sluice-bench-harness" >&2; exit 1; }
 dir=$(mktemp -d /tmp/sluice-cpu.XXXXXX)
@@ -50,11 +50,12 @@ if [ "$perf" = 1 ]; then
 fi
 "$bench" "$@" --bootstrap "$boot" --topic measured --duration-s "$secs" >"$dir/bench.out"
 t1=$(cpu)
+hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
 # Bytes moved: each throughput row's MB/s times its window (produced and consumed).
-awk -v t0="$t0" -v t1="$t1" -v hz="$(getconf CLK_TCK)" '
+awk -v t0="$t0" -v t1="$t1" -v hwm="$hwm" -v hz="$(getconf CLK_TCK)" '
   ($1 == "produced" || $1 == "consumed") && NF >= 5 { gb += $4 * $5 / 1000 }
   { print }
-  END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0) }
+  END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0); printf "broker peak RSS %.0f MiB\n", hwm / 1024 }
 ' "$dir/bench.out"
 echo "run directory: $dir"
