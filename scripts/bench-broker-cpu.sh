@@ -45,7 +45,7 @@ t0=$(cpu)
 secs=${SLUICE_MEASURE_S:-8}
 perf_pid=""
 if [ "$perf" = 1 ]; then
-  perf record -F 2000 -g -p "$pid" -o "$dir/perf.data" -- sleep $((secs - 1)) >/dev/null 2>&1 &
+  ${SLUICE_PERF_CMD:-perf record -F 2000 -g} -p "$pid" -o "$dir/perf.data" -- sleep $((secs - 1)) >/dev/null 2>&1 &
   perf_pid=$!
 fi
 "$bench" "$@" --bootstrap "$boot" --topic measured --duration-s "$secs" >"$dir/bench.out"
