@@ -9,8 +9,9 @@
 //!
 //! - the **reserve** (fixed, [`RESERVE_BYTES`]) covers what does not grow with
 //!   traffic: the binary and its libraries, thread stacks, io_uring rings,
-//!   topic and partition metadata, indexes, producer and group state, and
-//!   the allocator's slack;
+//!   topic and partition metadata, indexes, producer and group state, the
+//!   allocator's slack, and the idle read buffers each shard keeps for its
+//!   next cold reads (at most 8 MiB per thread, `sluice_shard::uring`);
 //! - **io_memory** is what each shard registers with the kernel for direct
 //!   I/O (locked at start);
 //! - **request memory** bounds, per shard, the request frames being read and
