@@ -3,7 +3,8 @@
 //! partitions it owns.
 //!
 //! `Shard` is `!Send`: one per executor. Requests arriving on any shard are
-//! routed here by [`Shard::route`]-style helpers in `handlers`; the `local_*`
+//! routed here by the helpers in `handlers` (through [`Shard::ask`] and
+//! [`Shard::send`]); the `local_*`
 //! methods only ever touch partitions this shard owns.
 
 use std::cell::{Cell, RefCell};
