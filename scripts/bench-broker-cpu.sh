@@ -10,7 +10,8 @@
 # defaults, group_initial_rebalance_delay_ms = 0, and any extra [broker]
 # lines in $SLUICE_EXTRA (for example 'spin_before_park_us = 50'), so two
 # settings are compared on one binary (SLUICE_BIN names another build). 3 s of unmeasured load on another
-# topic, then 8 s measured (SLUICE_MEASURE_S). --perf records the broker
+# topic, then 8 s measured (SLUICE_MEASURE_S). SLUICE_DATA puts the data
+# directory elsewhere (it is deleted afterwards). --perf records the broker
 # with `perf record -g` into the run directory. Needs a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,10 +33,10 @@ kafka_shard_port_base = $((base + 21))
 group_initial_rebalance_delay_ms = 0
 ${SLUICE_EXTRA:-}
 TOML
-taskset -c "${SLUICE_CPUS:-0-1}" "$bin" serve --config "$dir/sluice.toml" --data-dir "$dir/data" \
+taskset -c "${SLUICE_CPUS:-0-1}" "$bin" serve --config "$dir/sluice.toml" --data-dir "${SLUICE_DATA:-$dir/data}" \
   >"$dir/broker.out" 2>"$dir/broker.log" &
 pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
+trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "${SLUICE_DATA:-$dir/data}"' EXIT
 for _ in $(seq 1 100); do grep -q "sluice ready" "$dir/broker.out" && break; sleep 0.1; done
 grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1; }
 boot="127.0.0.1:$((base + 20))"
