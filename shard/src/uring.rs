@@ -292,7 +292,11 @@ impl SideRing {
         let buf = AlignedBuf::for_read(len).ok_or_else(|| io::Error::other("buffer allocation"))?;
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        let entry = opcode::Read::new(types::Fd(fd), buf.ptr.as_ptr(), buf.capacity as u32)
+        // The blocks asked for, not the whole buffer: a pooled one may be
+        // up to a quarter larger.
+        let want = (len.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES).min(buf.capacity);
+        let want = u32::try_from(want).map_err(|_| io::Error::other("read too large"))?;
+        let entry = opcode::Read::new(types::Fd(fd), buf.ptr.as_ptr(), want)
             .offset(offset)
             .build()
             .user_data(id);
