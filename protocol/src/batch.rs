@@ -1946,98 +1946,59 @@ mod tests {
             varint::put_varlong(&mut out, v);
             out
         };
-        let ok: &[&[u8]] = &[&[0], &zig(5), &zig(0), &zig(-1), &zig(2), b"ab", &zig(0)];
+        // Attributes 0, timestamp delta 5, offset delta 0, then `rest`.
+        let first = |rest: &[&[u8]]| {
+            let head: [&[u8]; 3] = [&[0], &zig(5), &zig(0)];
+            raw_record(&[&head[..], rest].concat())
+        };
+        let null = zig(-1);
+        let none = zig(0);
+        let one = zig(1);
+        let ok = first(&[&null, &zig(2), b"ab", &none]);
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("well formed", raw_record(ok)),
-            (
-                "key length -2",
-                raw_record(&[&[0], &zig(5), &zig(0), &zig(-2), &zig(-1), &zig(0)]),
-            ),
+            ("well formed", ok.clone()),
+            ("key length -2", first(&[&zig(-2), &null, &none])),
             (
                 "offset delta 1 first",
-                raw_record(&[&[0], &zig(5), &zig(1), &zig(-1), &zig(-1), &zig(0)]),
+                raw_record(&[&[0], &zig(5), &one, &null, &null, &none]),
             ),
-            (
-                "negative header count",
-                raw_record(&[&[0], &zig(5), &zig(0), &zig(-1), &zig(-1), &zig(-1)]),
-            ),
+            ("negative header count", first(&[&null, &null, &null])),
             (
                 "null header key",
-                raw_record(&[
-                    &[0],
-                    &zig(5),
-                    &zig(0),
-                    &zig(-1),
-                    &zig(-1),
-                    &zig(1),
-                    &zig(-1),
-                    &zig(-1),
-                ]),
+                first(&[&null, &null, &one, &null, &null]),
             ),
             (
                 "null header value",
-                raw_record(&[
-                    &[0],
-                    &zig(5),
-                    &zig(0),
-                    &zig(-1),
-                    &zig(-1),
-                    &zig(1),
-                    &zig(1),
-                    b"k",
-                    &zig(-1),
-                ]),
+                first(&[&null, &null, &one, &one, b"k", &null]),
             ),
-            (
-                "a byte left over",
-                raw_record(&[&[0], &zig(5), &zig(0), &zig(-1), &zig(-1), &zig(0), &[7]]),
-            ),
-            (
-                "value beyond the body",
-                raw_record(&[&[0], &zig(5), &zig(0), &zig(-1), &zig(9), b"abc"]),
-            ),
+            ("a byte left over", first(&[&null, &null, &none, &[7]])),
+            ("value beyond the body", first(&[&null, &zig(9), b"abc"])),
             (
                 "offset delta beyond 32 bits",
                 raw_record(&[
                     &[0],
                     &zig(5),
                     &[0xff, 0xff, 0xff, 0xff, 0x1f],
-                    &zig(-1),
-                    &zig(-1),
-                    &zig(0),
+                    &null,
+                    &null,
+                    &none,
                 ]),
             ),
             (
                 "timestamp delta beyond 64 bits",
-                raw_record(&[
-                    &[0],
-                    &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-                    &zig(0),
-                    &zig(-1),
-                    &zig(-1),
-                    &zig(0),
-                ]),
+                raw_record(&[&[0], &[0xff; 9], &[0x02], &none, &null, &null, &none]),
             ),
             (
                 "timestamp delta of 11 bytes",
-                raw_record(&[
-                    &[0],
-                    &[
-                        0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
-                    ],
-                    &zig(0),
-                    &zig(-1),
-                    &zig(-1),
-                    &zig(0),
-                ]),
+                raw_record(&[&[0], &[0x80; 10], &[0x00], &none, &null, &null, &none]),
             ),
             (
                 "two-byte timestamp delta",
-                raw_record(&[&[0], &zig(5000), &zig(0), &zig(-1), &zig(-1), &zig(0)]),
+                raw_record(&[&[0], &zig(5000), &none, &null, &null, &none]),
             ),
             ("empty body", raw_record(&[])),
             ("cut off length", vec![0x80]),
-            ("negative record length", zig(-1)),
+            ("negative record length", null.clone()),
         ];
         let accepted = [
             "well formed",
@@ -2051,13 +2012,8 @@ mod tests {
             assert_eq!(walk::count(&section), checked, "{what}");
             assert_eq!(count_records(&section).ok(), checked, "{what}");
         }
-        assert_eq!(walk::count(&raw_record(ok)), Some(1));
-        let two = [
-            raw_record(ok),
-            raw_record(&[&[0], &zig(5), &zig(1), &zig(-1), &zig(-1), &zig(0)]),
-        ]
-        .concat();
-        assert_eq!(walk::count(&two), Some(2));
+        let second = raw_record(&[&[0], &zig(5), &one, &null, &null, &none]);
+        assert_eq!(walk::count(&[ok, second].concat()), Some(2));
     }
 
     #[test]

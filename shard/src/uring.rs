@@ -99,22 +99,21 @@ impl AlignedBuf {
     /// as much as the copy the side ring exists to avoid (docs/benchmarks.md).
     fn for_read(capacity: usize) -> Option<AlignedBuf> {
         let capacity = capacity.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES;
-        if let Some((ptr, capacity)) = READ_POOL
+        let pooled = READ_POOL
             .try_with(|p| p.borrow_mut().take(capacity))
             .ok()
-            .flatten()
-        {
-            return Some(AlignedBuf {
-                ptr,
-                capacity,
-                len: 0,
-                init: 0,
-                pooled: true,
-            });
-        }
-        let layout = Self::layout(capacity)?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+            .flatten();
+        let (ptr, capacity) = match pooled {
+            Some(buf) => buf,
+            None => {
+                let layout = Self::layout(capacity)?;
+                // SAFETY: the layout has a non-zero size.
+                (
+                    NonNull::new(unsafe { std::alloc::alloc(layout) })?,
+                    capacity,
+                )
+            }
+        };
         Some(AlignedBuf {
             ptr,
             capacity,
