@@ -42,7 +42,12 @@ grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1;
 boot="127.0.0.1:$((base + 20))"
 "$bench" "$@" --bootstrap "$boot" --topic warm --duration-s 3 >/dev/null
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# Busy ticks of the whole machine (everything but idle and iowait): work the
+# kernel does for the broker outside its threads (kworkers, softirqs on other
+# threads) shows here, with the generator's own CPU.
+machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 t0=$(cpu)
+m0=$(machine)
 secs=${SLUICE_MEASURE_S:-8}
 perf_pid=""
 if [ "$perf" = 1 ]; then
@@ -51,12 +56,13 @@ if [ "$perf" = 1 ]; then
 fi
 "$bench" "$@" --bootstrap "$boot" --topic measured --duration-s "$secs" >"$dir/bench.out"
 t1=$(cpu)
+m1=$(machine)
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
 # Bytes moved: each throughput row's MB/s times its window (produced and consumed).
-awk -v t0="$t0" -v t1="$t1" -v hwm="$hwm" -v hz="$(getconf CLK_TCK)" '
+awk -v t0="$t0" -v t1="$t1" -v m0="$m0" -v m1="$m1" -v hwm="$hwm" -v hz="$(getconf CLK_TCK)" '
   ($1 == "produced" || $1 == "consumed") && NF >= 5 { gb += $4 * $5 / 1000 }
   { print }
-  END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0); printf "broker peak RSS %.0f MiB\n", hwm / 1024 }
+  END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0); printf "machine busy %.2f CPU-s (broker, generator and kernel threads)\n", (m1 - m0) / hz; printf "broker peak RSS %.0f MiB\n", hwm / 1024 }
 ' "$dir/bench.out"
 echo "run directory: $dir"

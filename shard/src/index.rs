@@ -169,7 +169,7 @@ pub fn scan(buf: &[u8], start: u64, expected_offset: i64) -> (Vec<ScannedBatch>,
         if rest.is_empty() {
             return (found, ScanStop::End);
         }
-        // Zeros before a 512-byte boundary that a landed batch was written
+        // Zeros before a 4 KiB (formerly 512-byte) boundary that a landed batch was written
         // at (see `landing`); at the end of the data they are padding.
         match crate::landing::gap_at(rest, position) {
             crate::landing::Gap::Skip(n) => {

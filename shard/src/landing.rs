@@ -4,12 +4,16 @@
 //! buffer is the only one).
 //!
 //! Direct I/O on the disks we run on wants every buffer 512-byte aligned and
-//! every `writev` segment a multiple of 512 bytes long. A landing is such a
-//! buffer: the batch starts at its first byte and zeros follow up to the next
-//! 512-byte boundary. The writer puts a group of landed batches on disk with
-//! one `writev` starting at a 512-byte boundary of the segment, so a landed
-//! batch may be preceded by fewer than 512 zero bytes (a *gap*) in the file.
-//! Every reader of segment files skips gaps ([`gap_at`]).
+//! every `writev` segment a multiple of 512 bytes long; ext4 (and XFS) issue
+//! a direct-I/O write without blocking, from the submitting thread, only
+//! when it covers whole filesystem blocks (4 KiB) of space already allocated
+//! ([`crate::partition`] preallocates it). A landing is a buffer aligned for
+//! both: the batch starts at its first byte and zeros follow up to the next
+//! 4 KiB boundary. The writer puts a group of landed batches on disk with one
+//! `writev` starting at a 4 KiB boundary of the segment, so a landed batch may
+//! be preceded by fewer than 4 KiB of zero bytes (a *gap*) in the file.
+//! Every reader of segment files skips gaps ([`gap_at`]), including the
+//! shorter gaps (to a 512-byte boundary) that earlier versions wrote.
 //!
 //! A batch is recognised as landed by its address: each shard keeps a map
 //! from landing addresses to weak references ([`lookup`]). Landings may be
@@ -24,19 +28,24 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
-/// Alignment of landings and of gap ends in segment files: the logical
-/// block size and DMA alignment of the disks Sluice writes to.
-pub const LANDING_ALIGN: usize = 512;
+/// Alignment of landings and of gap ends in segment files: the filesystem
+/// block size of the disks Sluice writes to (a multiple of their logical
+/// block size and DMA alignment, 512).
+pub const LANDING_ALIGN: usize = 4096;
+
+/// Gaps in segments written before landings were 4 KiB aligned end at a
+/// boundary of this many bytes; readers still step over them.
+const LEGACY_GAP_ALIGN: usize = 512;
 
 /// Smallest records field worth landing: below this the copy costs little and
-/// the gap would waste a larger share of the segment.
-pub const LANDING_MIN_BYTES: usize = 4096;
+/// the gap (2 KiB on average) would waste a larger share of the segment.
+pub const LANDING_MIN_BYTES: usize = 8192;
 
-/// The memory of one landing: `capacity` bytes, 512-byte aligned, of which
+/// The memory of one landing: `capacity` bytes, 4 KiB aligned, of which
 /// the first `len` are the batch bytes and the rest zeros: exactly the gap
 /// ([`gap_len`]) that readers skip after a batch ending there.
 pub struct LandingMem {
-    /// 512-byte aligned, inside the allocation at `base`.
+    /// 4 KiB aligned, inside the allocation at `base`.
     ptr: NonNull<u8>,
     capacity: usize,
     len: usize,
@@ -60,18 +69,18 @@ impl LandingMem {
         Layout::from_size_align(capacity + LANDING_ALIGN - 1, 16).ok()
     }
 
-    /// The start of the memory (512-byte aligned).
+    /// The start of the memory (4 KiB aligned).
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr()
     }
 
-    /// Bytes to write: the batch and its zero padding (a multiple of 512).
+    /// Bytes to write: the batch and its zero padding (a multiple of 4 KiB).
     pub fn padded_len(&self) -> usize {
         self.capacity
     }
 
     /// Heap bytes the landing holds: its padded length plus the slack
-    /// allocated to find a 512-byte aligned start.
+    /// allocated to find a 4 KiB aligned start.
     pub fn allocated_bytes(&self) -> usize {
         self.capacity + LANDING_ALIGN - 1
     }
@@ -243,8 +252,8 @@ pub fn lookup(batch: &Bytes) -> Option<Arc<LandingMem>> {
 pub const GAP_MIN: usize = 12;
 
 /// The gap a writer leaves after a batch ending at `pos` before a landed
-/// batch: up to the next 512-byte boundary, or the one after it when the
-/// next is closer than [`GAP_MIN`]; 0 at a boundary.
+/// batch: up to the next 4 KiB boundary, or the one after it when the next
+/// is closer than [`GAP_MIN`]; 0 at a boundary. No gap at `pos` is longer.
 #[must_use]
 pub fn gap_len(pos: u64) -> usize {
     let into = (pos % LANDING_ALIGN as u64) as usize;
@@ -260,27 +269,59 @@ pub fn gap_len(pos: u64) -> usize {
 pub enum Gap {
     /// Not a gap: a batch (or the end of the data) starts here.
     None,
-    /// Zeros up to the next 512-byte boundary: skip this many bytes.
+    /// Zeros up to a boundary where a batch starts: skip this many bytes.
     Skip(usize),
     /// Zeros up to the end of `buf`, before the boundary: read further to tell.
     Undecided,
 }
 
 /// Whether `buf`, holding the segment bytes from file position `pos`, starts
-/// with a gap: [`gap_len`] zeros from an unaligned position. A zero run at an
-/// aligned position is never a gap (it is the padding after the last batch,
-/// or damage).
+/// with a gap: [`gap_len`] zeros from a position that is not 4 KiB aligned,
+/// or (written by earlier versions) zeros up to an earlier 512-byte boundary
+/// at least [`GAP_MIN`] bytes on, where a batch starts. A batch never starts
+/// with `GAP_MIN` zero bytes, so the two cannot be confused. A zero run at a
+/// 4 KiB boundary is never a gap (it is the padding after the last batch, or
+/// damage).
 #[must_use]
 pub fn gap_at(buf: &[u8], pos: u64) -> Gap {
     let len = gap_len(pos);
-    if len == 0 {
+    if len == 0 || buf.is_empty() {
         return Gap::None;
     }
-    let seen = &buf[..len.min(buf.len())];
-    if seen.is_empty() || seen.iter().any(|&b| b != 0) {
+    let is_zero = |from: usize, to: usize| buf[from..to].iter().all(|&b| b == 0);
+    // Candidate ends of a 512-byte gap, relative to `pos`.
+    let into = (pos % LEGACY_GAP_ALIGN as u64) as usize;
+    let mut end = LEGACY_GAP_ALIGN - into;
+    if end < GAP_MIN {
+        end += LEGACY_GAP_ALIGN;
+    }
+    let mut zero_to = 0;
+    while end < len {
+        if buf.len() < end {
+            return match is_zero(zero_to, buf.len()) {
+                true => Gap::Undecided,
+                false => Gap::None,
+            };
+        }
+        if !is_zero(zero_to, end) {
+            return Gap::None;
+        }
+        zero_to = end;
+        let next = (end + GAP_MIN).min(buf.len());
+        if !is_zero(end, next) {
+            // A batch starts at this 512-byte boundary.
+            return Gap::Skip(end);
+        }
+        if next < end + GAP_MIN {
+            return Gap::Undecided;
+        }
+        end += LEGACY_GAP_ALIGN;
+    }
+    let seen = len.min(buf.len());
+    if !is_zero(zero_to, seen) {
         return Gap::None;
     }
-    if seen.len() < len {
+    if seen < len {
         return Gap::Undecided;
     }
     Gap::Skip(len)
@@ -297,13 +338,13 @@ mod tests {
         assert_eq!(&b[..], &data[..]);
         assert_eq!(b.as_ptr() as usize % LANDING_ALIGN, 0);
         let mem = lookup(&b).expect("registered");
-        assert_eq!(mem.padded_len(), 5120);
+        assert_eq!(mem.padded_len(), 8192);
         // A batch ending closer than GAP_MIN to a boundary: the padding runs
         // to the boundary after it, as readers expect.
-        let tight = land(&[7u8; 1020]).expect("landed");
-        assert_eq!(lookup(&tight).expect("registered").padded_len(), 1536);
-        let exact = land(&[7u8; 1024]).expect("landed");
-        assert_eq!(lookup(&exact).expect("registered").padded_len(), 1024);
+        let tight = land(&[7u8; 4090]).expect("landed");
+        assert_eq!(lookup(&tight).expect("registered").padded_len(), 8192);
+        let exact = land(&[7u8; 4096]).expect("landed");
+        assert_eq!(lookup(&exact).expect("registered").padded_len(), 4096);
         assert!(mem.padded()[5000..].iter().all(|&x| x == 0));
         // A slice of it, or ordinary memory, is not a landing.
         assert!(lookup(&b.slice(0..100)).is_none());
@@ -321,21 +362,50 @@ mod tests {
 
     #[test]
     fn gaps_are_zeros_from_an_unaligned_position_to_the_boundary() {
-        let zeros = [0u8; 600];
+        let zeros = [0u8; 9000];
         assert_eq!(gap_at(&zeros, 0), Gap::None, "aligned: padding, not a gap");
-        assert_eq!(gap_at(&zeros, 1000), Gap::Skip(24));
+        assert_eq!(
+            gap_at(&zeros, 8192),
+            Gap::None,
+            "aligned: padding, not a gap"
+        );
+        assert_eq!(gap_at(&zeros, 1000), Gap::Skip(3096));
+        // A 512-byte boundary is not a 4 KiB one: zeros there are a gap.
+        assert_eq!(gap_at(&zeros, 1024), Gap::Skip(3072));
         // Closer than 12 bytes to the boundary: the gap runs to the next one,
         // so a batch whose base offset starts with zero bytes is not a gap.
-        assert_eq!(gap_len(1020), 516);
-        assert_eq!(gap_at(&zeros, 1020), Gap::Skip(516));
+        assert_eq!(gap_len(4090), 4102);
+        assert_eq!(gap_at(&zeros, 4090), Gap::Skip(4102));
         let mut batch_like = [0u8; 600];
         batch_like[11] = 70; // a length of 70 after a small base offset
-        assert_eq!(gap_at(&batch_like, 1020), Gap::None);
+        assert_eq!(gap_at(&batch_like, 4090), Gap::None);
         assert_eq!(gap_at(&batch_like, 1000), Gap::None);
         assert_eq!(gap_at(&zeros[..10], 1000), Gap::Undecided);
+        assert_eq!(gap_at(&zeros[..3000], 1000), Gap::Undecided);
         let mut b = [0u8; 30];
         b[5] = 1;
         assert_eq!(gap_at(&b, 1000), Gap::None, "data inside");
         assert_eq!(gap_at(&[], 1000), Gap::None);
+    }
+
+    /// Segments written with 512-byte landings have gaps up to the next
+    /// 512-byte boundary (or the one after it, within 12 bytes of it).
+    #[test]
+    fn gaps_written_by_512_byte_landings_are_still_skipped() {
+        let batch_at = |rel: usize| {
+            let mut b = vec![0u8; 4200];
+            b[rel + 11] = 70; // a batch's length field
+            b
+        };
+        assert_eq!(gap_at(&batch_at(24), 1000), Gap::Skip(24));
+        assert_eq!(gap_at(&batch_at(516), 1020), Gap::Skip(516));
+        // Data before the boundary, or a batch not at a boundary: no gap.
+        let mut inside = batch_at(24);
+        inside[3] = 9;
+        assert_eq!(gap_at(&inside, 1000), Gap::None);
+        assert_eq!(gap_at(&batch_at(100), 1000), Gap::None);
+        // Cut between the boundary and the batch's length: read further.
+        assert_eq!(gap_at(&batch_at(24)[..30], 1000), Gap::Undecided);
+        assert_eq!(gap_at(&batch_at(24)[..24], 1000), Gap::Undecided);
     }
 }

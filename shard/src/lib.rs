@@ -22,21 +22,39 @@
 //!   that land, without a user-space copy, in buffers a response can carry.
 //!
 //! - [`landing`]: batches received from the socket straight into memory
-//!   that is written to the segment as it is (512-byte aligned, zero-padded),
+//!   that is written to the segment as it is (4 KiB aligned, zero-padded),
 //!   with one `writev` through the side ring per group of appends.
 //!
 //! Copies of record payloads in user space: none on the produce path for a
 //! batch that landed (the Kafka listener lands every batch of at least
-//! 4 KiB in a Produce request of at least 8 KiB; the kernel's copy out of
+//! 8 KiB in a Produce request of at least 8 KiB; the kernel's copy out of
 //! the socket buffer is the only one), one for any other batch (the request
 //! buffer into the aligned write buffer), and none on the fetch path (tail
 //! cache or side-ring reads, sent with scatter/gather). [`stats`] counts
 //! them and the tests assert the count.
 //!
 //! Segment files: batches back to back, except that a landed batch starts
-//! at a 512-byte boundary, after fewer than 1,024 zero bytes (a *gap*,
-//! [`landing::gap_at`]). Every reader of segment files steps over gaps;
-//! fetch responses never contain them.
+//! at a 4 KiB boundary, after fewer than 8,192 zero bytes (a *gap*,
+//! [`landing::gap_at`]; segments written by earlier versions have gaps to a
+//! 512-byte boundary, which readers still step over). Every reader of
+//! segment files steps over gaps; fetch responses never contain them.
+//!
+//! The active segment is preallocated ahead of its data (`fallocate`, from
+//! 1 MiB, doubling up to 64 MiB at a time, never past `segment.bytes`), and
+//! a landed write starts past the zeros the previous one left. Each landed
+//! write then covers whole 4 KiB blocks already allocated, which ext4
+//! issues from the shard thread. A write that extends the file, or that
+//! shares a block with data already written, is instead handed by io_uring
+//! to an io-wq worker that sleeps until the device is done: on the 2-vCPU
+//! test machine those workers were a quarter of the broker's CPU at max-rate
+//! produce (`perf record`), and their context switches most of the rest of
+//! the write path. Measured side by side with the build before (2026-12-05,
+//! `scripts/bench-broker-cpu.sh`, docs/benchmarks.md): broker CPU per GB
+//! −13% at 100 B records acks=1, −16% at 1 KiB acks=1, −15% at acks=all;
+//! the machine's busy CPU per GB (kernel workers included) fell 6–12%, so
+//! part of the saving is ext4's unwritten-extent conversion moving to a
+//! kernel worker. Rolling a segment gives its unused space back (truncate);
+//! after a crash, recovery cuts the zeros after the last batch.
 //!
 //! Every type here is `!Send` and lives on one shard. Cross-shard routing is
 //! the broker's job; this crate never talks to another core.

@@ -170,6 +170,12 @@ pub(crate) struct Segment {
     pub(crate) size: u64,
     /// Bytes of the last partial block, rewritten by the next write.
     pub(crate) tail: Vec<u8>,
+    /// The file's length as this shard preallocated it ([`preallocate`]); 0
+    /// when unknown.
+    pub(crate) allocated: u64,
+    /// The file holds zeros (written by this shard) from `size` up to here:
+    /// a landed write may start past them without rewriting the last block.
+    pub(crate) zeroed_to: u64,
     pub(crate) index: SegmentIndex,
     pub(crate) bytes_since_index: u32,
     pub(crate) max_timestamp: i64,
@@ -983,6 +989,8 @@ impl Segment {
             file,
             size: 0,
             tail: Vec::new(),
+            allocated: 0,
+            zeroed_to: 0,
             index: SegmentIndex::default(),
             bytes_since_index: 0,
             max_timestamp: -1,
@@ -1088,7 +1096,7 @@ fn fail_all(group: Vec<PendingAppend>, e: &StorageError) {
 /// Rolls to a new segment when the next append would overflow the active
 /// one, or when it is older than `segment.ms`.
 async fn maybe_roll(p: &Partition, next_bytes: usize) -> Result<(), StorageError> {
-    let (roll, base, old) = {
+    let (base, old) = {
         let s = p.state.borrow();
         let Some(seg) = s.segments.last() else {
             return Err(StorageError("partition has no segment".into()));
@@ -1096,21 +1104,30 @@ async fn maybe_roll(p: &Partition, next_bytes: usize) -> Result<(), StorageError
         let full = seg.size > 0 && seg.size + next_bytes as u64 > s.config.segment_bytes;
         let old =
             seg.size > 0 && seg.created.elapsed() > Duration::from_millis(s.config.segment_ms);
+        if !(full || old) {
+            return Ok(());
+        }
         (
-            full || old,
             s.log_end,
             (
                 seg.base_offset,
                 seg.index.clone(),
                 seg.file.clone(),
                 seg.path.clone(),
+                seg.size,
+                seg.allocated,
             ),
         )
     };
-    if !roll {
-        return Ok(());
+    let (old_base, old_index, old_file, old_path, old_size, old_allocated) = old;
+    if old_allocated > old_size {
+        // The preallocated space it will not use (the flush below makes
+        // the new length durable).
+        old_file
+            .truncate(old_size)
+            .await
+            .map_err(|e| StorageError::io("truncate", &old_path, e))?;
     }
-    let (old_base, old_index, old_file, old_path) = old;
     old_file
         .fdatasync()
         .await
@@ -1216,22 +1233,20 @@ fn place_batches(
 /// Writes a group whose every batch was received into a landing (see
 /// `landing`) straight from those landings, with one `writev` through the
 /// side ring: no user-space copy of the payload. The write starts at the
-/// 512-byte block holding the end of the log (`size`), rewriting that
+/// first batch's 4 KiB boundary when the file already holds zeros from the
+/// end of the log (`size`) up to there (`zeroed_to`, what the last write
+/// left); otherwise at the 4 KiB block holding `size`, rewriting that
 /// block's live bytes (from `tail`, the bytes of the log's last partial
 /// 4 KiB block) and the zero gap up to the first batch. `None`: not such a
 /// group, or no side ring; the caller copies instead.
 async fn write_landed(
     file: &Rc<DmaFile>,
     size: u64,
+    zeroed_to: u64,
     tail: &[u8],
     group: &[PendingAppend],
     epoch: i32,
-) -> Option<(
-    Result<(), String>,
-    Vec<(u64, BatchHeader, Bytes)>,
-    u64,
-    Vec<u8>,
-)> {
+) -> Option<Written> {
     use crate::landing::{gap_len, lookup, LandingMem, LANDING_ALIGN};
     use std::sync::Arc;
     // At most this many iovecs per write (the kernel's IOV_MAX is 1024).
@@ -1283,12 +1298,17 @@ async fn write_landed(
         i = run_end;
     }
     let ring = crate::uring::side_ring()?;
-    // The head block: the log's live bytes in its last 512-byte block, then
-    // zeros up to where the first batch goes.
-    let head_from = size - size % LANDING_ALIGN as u64;
+    // The head block: the log's live bytes in its last 4 KiB block, then
+    // zeros up to where the first batch goes; not written again when the
+    // last write left zeros there (so this one covers only blocks it has
+    // to itself, which ext4 issues without blocking when preallocated).
     let first_at = size + gap_len(size) as u64;
+    let head_from = match zeroed_to >= first_at {
+        true => first_at,
+        false => size - size % LANDING_ALIGN as u64,
+    };
     let head_len = (first_at - head_from) as usize;
-    let live = (size - head_from) as usize;
+    let live = size.saturating_sub(head_from) as usize;
     if live > tail.len() {
         return None;
     }
@@ -1353,7 +1373,26 @@ async fn write_landed(
         Err(e) => Err(e.to_string()),
     };
     stats::add_payload_copies(copied);
-    Some((result, placed, end, new_tail))
+    Some(Written {
+        result,
+        placed,
+        end,
+        tail: new_tail,
+        zeroed_to: head_from + expected as u64,
+    })
+}
+
+/// What one write of a group did.
+struct Written {
+    result: Result<(), String>,
+    /// Each batch written: its position, header (as stamped) and bytes.
+    placed: Vec<(u64, BatchHeader, Bytes)>,
+    /// The segment's new logical size.
+    end: u64,
+    /// The log's bytes from the last 4 KiB boundary to `end`.
+    tail: Vec<u8>,
+    /// The write left zeros from `end` up to here.
+    zeroed_to: u64,
 }
 
 fn payload_bytes(group: &[PendingAppend]) -> usize {
@@ -1365,6 +1404,61 @@ fn payload_bytes(group: &[PendingAppend]) -> usize {
             .sum()
     };
     group.iter().map(written).sum()
+}
+
+thread_local! {
+    /// Cleared once the filesystem refuses to preallocate.
+    static PREALLOCATE: Cell<bool> = const { Cell::new(true) };
+}
+
+/// The first preallocation of a segment, and the most added at once: it
+/// doubles in between, and stops at `segment.bytes`.
+const PREALLOCATE_MIN: u64 = 1 << 20;
+const PREALLOCATE_MAX: u64 = 64 << 20;
+
+/// Makes the active segment's file at least `need` bytes long with its
+/// blocks allocated (`fallocate`), ahead of the writes. A landed write there
+/// covers whole allocated blocks, which ext4 issues from the shard thread.
+/// Past the end of the file, each write would instead go to an io-wq worker
+/// that sleeps until the device is done (see the shard crate's docs for what
+/// that costs). Best effort: on a filesystem that cannot preallocate, or a
+/// full disk, writes extend the file as before. The space a segment does not
+/// use is given back when it rolls; recovery cuts the zeros after the last
+/// batch.
+async fn preallocate(p: &Partition, file: &Rc<DmaFile>, path: &Path, need: u64) {
+    if !PREALLOCATE.get() {
+        return;
+    }
+    let (allocated, cap) = {
+        let s = p.state.borrow();
+        let Some(seg) = s.segments.last() else { return };
+        (seg.allocated, s.config.segment_bytes)
+    };
+    if need <= allocated {
+        return;
+    }
+    let step = allocated.clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
+    let target = (allocated + step).min(cap).max(need);
+    let target = target.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64;
+    match file.pre_allocate(target, false).await {
+        Ok(()) => {
+            let mut s = p.state.borrow_mut();
+            if let Some(seg) = s.segments.last_mut() {
+                if Rc::ptr_eq(&seg.file, file) {
+                    seg.allocated = target;
+                }
+            }
+        }
+        Err(e) => {
+            let e: io::Error = e.into();
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) {
+                tracing::info!(path = %path.display(), "the filesystem cannot preallocate: segments grow with each write");
+                PREALLOCATE.set(false);
+            } else {
+                tracing::debug!(path = %path.display(), error = %e, "preallocation failed");
+            }
+        }
+    }
 }
 
 /// One aligned direct-I/O write of `group` at the end of the active segment.
@@ -1386,7 +1480,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         }
         return;
     }
-    let (file, path, write_pos, tail, epoch) = {
+    let (file, path, write_pos, tail, epoch, zeroed_to) = {
         let s = p.state.borrow();
         let Some(seg) = s.segments.last() else { return };
         let (file, path) = (seg.file.clone(), seg.path.clone());
@@ -1396,6 +1490,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             align_down(seg.size),
             seg.tail.clone(),
             s.leader_epoch,
+            seg.zeroed_to,
         )
     };
     let needs_flush = group.iter().any(|g| g.durability == Durability::Flushed) || {
@@ -1405,14 +1500,18 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             .is_some_and(|ms| s.last_flush.elapsed() >= Duration::from_millis(ms))
     };
     let size = write_pos + tail.len() as u64;
-    let (result, placed, end, new_tail) = match write_landed(&file, size, &tail, &group, epoch)
-        .await
-    {
-        Some((result, placed, end, new_tail)) => (result, placed, end, new_tail),
+    // Room for the write: its bytes, a gap before each batch, the head block.
+    let batches: usize = group.iter().map(|g| g.batches.len()).sum();
+    let room = (payload + (batches + 2) * 2 * crate::landing::LANDING_ALIGN) as u64;
+    preallocate(p, &file, &path, size + room).await;
+    let written = match write_landed(&file, size, zeroed_to, &tail, &group, epoch).await {
+        Some(written) => written,
         None => {
             let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
             buf.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
             let placed = place_batches(buf.as_bytes_mut(), tail.len(), &group, write_pos, epoch);
+            // Zeros after the data, so the next landed write can start past them.
+            buf.as_bytes_mut()[tail.len() + payload..].fill(0);
             let end = write_pos + (tail.len() + payload) as u64;
             let new_tail = {
                 let from = (align_down(end) - write_pos) as usize;
@@ -1424,18 +1523,32 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
                 Ok(n) => Err(format!("short write of {n}/{expected} bytes")),
                 Err(e) => Err(e.to_string()),
             };
-            (result, placed, end, new_tail)
+            Written {
+                result,
+                placed,
+                end,
+                tail: new_tail,
+                zeroed_to: write_pos + expected as u64,
+            }
         }
     };
-    let result = result.map_err(|e| StorageError(format!("write to {}: {e}", path.display())));
+    let result = written
+        .result
+        .map_err(|e| StorageError(format!("write to {}: {e}", path.display())));
     if let Err(e) = result {
         tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "append failed");
-        // Cut anything a partial write left behind the logical end.
+        // Cut anything a partial write left behind the logical end (and
+        // with it the preallocation).
         let size = p.state.borrow().segments.last().map_or(0, |s| s.size);
         let _ = file.truncate(size).await;
+        if let Some(seg) = p.state.borrow_mut().segments.last_mut() {
+            seg.allocated = 0;
+            seg.zeroed_to = seg.size;
+        }
         fail_all(group, &e);
         return;
     }
+    let (placed, end, new_tail) = (written.placed, written.end, written.tail);
     // The write is on the device: consumers may read it now (a process
     // crash cannot lose it). Appends that asked for durability are answered
     // only once a flush has made it survive a power loss too. The flusher
@@ -1443,6 +1556,9 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     // delays the acknowledgements it covers, not the next write (nor the
     // consumers waiting for it).
     let answers = commit_group(p, group, changes, placed, (end, new_tail));
+    if let Some(seg) = p.state.borrow_mut().segments.last_mut() {
+        seg.zeroed_to = written.zeroed_to;
+    }
     if needs_flush {
         p.flushes.borrow_mut().push_back(PendingFlush {
             file,

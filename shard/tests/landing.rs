@@ -287,3 +287,74 @@ fn the_tail_cache_charges_a_landed_batch_its_whole_landing() {
         store.close_all().await.expect("close");
     });
 }
+
+/// Each segment file, in order: its length and where its last batch ends.
+fn segment_files(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .expect("partition dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).expect("segment");
+            let base: i64 = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+                .expect("named by base offset");
+            let (found, _) = sluice_shard::index::scan(&bytes, 0, base);
+            let end = found
+                .last()
+                .map_or(0, |b| b.position + b.header.total_bytes() as u64);
+            (bytes.len() as u64, end)
+        })
+        .collect()
+}
+
+/// The active segment is allocated ahead of its data (so landed writes are
+/// overwrites ext4 issues without blocking), and the space left over goes
+/// back when the segment rolls and when recovery finds the file longer than
+/// its data: zeros there are not a torn write, and no record is lost.
+#[test]
+fn segments_are_preallocated_ahead_and_cut_back_to_their_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    // Segments of 1 MiB: a fresh one is preallocated whole.
+    let config = || LogConfig {
+        segment_bytes: 1 << 20,
+        ..config()
+    };
+    run(move || async move {
+        let (store, p) = open(&path, config(), 0).await;
+        let (end, _) = fill(&p, 120, Durability::Flushed).await;
+        let files = segment_files(p.dir());
+        assert!(files.len() > 2, "segments rolled: {files:?}");
+        let (active, rolled) = files.split_last().expect("segments");
+        for (len, data_end) in rolled {
+            assert_eq!(len, data_end, "a rolled segment keeps no preallocation");
+        }
+        let (len, data_end) = *active;
+        assert!(data_end > 0);
+        assert!(
+            len >= 1 << 20 && data_end < 1 << 20,
+            "the active segment is allocated ahead: {len} bytes for {data_end} of data"
+        );
+        // A crash: the file stays longer than its data.
+        drop((store, p));
+        let (store, p) = open(&path, config(), 0).await;
+        assert_eq!(p.offsets().log_end, end as i64);
+        let (len, data_end) = *segment_files(p.dir()).last().expect("segments");
+        assert_eq!(len, data_end, "recovery cut the zeros after the last batch");
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        // Appends go on, landed and preallocated again.
+        let more = landing::land(&make_batch(end, 9, 600, 1000 + end as i64)).expect("landed");
+        let at = p.append(more, Durability::Flushed).await.expect("append");
+        assert_eq!(at.base_offset, end as i64);
+        let (len, data_end) = *segment_files(p.dir()).last().expect("segments");
+        assert!(len >= 1 << 20, "{len} bytes for {data_end} of data");
+        assert_eq!(read_all(&p, 0, end as i64 + 9).await, end as usize + 9);
+        store.close_all().await.expect("close");
+    });
+}

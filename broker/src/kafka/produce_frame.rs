@@ -5,7 +5,7 @@
 //! A Produce frame (v3-v11) is parsed as it arrives. Everything but the
 //! `records` fields goes into a *skeleton* of the frame, in which each
 //! `records` field is replaced by a null; each records field is received
-//! into memory of its own: a `sluice_shard::landing` (512-byte aligned and
+//! into memory of its own: a `sluice_shard::landing` (4 KiB aligned and
 //! zero-padded, written to the segment as it is) when it is at least
 //! `LANDING_MIN_BYTES` long, else a plain buffer. The handler decodes the
 //! skeleton with the `kafka-protocol` codec and puts the records back in
