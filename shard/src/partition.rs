@@ -1439,7 +1439,7 @@ async fn preallocate(p: &Partition, file: &Rc<DmaFile>, path: &Path, need: u64) 
     }
     let step = allocated.clamp(PREALLOCATE_MIN, PREALLOCATE_MAX);
     let target = (allocated + step).min(cap).max(need);
-    let target = target.div_ceil(BLOCK_BYTES as u64) * BLOCK_BYTES as u64;
+    let target = align_down(target + BLOCK_BYTES as u64 - 1);
     match file.pre_allocate(target, false).await {
         Ok(()) => {
             let mut s = p.state.borrow_mut();
