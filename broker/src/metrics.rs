@@ -5,6 +5,7 @@
 //! sluice_payload_copies_total{shard="0"}   user-space copies of record payloads
 //! sluice_cache_reads_total{shard="0"}      reads served by the tail cache
 //! sluice_bytes_appended_total{shard="0"}   batch bytes written to segments
+//! sluice_zeros_filled_bytes_total{shard="0"} zeros written ahead of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -104,7 +105,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 10] = [
+    let series: [Series; 11] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -116,6 +117,9 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_bytes_read_total", "counter", |m| {
             m.counters.bytes_read
+        }),
+        ("sluice_zeros_filled_bytes_total", "counter", |m| {
+            m.counters.zeros_filled
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

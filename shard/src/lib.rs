@@ -56,6 +56,20 @@
 //! kernel worker. Rolling a segment gives its unused space back (truncate);
 //! after a crash, recovery cuts the zeros after the last batch.
 //!
+//! `fallocate` leaves blocks *unwritten*: the first write to one converts
+//! it, and the `fdatasync` after it must then write the extent metadata
+//! synchronously, one more device round trip per acks=all append. So each
+//! shard also writes zeros, in the background, up to 2 MiB past the data of
+//! its active segments (1 MiB writes, at most 64 MiB/s a shard: a partition
+//! appending slowly is covered whole, one appending flat out mostly is not,
+//! and there its flushes are shared by large groups anyway). An append that
+//! would reach a fill in flight waits for it. At 50 MB/s of acks=all
+//! appends in 1 ms batches this took broker CPU per GB from 3.64–3.76 to
+//! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md);
+//! flat out it changed nothing measurable. What remains of each `fdatasync`
+//! on ext4 is the inode write for the new mtime (once per clock tick); a
+//! filesystem mounted with `lazytime` skips it.
+//!
 //! Every type here is `!Send` and lives on one shard. Cross-shard routing is
 //! the broker's job; this crate never talks to another core.
 //!

@@ -12,6 +12,11 @@ thread_local! {
     static CACHE_READS: Cell<u64> = const { Cell::new(0) };
     static BYTES_APPENDED: Cell<u64> = const { Cell::new(0) };
     static BYTES_READ: Cell<u64> = const { Cell::new(0) };
+    static ZEROS_FILLED: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_zeros_filled(n: u64) {
+    ZEROS_FILLED.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_bytes_appended(n: u64) {
@@ -39,6 +44,8 @@ pub struct ShardCounters {
     pub bytes_appended: u64,
     /// Bytes of batches returned by reads (cache and segments).
     pub bytes_read: u64,
+    /// Bytes of zeros written ahead of the appends (see `partition::fill_ahead`).
+    pub zeros_filled: u64,
 }
 
 pub fn snapshot() -> ShardCounters {
@@ -47,5 +54,6 @@ pub fn snapshot() -> ShardCounters {
         cache_reads: CACHE_READS.with(Cell::get),
         bytes_appended: BYTES_APPENDED.with(Cell::get),
         bytes_read: BYTES_READ.with(Cell::get),
+        zeros_filled: ZEROS_FILLED.with(Cell::get),
     }
 }

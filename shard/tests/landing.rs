@@ -358,3 +358,110 @@ fn segments_are_preallocated_ahead_and_cut_back_to_their_data() {
         store.close_all().await.expect("close");
     });
 }
+
+/// Extents of `path` as (logical start, length, unwritten), from FIEMAP;
+/// `None` where the filesystem cannot say.
+fn extents(path: &std::path::Path) -> Option<Vec<(u64, u64, bool)>> {
+    use std::os::fd::AsRawFd;
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const HEADER: usize = 32;
+    const EXTENT: usize = 56;
+    const COUNT: usize = 64;
+    let file = std::fs::File::open(path).ok()?;
+    // A u64 buffer keeps the structure aligned; its fields are read by offset.
+    let mut buf = vec![0u64; (HEADER + COUNT * EXTENT) / 8];
+    let bytes: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * 8) };
+    bytes[8..16].copy_from_slice(&u64::MAX.to_ne_bytes()); // fm_length
+    bytes[16..20].copy_from_slice(&FIEMAP_FLAG_SYNC.to_ne_bytes()); // fm_flags
+    bytes[24..28].copy_from_slice(&(COUNT as u32).to_ne_bytes()); // fm_extent_count
+                                                                  // SAFETY: the buffer is a fiemap header followed by COUNT extents.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    let bytes: &[u8] =
+        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), buf.len() * 8) };
+    let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let mapped = u32_at(20) as usize;
+    Some(
+        (0..mapped.min(COUNT))
+            .map(|i| {
+                let e = HEADER + i * EXTENT;
+                let flags = u32_at(e + 40);
+                (
+                    u64_at(e),
+                    u64_at(e + 16),
+                    flags & FIEMAP_EXTENT_UNWRITTEN != 0,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A partition appending slowly gets zeros written ahead of its data in the
+/// background, so its appends overwrite written blocks and each `fdatasync`
+/// has no extent to convert. The zeros never land on data (every record
+/// reads back after a crash), and recovery cuts them.
+#[test]
+fn zeros_are_filled_ahead_of_slow_appends_and_never_over_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let config = || LogConfig {
+        segment_bytes: 8 << 20,
+        ..config()
+    };
+    run(move || async move {
+        let (store, p) = open(&path, config(), 0).await;
+        let before = sluice_shard::stats::snapshot().zeros_filled;
+        let mut end = 0u64;
+        for round in 0..40u64 {
+            let (records, value) = (5 + round % 7, 300 + (round as usize * 53) % 900);
+            let batch = make_batch(end, records, value, 1000 + end as i64);
+            let bytes = match round % 4 {
+                0 => Bytes::from(batch),
+                _ => landing::land(&batch).expect("landed"),
+            };
+            let at = p.append(bytes, Durability::Flushed).await.expect("append");
+            assert_eq!(at.base_offset, end as i64);
+            end += records;
+            glommio::timer::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        let filled = sluice_shard::stats::snapshot().zeros_filled - before;
+        assert!(filled >= 1 << 20, "zeros written ahead: {filled} bytes");
+        let log = std::fs::read_dir(p.dir())
+            .expect("partition dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|x| x == "log"))
+            .expect("a segment");
+        let (len, data_end) = *segment_files(p.dir()).last().expect("segments");
+        assert!(
+            len > data_end + (1 << 20),
+            "{len} bytes for {data_end} of data"
+        );
+        if let Some(extents) = extents(&log) {
+            // Written (not unwritten) blocks reach at least 1 MiB past the data.
+            let written_to = extents
+                .iter()
+                .filter(|(_, _, unwritten)| !unwritten)
+                .map(|(at, len, _)| at + len)
+                .max()
+                .unwrap_or(0);
+            assert!(
+                written_to >= data_end + (1 << 20),
+                "written to {written_to}, data ends at {data_end}: {extents:?}"
+            );
+        }
+        // A crash: everything reads back from the file, the zeros are cut.
+        drop((store, p));
+        let (store, p) = open(&path, config(), 0).await;
+        assert_eq!(p.offsets().log_end, end as i64);
+        let (len, data_end) = *segment_files(p.dir()).last().expect("segments");
+        assert_eq!(len, data_end, "recovery cut the zeros after the last batch");
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        store.close_all().await.expect("close");
+    });
+}
