@@ -67,8 +67,9 @@
 //! appends in 1 ms batches this took broker CPU per GB from 3.64–3.76 to
 //! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md);
 //! flat out it changed nothing measurable. What remains of each `fdatasync`
-//! on ext4 is the inode write for the new mtime (once per clock tick); a
-//! filesystem mounted with `lazytime` skips it.
+//! on ext4 is the cache flush and, once per clock tick, the inode write for
+//! the new mtime (mounting with `lazytime` avoids that write, but made no
+//! measurable difference to broker CPU on the test machine).
 //!
 //! Every type here is `!Send` and lives on one shard. Cross-shard routing is
 //! the broker's job; this crate never talks to another core.
