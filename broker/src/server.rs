@@ -227,6 +227,7 @@ async fn run_shard(
     events: mpsc::Sender<ShardEvent>,
 ) {
     let data_dir = config.broker.data_dir.clone();
+    sluice_shard::partition::set_zero_fill_rate(config.broker.zero_fill_bytes_per_s);
     if let Err(e) = warm_up_direct_io(&data_dir).await {
         let _ = events.send(ShardEvent::Failed {
             id: None,

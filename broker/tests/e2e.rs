@@ -653,4 +653,14 @@ fn metrics_count_bytes_and_prove_one_payload_copy_per_produced_batch() {
     assert!(scrape(metrics_port, "sluice_bytes_appended_total") > 0);
     assert!(scrape(metrics_port, "sluice_bytes_read_total") > 0);
     assert!(scrape(metrics_port, "sluice_partitions") >= 4);
+    // Zeros are written ahead of these slow partitions in the background
+    // (the embedded default zero_fill_bytes_per_s); wait a bounded while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scrape(metrics_port, "sluice_zeros_filled_bytes_total") < 1 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "no zeros filled ahead of the appends"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

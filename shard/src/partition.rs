@@ -1487,18 +1487,26 @@ async fn preallocate(p: &Partition, file: &Rc<DmaFile>, path: &Path, need: u64) 
 }
 
 /// How far past the log's end zeros are kept written, in steps of
-/// [`FILL_STEP`], and the most zeros a shard writes a second (with a burst
-/// of [`FILL_BURST`]).
+/// [`FILL_STEP`]; a shard writes at most [`FILL_RATE_DEFAULT`] of zeros a
+/// second unless told otherwise, with a burst of [`FILL_BURST`].
 const FILL_AHEAD: u64 = 2 << 20;
 const FILL_STEP: u64 = 1 << 20;
 const FILL_MIN: u64 = 64 << 10;
-const FILL_RATE: u64 = 64 << 20;
+pub const FILL_RATE_DEFAULT: u64 = 64 << 20;
 const FILL_BURST: u64 = 4 << 20;
 
 thread_local! {
     /// The shard's zero-fill budget: bytes it may write now, and when it
     /// was last topped up.
     static FILL_BUDGET: Cell<(u64, Option<Instant>)> = const { Cell::new((FILL_BURST, None)) };
+    /// Bytes of zeros a second the shard may write ([`set_zero_fill_rate`]).
+    static FILL_RATE: Cell<u64> = const { Cell::new(FILL_RATE_DEFAULT) };
+}
+
+/// Sets how many bytes of zeros a second the calling shard may write ahead
+/// of its partitions' appends ([`fill_ahead`]); 0 turns filling off.
+pub fn set_zero_fill_rate(bytes_per_s: u64) {
+    FILL_RATE.set(bytes_per_s);
 }
 
 /// Takes `n` bytes from the shard's zero-fill budget, if it holds them.
@@ -1508,7 +1516,7 @@ fn take_fill_budget(n: u64) -> bool {
         let now = Instant::now();
         let earned = last.map_or(0, |t| {
             let ns = now.duration_since(t).as_nanos();
-            (ns * u128::from(FILL_RATE) / 1_000_000_000).min(u128::from(FILL_BURST)) as u64
+            (ns * u128::from(FILL_RATE.get()) / 1_000_000_000).min(u128::from(FILL_BURST)) as u64
         });
         let tokens = (tokens + earned).min(FILL_BURST);
         let granted = tokens >= n;
@@ -1524,12 +1532,12 @@ fn take_fill_budget(n: u64) -> bool {
 /// trips each (at 50 MB/s in 1 ms batches that was a fifth of the broker's
 /// CPU). Over zeros already written, an append is a pure overwrite and its
 /// `fdatasync` only flushes the device cache. The zeros cost disk bandwidth
-/// equal to what they cover, so a shard writes at most [`FILL_RATE`] of
-/// them: a partition appending slowly is covered whole, one appending
+/// equal to what they cover, so a shard writes a bounded rate of them
+/// ([`set_zero_fill_rate`]): a partition appending slowly is covered whole, one appending
 /// flat out mostly is not (there the flush is shared by large groups).
 /// An append that would reach a fill in flight waits for it.
 fn fill_ahead(p: &Partition) {
-    if p.filling.get().is_some() {
+    if p.filling.get().is_some() || FILL_RATE.get() == 0 {
         return;
     }
     let (file, path, start, end) = {
