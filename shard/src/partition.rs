@@ -176,6 +176,9 @@ pub(crate) struct Segment {
     /// The file holds zeros (written by this shard) from `size` up to here:
     /// a landed write may start past them without rewriting the last block.
     pub(crate) zeroed_to: u64,
+    /// Where the last zero fill ([`fill_ahead`]) ended: the next one starts
+    /// there, while that is far enough ahead of the data.
+    pub(crate) filled_to: u64,
     pub(crate) index: SegmentIndex,
     pub(crate) bytes_since_index: u32,
     pub(crate) max_timestamp: i64,
@@ -1014,6 +1017,7 @@ impl Segment {
             tail: Vec::new(),
             allocated: 0,
             zeroed_to: 0,
+            filled_to: 0,
             index: SegmentIndex::default(),
             bytes_since_index: 0,
             max_timestamp: -1,
@@ -1490,6 +1494,7 @@ async fn preallocate(p: &Partition, file: &Rc<DmaFile>, path: &Path, need: u64) 
 /// [`FILL_STEP`]; a shard writes at most [`FILL_RATE_DEFAULT`] of zeros a
 /// second unless told otherwise, with a burst of [`FILL_BURST`].
 const FILL_AHEAD: u64 = 2 << 20;
+const FILL_GAP: u64 = 256 << 10;
 const FILL_STEP: u64 = 1 << 20;
 const FILL_MIN: u64 = 64 << 10;
 pub const FILL_RATE_DEFAULT: u64 = 64 << 20;
@@ -1525,32 +1530,35 @@ fn take_fill_budget(n: u64) -> bool {
     })
 }
 
-/// Writes zeros into the preallocated space just past the active segment's
+/// Writes zeros into the preallocated space ahead of the active segment's
 /// data, in the background. `fallocate` leaves its blocks *unwritten*: the
 /// first write to each converts it, which makes the next `fdatasync` write
-/// the inode and its extent blocks synchronously, two more device round
-/// trips each (at 50 MB/s in 1 ms batches that was a fifth of the broker's
-/// CPU). Over zeros already written, an append is a pure overwrite and its
-/// `fdatasync` only flushes the device cache. The zeros cost disk bandwidth
-/// equal to what they cover, so a shard writes a bounded rate of them
-/// ([`set_zero_fill_rate`]): a partition appending slowly is covered whole, one appending
-/// flat out mostly is not (there the flush is shared by large groups).
-/// An append that would reach a fill in flight waits for it.
+/// the extent metadata synchronously, more device round trips (at 50 MB/s
+/// in 1 ms batches that was a tenth of the broker's CPU). Over zeros already
+/// written, an append is a pure overwrite and its `fdatasync` has no extent
+/// to convert. Fills run from [`FILL_GAP`] past the data to [`FILL_AHEAD`]
+/// past it, so the next write does not wait for one (an append that would
+/// reach a fill in flight does wait). The zeros cost disk bandwidth equal
+/// to what they cover, so a shard writes a bounded rate of them
+/// ([`set_zero_fill_rate`]): a partition appending slowly is covered whole,
+/// one appending flat out mostly is not (there the flush is shared by large
+/// groups anyway), and none is filled while appends are queued.
 fn fill_ahead(p: &Partition) {
-    if p.filling.get().is_some() || FILL_RATE.get() == 0 {
+    // Appends already queued: the partition is busy, and a fill just past
+    // its data would hold up the next write.
+    if p.filling.get().is_some() || FILL_RATE.get() == 0 || !p.queue.borrow().is_empty() {
         return;
     }
     let (file, path, start, end) = {
         let s = p.state.borrow();
         let Some(seg) = s.segments.last() else { return };
-        let start = seg.zeroed_to;
-        // Only past the data and past what the last write zeroed (so whole
-        // blocks), and never past the segment's size limit.
-        if start % BLOCK_BYTES as u64 != 0
-            || start < seg.size
-            || start >= seg.size + FILL_AHEAD
-            || seg.allocated == 0
-        {
+        // Where the last fill ended, unless the data came within FILL_GAP
+        // of it: then a gap ahead, so the next write does not wait.
+        let start = match seg.filled_to >= seg.size + FILL_GAP {
+            true => seg.filled_to,
+            false => align_down(seg.size + FILL_GAP),
+        };
+        if start >= seg.size + FILL_AHEAD || seg.allocated == 0 {
             return;
         }
         let end = align_down(s.config.segment_bytes).min(start + FILL_STEP);
@@ -1599,8 +1607,8 @@ async fn fill_zeros(
         Ok(true) => {
             stats::add_zeros_filled(end - start);
             if let Some(seg) = p.state.borrow_mut().segments.last_mut() {
-                if Rc::ptr_eq(&seg.file, &file) && seg.zeroed_to == start {
-                    seg.zeroed_to = end;
+                if Rc::ptr_eq(&seg.file, &file) {
+                    seg.filled_to = seg.filled_to.max(end);
                 }
             }
         }
@@ -1699,6 +1707,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         if let Some(seg) = p.state.borrow_mut().segments.last_mut() {
             seg.allocated = 0;
             seg.zeroed_to = seg.size;
+            seg.filled_to = 0;
         }
         fail_all(group, &e);
         return;
