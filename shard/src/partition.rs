@@ -1497,7 +1497,7 @@ const FILL_AHEAD: u64 = 2 << 20;
 const FILL_GAP: u64 = 256 << 10;
 const FILL_STEP: u64 = 1 << 20;
 const FILL_MIN: u64 = 64 << 10;
-pub const FILL_RATE_DEFAULT: u64 = 64 << 20;
+pub const FILL_RATE_DEFAULT: u64 = 32 << 20;
 const FILL_BURST: u64 = 4 << 20;
 
 thread_local! {
