@@ -465,3 +465,46 @@ fn zeros_are_filled_ahead_of_slow_appends_and_never_over_data() {
         store.close_all().await.expect("close");
     });
 }
+
+/// A segment that rolls while a zero fill is under way in it is cut back to
+/// its data all the same: no zeros land in it after the cut.
+#[test]
+fn a_segment_rolled_during_a_zero_fill_keeps_no_zeros() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    // Every append after the first rolls (segment.ms = 0), right after the
+    // previous one started a fill (which must first allocate: 1 MiB is
+    // preallocated, the fill reaches past it).
+    let config = || LogConfig {
+        segment_bytes: 8 << 20,
+        segment_ms: 0,
+        ..config()
+    };
+    run(move || async move {
+        let (store, p) = open(&path, config(), 0).await;
+        let before = sluice_shard::stats::snapshot().zeros_filled;
+        let mut end = 0u64;
+        for _ in 0..8u64 {
+            let batch = landing::land(&make_batch(end, 40, 1000, 1000 + end as i64));
+            let at = p
+                .append(batch.expect("landed"), Durability::Written)
+                .await
+                .expect("append");
+            assert_eq!(at.base_offset, end as i64);
+            end += 40;
+        }
+        store.close_all().await.expect("close");
+        let files = segment_files(p.dir());
+        assert!(files.len() >= 8, "segments rolled: {files:?}");
+        let (_, rolled) = files.split_last().expect("segments");
+        for &(len, data_end) in rolled {
+            assert_eq!(len, data_end, "a rolled segment holds only its data");
+        }
+        let filled = sluice_shard::stats::snapshot().zeros_filled - before;
+        assert!(filled > 0, "fills were under way");
+        drop((store, p));
+        let (store, p) = open(&path, config(), 0).await;
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        store.close_all().await.expect("close");
+    });
+}
