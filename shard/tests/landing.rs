@@ -508,3 +508,39 @@ fn a_segment_rolled_during_a_zero_fill_keeps_no_zeros() {
         store.close_all().await.expect("close");
     });
 }
+
+/// An append that reaches into a zero fill under way waits for it: the
+/// zeros never land over its records.
+#[test]
+fn an_append_reaching_a_zero_fill_under_way_is_not_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let config = || LogConfig {
+        segment_bytes: 64 << 20,
+        ..config()
+    };
+    run(move || async move {
+        let (store, p) = open(&path, config(), 0).await;
+        let mut end = 0u64;
+        for _ in 0..4u64 {
+            // A small append starts a fill 256 KiB past the data; the large
+            // one right after it reaches into the fill's range.
+            for records in [4u64, 900] {
+                let batch = landing::land(&make_batch(end, records, 1000, 1000 + end as i64));
+                let at = p
+                    .append(batch.expect("landed"), Durability::Written)
+                    .await
+                    .expect("append");
+                assert_eq!(at.base_offset, end as i64);
+                end += records;
+            }
+        }
+        store.close_all().await.expect("close");
+        drop((store, p));
+        // Read back from the file (a fresh partition has an empty cache).
+        let (store, p) = open(&path, config(), 0).await;
+        assert_eq!(p.offsets().log_end, end as i64);
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        store.close_all().await.expect("close");
+    });
+}
