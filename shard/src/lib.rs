@@ -66,7 +66,8 @@
 //! and there its flushes are shared by large groups anyway). An append that
 //! would reach a fill in flight waits for it. At 50 MB/s of acks=all
 //! appends in 1 ms batches this took broker CPU per GB from 3.64–3.76 to
-//! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md);
+//! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md; on
+//! the same machine slowed down later, 3.5% on average, within its noise);
 //! flat out it changed nothing measurable. What remains of each `fdatasync`
 //! on ext4 is the cache flush and, once per clock tick, the inode write for
 //! the new mtime (mounting with `lazytime` avoids that write, but made no
