@@ -1509,7 +1509,7 @@ thread_local! {
 }
 
 /// Sets how many bytes of zeros a second the calling shard may write ahead
-/// of its partitions' appends ([`fill_ahead`]); 0 turns filling off.
+/// of its partitions' appends (see the crate docs); 0 turns filling off.
 pub fn set_zero_fill_rate(bytes_per_s: u64) {
     FILL_RATE.set(bytes_per_s);
 }
