@@ -63,7 +63,8 @@
 //! the data of its active segments (1 MiB writes, at most
 //! `zero_fill_bytes_per_s`, 32 MiB/s by default, a shard: a partition
 //! appending slowly is covered whole, one appending flat out mostly is not,
-//! and there its flushes are shared by large groups anyway). An append that
+//! and there its flushes are shared by large groups anyway; partitions
+//! whose appends are not flushed are not filled at all). An append that
 //! would reach a fill in flight waits for it. At 50 MB/s of acks=all
 //! appends in 1 ms batches this took broker CPU per GB from 3.64–3.76 to
 //! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md; on

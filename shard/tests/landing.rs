@@ -466,6 +466,25 @@ fn zeros_are_filled_ahead_of_slow_appends_and_never_over_data() {
     });
 }
 
+/// Starts an append and returns once the writer has written it (the log end
+/// moved), before its flush completes: the writer is then free for the next
+/// append while whatever the write set off (a zero fill) is under way.
+async fn append_written(p: &Rc<Partition>, batch: Bytes) -> glommio::task::JoinHandle<i64> {
+    let before = p.offsets().log_end;
+    let q = p.clone();
+    let task = glommio::spawn_local(async move {
+        q.append(batch, Durability::Flushed)
+            .await
+            .expect("append")
+            .base_offset
+    })
+    .detach();
+    while p.offsets().log_end == before {
+        glommio::timer::sleep(std::time::Duration::from_micros(20)).await;
+    }
+    task
+}
+
 /// A segment that rolls while a zero fill is under way in it is cut back to
 /// its data all the same: no zeros land in it after the cut.
 #[test]
@@ -484,14 +503,14 @@ fn a_segment_rolled_during_a_zero_fill_keeps_no_zeros() {
         let (store, p) = open(&path, config(), 0).await;
         let before = sluice_shard::stats::snapshot().zeros_filled;
         let mut end = 0u64;
+        let mut tasks = Vec::new();
         for _ in 0..8u64 {
             let batch = landing::land(&make_batch(end, 40, 1000, 1000 + end as i64));
-            let at = p
-                .append(batch.expect("landed"), Durability::Written)
-                .await
-                .expect("append");
-            assert_eq!(at.base_offset, end as i64);
+            tasks.push((end, append_written(&p, batch.expect("landed")).await));
             end += 40;
+        }
+        for (want, task) in tasks {
+            assert_eq!(task.await, Some(want as i64));
         }
         store.close_all().await.expect("close");
         let files = segment_files(p.dir());
@@ -525,14 +544,14 @@ fn an_append_reaching_a_zero_fill_under_way_is_not_overwritten() {
         for _ in 0..4u64 {
             // A small append starts a fill 256 KiB past the data; the large
             // one right after it reaches into the fill's range.
+            let mut tasks = Vec::new();
             for records in [4u64, 900] {
                 let batch = landing::land(&make_batch(end, records, 1000, 1000 + end as i64));
-                let at = p
-                    .append(batch.expect("landed"), Durability::Written)
-                    .await
-                    .expect("append");
-                assert_eq!(at.base_offset, end as i64);
+                tasks.push((end, append_written(&p, batch.expect("landed")).await));
                 end += records;
+            }
+            for (want, task) in tasks {
+                assert_eq!(task.await, Some(want as i64));
             }
         }
         store.close_all().await.expect("close");
@@ -540,6 +559,36 @@ fn an_append_reaching_a_zero_fill_under_way_is_not_overwritten() {
         // Read back from the file (a fresh partition has an empty cache).
         let (store, p) = open(&path, config(), 0).await;
         assert_eq!(p.offsets().log_end, end as i64);
+        assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
+        store.close_all().await.expect("close");
+    });
+}
+
+/// Appends that are not flushed (acks=0/1) get no zero fill: there is no
+/// `fdatasync` for it to make cheaper.
+#[test]
+fn unflushed_appends_get_no_zero_fill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            ..config()
+        };
+        let (store, p) = open(&path, config, 0).await;
+        let before = sluice_shard::stats::snapshot().zeros_filled;
+        let mut end = 0u64;
+        for _ in 0..20u64 {
+            let batch = landing::land(&make_batch(end, 5, 900, 1000 + end as i64));
+            let at = p
+                .append(batch.expect("landed"), Durability::Written)
+                .await
+                .expect("append");
+            assert_eq!(at.base_offset, end as i64);
+            end += 5;
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_eq!(sluice_shard::stats::snapshot().zeros_filled, before);
         assert_eq!(read_all(&p, 0, end as i64).await, end as usize);
         store.close_all().await.expect("close");
     });
