@@ -479,10 +479,30 @@ async fn append_written(p: &Rc<Partition>, batch: Bytes) -> glommio::task::JoinH
             .base_offset
     })
     .detach();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while p.offsets().log_end == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the append was not written"
+        );
         glommio::timer::sleep(std::time::Duration::from_micros(20)).await;
     }
     task
+}
+
+/// Appends batches of `records` records (1,000-byte values) from `*end`,
+/// each started once the one before is written ([`append_written`]); then
+/// checks every append got the offset it should have.
+async fn append_each_written(p: &Rc<Partition>, end: &mut u64, records: &[u64]) {
+    let mut tasks = Vec::new();
+    for &n in records {
+        let batch = landing::land(&make_batch(*end, n, 1000, 1000 + *end as i64));
+        tasks.push((*end, append_written(p, batch.expect("landed")).await));
+        *end += n;
+    }
+    for (want, task) in tasks {
+        assert_eq!(task.await, Some(want as i64), "offsets in order");
+    }
 }
 
 /// A segment that rolls while a zero fill is under way in it is cut back to
@@ -503,15 +523,7 @@ fn a_segment_rolled_during_a_zero_fill_keeps_no_zeros() {
         let (store, p) = open(&path, config(), 0).await;
         let before = sluice_shard::stats::snapshot().zeros_filled;
         let mut end = 0u64;
-        let mut tasks = Vec::new();
-        for _ in 0..8u64 {
-            let batch = landing::land(&make_batch(end, 40, 1000, 1000 + end as i64));
-            tasks.push((end, append_written(&p, batch.expect("landed")).await));
-            end += 40;
-        }
-        for (want, task) in tasks {
-            assert_eq!(task.await, Some(want as i64));
-        }
+        append_each_written(&p, &mut end, &[40; 8]).await;
         store.close_all().await.expect("close");
         let files = segment_files(p.dir());
         assert!(files.len() >= 8, "segments rolled: {files:?}");
@@ -544,15 +556,7 @@ fn an_append_reaching_a_zero_fill_under_way_is_not_overwritten() {
         for _ in 0..4u64 {
             // A small append starts a fill 256 KiB past the data; the large
             // one right after it reaches into the fill's range.
-            let mut tasks = Vec::new();
-            for records in [4u64, 900] {
-                let batch = landing::land(&make_batch(end, records, 1000, 1000 + end as i64));
-                tasks.push((end, append_written(&p, batch.expect("landed")).await));
-                end += records;
-            }
-            for (want, task) in tasks {
-                assert_eq!(task.await, Some(want as i64));
-            }
+            append_each_written(&p, &mut end, &[4, 900]).await;
         }
         store.close_all().await.expect("close");
         drop((store, p));
