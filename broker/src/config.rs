@@ -49,6 +49,7 @@ pub struct BrokerSection {
     pub io_memory_bytes: usize,
     pub spin_before_park_us: u64,
     pub zero_fill_bytes_per_s: u64,
+    pub shared_flush: bool,
     pub retention_check_interval_ms: u64,
     pub cleaner_interval_ms: u64,
     pub shutdown_timeout_ms: u64,

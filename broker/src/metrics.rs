@@ -6,6 +6,8 @@
 //! sluice_cache_reads_total{shard="0"}      reads served by the tail cache
 //! sluice_bytes_appended_total{shard="0"}   batch bytes written to segments
 //! sluice_zeros_filled_bytes_total{shard="0"} zeros written ahead of appends
+//! sluice_fdatasyncs_total{shard="0"}       fdatasyncs issued for flushed appends
+//! sluice_shared_flushes_total{shard="0"}   flushed groups that shared a device flush
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -105,7 +107,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 11] = [
+    let series: [Series; 13] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -120,6 +122,12 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_zeros_filled_bytes_total", "counter", |m| {
             m.counters.zeros_filled
+        }),
+        ("sluice_fdatasyncs_total", "counter", |m| {
+            m.counters.fdatasyncs
+        }),
+        ("sluice_shared_flushes_total", "counter", |m| {
+            m.counters.shared_flushes
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

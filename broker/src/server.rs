@@ -228,6 +228,7 @@ async fn run_shard(
 ) {
     let data_dir = config.broker.data_dir.clone();
     sluice_shard::partition::set_zero_fill_rate(config.broker.zero_fill_bytes_per_s);
+    sluice_shard::flush::set_shared_flush(config.broker.shared_flush);
     if let Err(e) = warm_up_direct_io(&data_dir).await {
         let _ = events.send(ShardEvent::Failed {
             id: None,

@@ -110,6 +110,7 @@
 pub mod cache;
 pub mod compaction;
 pub mod config;
+pub mod flush;
 pub mod index;
 pub mod landing;
 pub mod limits;

@@ -179,6 +179,16 @@ pub(crate) struct Segment {
     /// Where the last zero fill ([`fill_ahead`]) ended: the next one starts
     /// there, while that is far enough ahead of the data.
     pub(crate) filled_to: u64,
+    /// Where the run of zero fills ending at `filled_to` began.
+    pub(crate) fill_from: u64,
+    /// The prefix of the file whose blocks were written, inside its size,
+    /// before an `fdatasync` of it began and finished: a write below it
+    /// changes no metadata, so a device flush shared with other partitions
+    /// makes it durable (`flush`).
+    pub(crate) stable_to: u64,
+    /// The device this file's flushes may be shared on
+    /// ([`crate::flush::shared_flush_device`]).
+    pub(crate) flush_dev: Option<u64>,
     pub(crate) index: SegmentIndex,
     pub(crate) bytes_since_index: u32,
     pub(crate) max_timestamp: i64,
@@ -262,6 +272,19 @@ struct PendingFlush {
     file: Rc<DmaFile>,
     path: PathBuf,
     answers: Vec<Answered>,
+    /// The write lay below the segment's `stable_to`: a device flush shared
+    /// with other partitions on this device covers it.
+    shared: Option<u64>,
+}
+
+/// How far the file behind `seg` is known written (by this shard's writes
+/// and fills, all completed) from its start, inside its size.
+fn written_prefix(seg: &Segment) -> u64 {
+    let mut to = seg.zeroed_to;
+    if seg.fill_from <= to && seg.filled_to > to {
+        to = seg.filled_to;
+    }
+    to.min(seg.allocated)
 }
 
 pub fn now_ms() -> i64 {
@@ -1009,7 +1032,11 @@ impl Segment {
     }
 
     pub(crate) fn new(base_offset: i64, path: PathBuf, file: Rc<DmaFile>) -> Segment {
+        let flush_dev = crate::flush::shared_flush_device(&file);
         Segment {
+            fill_from: 0,
+            stable_to: 0,
+            flush_dev,
             base_offset,
             path,
             file,
@@ -1611,6 +1638,9 @@ async fn fill_zeros(
             stats::add_zeros_filled(end - start);
             if let Some(seg) = p.state.borrow_mut().segments.last_mut() {
                 if Rc::ptr_eq(&seg.file, &file) {
+                    if start > seg.filled_to {
+                        seg.fill_from = start;
+                    }
                     seg.filled_to = seg.filled_to.max(end);
                 }
             }
@@ -1711,11 +1741,14 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             seg.allocated = 0;
             seg.zeroed_to = seg.size;
             seg.filled_to = 0;
+            seg.fill_from = 0;
+            seg.stable_to = seg.stable_to.min(align_down(seg.size));
         }
         fail_all(group, &e);
         return;
     }
     let (placed, end, new_tail) = (written.placed, written.end, written.tail);
+    let written_to = written.zeroed_to;
     // The write is on the device: consumers may read it now (a process
     // crash cannot lose it). Appends that asked for durability are answered
     // only once a flush has made it survive a power loss too. The flusher
@@ -1728,12 +1761,20 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         seg.zeroed_to = seg.zeroed_to.max(written.zeroed_to);
     }
     if needs_flush {
+        let shared = match crate::flush::enabled() {
+            true => p.state.borrow().segments.last().and_then(|seg| {
+                let stable = Rc::ptr_eq(&seg.file, &file) && written_to <= seg.stable_to;
+                seg.flush_dev.filter(|_| stable)
+            }),
+            false => None,
+        };
         // Only flushed writes gain from it (see `fill_ahead`).
         fill_ahead(p);
         p.flushes.borrow_mut().push_back(PendingFlush {
             file,
             path,
             answers,
+            shared,
         });
         let _ = p.flush_doorbell.try_send(());
         return;
@@ -1756,20 +1797,17 @@ async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
                 break;
             }
             p.flushing.set(true);
-            let mut files: Vec<(&Rc<DmaFile>, &Path)> = Vec::new();
-            for g in &groups {
-                if !files.iter().any(|(f, _)| Rc::ptr_eq(f, &g.file)) {
-                    files.push((&g.file, &g.path));
+            let failed = match groups.iter().map(|g| g.shared).collect::<Option<Vec<_>>>() {
+                // Every write lay below `stable_to` on one device: a device
+                // flush shared with the shard's other partitions covers them.
+                Some(devs) if devs.windows(2).all(|w| w[0] == w[1]) && !devs.is_empty() => {
+                    let (file, path) = (groups[0].file.clone(), groups[0].path.clone());
+                    crate::flush::flush_device(devs[0], file, path).await.err()
                 }
-            }
-            let mut failed = None;
-            for (file, path) in files {
-                if let Err(e) = file.fdatasync().await {
-                    let e = StorageError::io("fdatasync", path, e);
-                    tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "flush failed");
-                    failed = Some(e);
-                    break;
-                }
+                _ => own_flush(&p, &groups).await.err(),
+            };
+            if let Some(e) = &failed {
+                tracing::error!(topic = %p.topic, partition = p.partition, error = %e, "flush failed");
             }
             if failed.is_none() {
                 p.state.borrow_mut().last_flush = Instant::now();
@@ -1786,6 +1824,37 @@ async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
             let _ = w.send(());
         }
     }
+}
+
+/// Flushes each file the groups were written to with its own `fdatasync`.
+/// Each commits the file's metadata as well, so what was written of the
+/// active segment before it began is stable once it is done.
+async fn own_flush(p: &Partition, groups: &[PendingFlush]) -> Result<(), StorageError> {
+    let mut files: Vec<(&Rc<DmaFile>, &Path)> = Vec::new();
+    for g in groups {
+        if !files.iter().any(|(f, _)| Rc::ptr_eq(f, &g.file)) {
+            files.push((&g.file, &g.path));
+        }
+    }
+    for (file, path) in files {
+        let active = |seg: &Segment| Rc::ptr_eq(&seg.file, file);
+        let prefix = {
+            let s = p.state.borrow();
+            s.segments
+                .last()
+                .filter(|seg| active(seg))
+                .map(written_prefix)
+        };
+        let result = file.fdatasync().await;
+        stats::add_fdatasyncs(1);
+        result.map_err(|e| StorageError::io("fdatasync", path, e))?;
+        if let (Some(prefix), Some(seg)) = (prefix, p.state.borrow_mut().segments.last_mut()) {
+            if active(seg) {
+                seg.stable_to = seg.stable_to.max(prefix);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A reply to an append, and what it will say.

@@ -13,6 +13,16 @@ thread_local! {
     static BYTES_APPENDED: Cell<u64> = const { Cell::new(0) };
     static BYTES_READ: Cell<u64> = const { Cell::new(0) };
     static ZEROS_FILLED: Cell<u64> = const { Cell::new(0) };
+    static FDATASYNCS: Cell<u64> = const { Cell::new(0) };
+    static SHARED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_fdatasyncs(n: u64) {
+    FDATASYNCS.with(|c| c.set(c.get() + n));
+}
+
+pub fn add_shared_flushes(n: u64) {
+    SHARED_FLUSHES.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_zeros_filled(n: u64) {
@@ -46,6 +56,11 @@ pub struct ShardCounters {
     pub bytes_read: u64,
     /// Bytes of zeros written ahead of the appends (see `partition::fill_ahead`).
     pub zeros_filled: u64,
+    /// `fdatasync`s issued to answer flushed appends: each partition's own
+    /// and each shared device flush (`flush`).
+    pub fdatasyncs: u64,
+    /// Flushes of written groups answered by a shared device flush.
+    pub shared_flushes: u64,
 }
 
 pub fn snapshot() -> ShardCounters {
@@ -55,5 +70,7 @@ pub fn snapshot() -> ShardCounters {
         bytes_appended: BYTES_APPENDED.with(Cell::get),
         bytes_read: BYTES_READ.with(Cell::get),
         zeros_filled: ZEROS_FILLED.with(Cell::get),
+        fdatasyncs: FDATASYNCS.with(Cell::get),
+        shared_flushes: SHARED_FLUSHES.with(Cell::get),
     }
 }

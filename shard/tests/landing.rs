@@ -597,3 +597,174 @@ fn unflushed_appends_get_no_zero_fill() {
         store.close_all().await.expect("close");
     });
 }
+
+/// Opens partitions `t`/0..n under `dir` on the calling shard (after the
+/// direct-I/O warm-up), with 8 MiB segments.
+async fn open_many(
+    dir: &std::path::Path,
+    n: u32,
+) -> (Rc<sluice_shard::store::ShardStore>, Vec<Rc<Partition>>) {
+    let (store, first) = open(
+        dir,
+        LogConfig {
+            segment_bytes: 8 << 20,
+            ..config()
+        },
+        0,
+    )
+    .await;
+    let mut parts = vec![first];
+    for i in 1..n {
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            ..config()
+        };
+        parts.push(store.open_partition("t", i, config, 0).await.expect("open"));
+    }
+    (store, parts)
+}
+
+/// Appends one 30-record batch (1,000-byte values) to every partition at
+/// once, flushed, and checks each got the offset it should have.
+async fn append_to_all(parts: &[Rc<Partition>], ends: &mut [u64]) {
+    let tasks: Vec<_> = parts
+        .iter()
+        .zip(ends.iter())
+        .map(|(p, &end)| {
+            let batch = landing::land(&make_batch(end, 30, 1000, 1000 + end as i64));
+            let (p, batch) = (p.clone(), batch.expect("landed"));
+            glommio::spawn_local(async move {
+                p.append(batch, Durability::Flushed)
+                    .await
+                    .expect("append")
+                    .base_offset
+            })
+        })
+        .collect();
+    for (task, end) in tasks.into_iter().zip(ends.iter_mut()) {
+        assert_eq!(task.await, *end as i64, "offsets in order");
+        *end += 30;
+    }
+}
+
+/// Whether flushes of files in `dir` may be shared on this machine (ext4 or
+/// XFS, real direct I/O).
+fn shares_flushes(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let probe = dir.join("probe");
+    let file = std::fs::File::create(&probe).expect("probe file");
+    let shared = sluice_shard::flush::shared_flush_device_of(file.as_raw_fd()).is_some();
+    let _ = std::fs::remove_file(probe);
+    shared
+}
+
+/// Flushed appends to several partitions of one shard, written over zeros
+/// filled (and flushed) earlier, share device flushes: fewer `fdatasync`s
+/// than flushed writes. After a crash every record reads back.
+#[test]
+fn flushed_appends_over_stable_blocks_share_device_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    if !shares_flushes(&path) {
+        eprintln!(
+            "skipped: {} is not ext4 or XFS with direct I/O",
+            path.display()
+        );
+        return;
+    }
+    run(move || async move {
+        sluice_shard::partition::set_zero_fill_rate(1 << 30);
+        let (store, parts) = open_many(&path, 4).await;
+        let mut ends = vec![0u64; parts.len()];
+        // Past the first fill's gap: the appends then overwrite filled zeros.
+        for _ in 0..16 {
+            append_to_all(&parts, &mut ends).await;
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let before = sluice_shard::stats::snapshot();
+        let rounds = 20;
+        for _ in 0..rounds {
+            append_to_all(&parts, &mut ends).await;
+        }
+        let after = sluice_shard::stats::snapshot();
+        let (syncs, shared) = (
+            after.fdatasyncs - before.fdatasyncs,
+            after.shared_flushes - before.shared_flushes,
+        );
+        let groups = rounds * parts.len() as u64;
+        assert!(shared >= groups / 2, "{shared} of {groups} flushes shared");
+        assert!(
+            syncs < groups,
+            "{syncs} fdatasyncs for {groups} flushed writes"
+        );
+        drop((store, parts));
+        let (store, parts) = open_many(&path, 4).await;
+        for (p, &end) in parts.iter().zip(&ends) {
+            assert_eq!(p.offsets().log_end, end as i64);
+            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+        }
+        store.close_all().await.expect("close");
+    });
+}
+
+/// A write into blocks not yet written and flushed (no zero fill ahead) has
+/// metadata to write: each takes its own file's `fdatasync`. So does every
+/// write with `shared_flush` off.
+#[test]
+fn writes_past_stable_blocks_take_their_own_fdatasync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, parts) = open_many(&path, 4).await;
+        let mut ends = vec![0u64; parts.len()];
+        for (fill_rate, shared_flush) in [(0, true), (1 << 30, false)] {
+            sluice_shard::partition::set_zero_fill_rate(fill_rate);
+            sluice_shard::flush::set_shared_flush(shared_flush);
+            let before = sluice_shard::stats::snapshot();
+            let rounds = 20;
+            for _ in 0..rounds {
+                append_to_all(&parts, &mut ends).await;
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let after = sluice_shard::stats::snapshot();
+            let groups = rounds * parts.len() as u64;
+            let what = format!("fill rate {fill_rate}, shared_flush {shared_flush}");
+            assert_eq!(after.shared_flushes, before.shared_flushes, "{what}");
+            assert_eq!(after.fdatasyncs - before.fdatasyncs, groups, "{what}");
+        }
+        for (p, &end) in parts.iter().zip(&ends) {
+            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+        }
+        store.close_all().await.expect("close");
+    });
+}
+
+/// Zeros filled ahead with a gap before them (so the next appends do not wait
+/// for the fill) do not make that gap stable: appends into it are still
+/// first writes of their blocks and take their own `fdatasync`.
+#[test]
+fn appends_into_the_gap_before_a_fill_take_their_own_fdatasync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        sluice_shard::partition::set_zero_fill_rate(1 << 30);
+        let (store, parts) = open_many(&path, 1).await;
+        let p = &parts[0];
+        let before = sluice_shard::stats::snapshot();
+        // 20 x 5 KB: inside the 256 KiB before the first fill.
+        let mut end = 0u64;
+        for _ in 0..20 {
+            let batch = landing::land(&make_batch(end, 5, 1000, 1000 + end as i64));
+            let at = p.append(batch.expect("landed"), Durability::Flushed).await;
+            assert_eq!(at.expect("append").base_offset, end as i64);
+            end += 5;
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let after = sluice_shard::stats::snapshot();
+        assert!(after.zeros_filled > before.zeros_filled, "a fill ran");
+        assert_eq!(after.shared_flushes, before.shared_flushes);
+        assert_eq!(after.fdatasyncs - before.fdatasyncs, 20);
+        assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+        store.close_all().await.expect("close");
+    });
+}

@@ -1,0 +1,159 @@
+//! Device flushes shared by a shard's partitions.
+//!
+//! An `acks=all` append is answered once an `fdatasync` that began after its
+//! direct-I/O write completed has finished. Done per partition, a produce
+//! request spread over four partitions of a shard costs four `fdatasync`s,
+//! each an io-wq hand-off, a device cache flush and a wake-up, although one
+//! device cache flush makes every write completed before it durable.
+//!
+//! What one flush cannot cover is metadata: a write into blocks that
+//! `fallocate` left unwritten, or one that moves the file's size, needs its
+//! own file's `fdatasync` to write the change (the extent blocks and inode,
+//! or the journal commit that holds them). So a
+//! partition shares a flush only for a group whose written blocks all lie
+//! below the segment's `stable_to`: the prefix of the file whose blocks were
+//! written, inside the file's size, before an `fdatasync` of that file began
+//! (and finished). Everything else takes the partition's own `fdatasync`,
+//! which moves `stable_to` on (see `partition::flusher_loop`). With zeros
+//! filled ahead of the data (`partition::fill_ahead`) a steadily appending
+//! partition takes its own flush about once per filled MiB.
+//!
+//! A shared flush is an `fdatasync` of one of the waiting files: on ext4 and
+//! XFS that flushes the device's write cache even when the file has no
+//! metadata to write. Files elsewhere (another file system kind, or one
+//! whose writes do not bypass the page cache, as in ext4's `data=journal`)
+//! never share: [`shared_flush_device`] says `None` for them.
+//!
+//! Rounds: the first waiter starts one; every waiter that arrives before its
+//! `fdatasync` is issued (the tasks already runnable in the same executor
+//! pass) joins it; those arriving while it is in flight make the next round.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use glommio::io::DmaFile;
+
+use crate::partition::StorageError;
+use crate::stats;
+
+const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+    static ROUNDS: RefCell<HashMap<u64, Round>> = RefCell::new(HashMap::new());
+}
+
+/// Lets the calling shard's partitions share device flushes (the default),
+/// or makes each flush its own file's `fdatasync`.
+pub fn set_shared_flush(enabled: bool) {
+    ENABLED.set(enabled);
+}
+
+pub(crate) fn enabled() -> bool {
+    ENABLED.get()
+}
+
+/// The device a flush of `file` may be shared on: its `st_dev`, when the
+/// file system is ext4 or XFS and the file's direct-I/O writes really
+/// bypass the page cache (`statx` reports a direct-I/O alignment).
+pub(crate) fn shared_flush_device(file: &DmaFile) -> Option<u64> {
+    shared_flush_device_of(file.as_raw_fd())
+}
+
+/// [`shared_flush_device`] of any open file: whether files like it (in the
+/// same directory) may share flushes.
+pub fn shared_flush_device_of(fd: std::os::fd::RawFd) -> Option<u64> {
+    // SAFETY: plain syscalls on an open descriptor, into zeroed structs.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
+        return None;
+    }
+    if !matches!(fs.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC) {
+        return None;
+    }
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = c"";
+    let rc = unsafe {
+        libc::statx(
+            fd,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some(libc::makedev(stx.stx_dev_major, stx.stx_dev_minor))
+}
+
+#[derive(Default)]
+struct Round {
+    /// A round's `fdatasync` is in flight (or about to be issued).
+    running: bool,
+    waiting: Vec<Waiter>,
+}
+
+struct Waiter {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Waits for a device cache flush on `dev` issued after this call: every
+/// direct-I/O write to that device completed before the call is durable
+/// when it returns `Ok`. `file` (on `dev`) may be the one flushed.
+pub(crate) async fn flush_device(
+    dev: u64,
+    file: Rc<DmaFile>,
+    path: PathBuf,
+) -> Result<(), StorageError> {
+    let (done, rx) = oneshot::channel();
+    let start = ROUNDS.with(|r| {
+        let mut r = r.borrow_mut();
+        let round = r.entry(dev).or_default();
+        round.waiting.push(Waiter { file, path, done });
+        !std::mem::replace(&mut round.running, true)
+    });
+    if start {
+        // Spawned, not run here: the tasks already woken in this pass (the
+        // other partitions' flushers) run first and join the round.
+        glommio::spawn_local(flush_rounds(dev)).detach();
+    }
+    match rx.await {
+        Ok(result) => result,
+        Err(_) => Err(StorageError("the shard's flush task ended".into())),
+    }
+}
+
+async fn flush_rounds(dev: u64) {
+    loop {
+        let waiting = ROUNDS.with(|r| {
+            let mut r = r.borrow_mut();
+            let Some(round) = r.get_mut(&dev) else {
+                return Vec::new();
+            };
+            if round.waiting.is_empty() {
+                round.running = false;
+            }
+            std::mem::take(&mut round.waiting)
+        });
+        let Some(first) = waiting.first() else { return };
+        let result = first
+            .file
+            .fdatasync()
+            .await
+            .map_err(|e| StorageError::io("fdatasync", &first.path, e));
+        stats::add_fdatasyncs(1);
+        stats::add_shared_flushes(waiting.len() as u64);
+        for w in waiting {
+            let _ = w.done.send(result.clone());
+        }
+    }
+}
