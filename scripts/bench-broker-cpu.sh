@@ -68,5 +68,5 @@ awk -v t0="$t0" -v t1="$t1" -v m0="$m0" -v m1="$m1" -v hwm="$hwm" -v hz="$(getco
   END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0); printf "machine busy %.2f CPU-s (broker, generator and kernel threads)\n", (m1 - m0) / hz; printf "broker peak RSS %.0f MiB\n", hwm / 1024 }
 ' "$dir/bench.out"
 awk '/^sluice_(fdatasyncs|shared_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
-  END { for (n in t) printf "%s %d\n", n, t[n] }' "$dir/metrics.txt" | sort
+  END { for (n in t) printf "%s %.0f\n", n, t[n] }' "$dir/metrics.txt" | sort
 echo "run directory: $dir"
