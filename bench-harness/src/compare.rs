@@ -272,11 +272,16 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         tools: !args.no_kafka_tools,
     };
     let started = Instant::now();
+    let probe_dir = std::env::temp_dir();
+    let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
     let mut runs = Vec::new();
     for broker in [Broker::Kafka, Broker::Sluice] {
         eprintln!("compare: === {} ===", broker.name());
         runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
     }
+    probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
+    let disk_note = disk_note(&probe_dir, &probes);
+    eprintln!("compare: {disk_note}");
     if let Ok(c) = &cgroup {
         c.remove();
     }
@@ -289,6 +294,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         workloads: &workloads,
         runs: &runs,
         memory_note,
+        disk_note,
         budget: runs.iter().find_map(|r| r.memory_budget),
         took: started.elapsed(),
     };
@@ -1113,6 +1119,8 @@ struct Summary<'a> {
     workloads: &'a [Workload],
     runs: &'a [BrokerRun],
     memory_note: String,
+    /// What [`disk_probe`] measured before and after the runs.
+    disk_note: String,
     budget: Option<u64>,
     took: Duration,
 }
@@ -1227,6 +1235,7 @@ impl Summary<'_> {
             self.memory_note
         );
         let _ = writeln!(md, "## Machine\n\n```\n{}```\n", machine());
+        let _ = writeln!(md, "{}\n", self.disk_note);
         let _ = writeln!(md, "## Workloads\n");
         for w in self.workloads {
             let _ = writeln!(md, "- **({})** {}", w.id, w.what);
@@ -1369,11 +1378,12 @@ impl Summary<'_> {
             ));
         }
         format!(
-            "{{\"date\":{},\"duration_s\":{},\"cpus\":{},\"memory\":{},\"runs\":[{}]}}\n",
+            "{{\"date\":{},\"duration_s\":{},\"cpus\":{},\"memory\":{},\"disk\":{},\"runs\":[{}]}}\n",
             json_str(&utc_now()),
             self.setup.duration_s,
             json_str(&self.setup.cpus),
             json_str(&self.memory_note),
+            json_str(&self.disk_note),
             runs.join(",")
         )
     }
@@ -1460,6 +1470,77 @@ fn utc_now() -> String {
         .unwrap_or_default()
 }
 
+/// MiB each disk probe writes, each way.
+const PROBE_MIB: usize = 512;
+
+/// Writes `mib` MiB into a file in `dir` twice, 1 MiB at a time: through the
+/// page cache then `fsync` (as Kafka writes), and with `O_DIRECT` then
+/// `fsync` (as Sluice writes). Returns MB/s of each; the file is removed.
+fn disk_probe(dir: &Path, mib: usize) -> std::io::Result<(f64, f64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const CHUNK: usize = 1 << 20;
+    let layout = std::alloc::Layout::from_size_align(CHUNK, 4096)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let ptr = unsafe { std::alloc::alloc(layout) };
+    if ptr.is_null() {
+        return Err(std::io::Error::other("out of memory for the probe buffer"));
+    }
+    // SAFETY: `ptr` holds CHUNK bytes, written before they are read.
+    let buf = unsafe {
+        std::ptr::write_bytes(ptr, 0x5a, CHUNK);
+        std::slice::from_raw_parts(ptr, CHUNK)
+    };
+    let path = dir.join(format!("sluice-bench-disk-probe-{}", std::process::id()));
+    let write_all = |direct: bool| -> std::io::Result<f64> {
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let mut file = opts.open(&path)?;
+        let t = Instant::now();
+        for _ in 0..mib {
+            file.write_all(buf)?;
+        }
+        file.sync_all()?;
+        Ok((mib * CHUNK) as f64 / t.elapsed().as_secs_f64() / 1e6)
+    };
+    let result = write_all(false).and_then(|buffered| Ok((buffered, write_all(true)?)));
+    let _ = fs::remove_file(&path);
+    // SAFETY: allocated above with `layout`; `buf` is not used after this.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    result
+}
+
+/// The disk probes as a sentence for the report.
+fn disk_note(dir: &Path, probes: &[(&str, std::io::Result<(f64, f64)>)]) -> String {
+    let mut note = format!(
+        "Disk probe ({PROBE_MIB} MiB written to {} in 1 MiB writes, then fsync):",
+        dir.display()
+    );
+    for (when, probe) in probes {
+        match probe {
+            Ok((buffered, direct)) => {
+                let _ = write!(
+                    note,
+                    " {when}, through the page cache {buffered:.0} MB/s, direct {direct:.0} MB/s;"
+                );
+            }
+            Err(e) => {
+                let _ = write!(note, " {when}, failed: {e};");
+            }
+        }
+    }
+    note.pop();
+    note.push_str(
+        ". Kafka writes through the page cache and Sluice with direct I/O: where the first \
+         figure is far below the second, this machine's page cache is slow (a memory balloon \
+         giving pages back to the host, for one) and Kafka's figures suffer more than Sluice's.",
+    );
+    note
+}
+
 /// `nproc`, `free -h`, `df -h` of the temp dir, the CPU model.
 fn machine() -> String {
     let mut out = String::new();
@@ -1483,6 +1564,24 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_probe_measures_both_ways_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let probe = disk_probe(dir.path(), 4);
+        let (buffered, direct) = match probe {
+            Ok(rates) => rates,
+            // A file system without O_DIRECT (tmpfs on old kernels) says so.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+            Err(e) => panic!("probe: {e}"),
+        };
+        assert!(buffered.is_finite() && buffered > 0.0);
+        assert!(direct.is_finite() && direct > 0.0);
+        let left = fs::read_dir(dir.path()).expect("dir").count();
+        assert_eq!(left, 0, "the probe file is removed");
+        let note = disk_note(dir.path(), &[("before", Ok((239.4, 1650.0)))]);
+        assert!(note.contains("before, through the page cache 239 MB/s, direct 1650 MB/s."));
+    }
 
     #[test]
     fn cpu_lists_count() {

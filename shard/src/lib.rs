@@ -106,6 +106,19 @@
 //! A direct-I/O write bypasses the page cache: once it completes, the data is
 //! on the device and survives any crash of the process. `fdatasync` is added
 //! for `acks=all` (and by `flush.ms`) so the device's own cache is flushed too.
+//!
+//! One device cache flush makes every direct-I/O write completed before it
+//! durable, whichever file it went to, as long as no file metadata had to be
+//! written for it. So a group written over blocks of its segment that were
+//! already written and flushed (below `stable_to`) waits for a flush shared
+//! with the shard's other partitions on that device (`flush`), and a group
+//! that converted unwritten blocks or moved the file's size waits for its
+//! own file's `fdatasync`, which makes what was written before it stable.
+//! Measured (2026-12-06, docs/benchmarks.md): four partitions appended at
+//! once over filled blocks took 2 `fdatasync`s for 4 flushed writes; in the
+//! benchmark matrix each produce request goes to one partition and the
+//! shared rounds rarely hold more than one, so broker CPU per GB there moved
+//! within noise.
 
 pub mod cache;
 pub mod compaction;
