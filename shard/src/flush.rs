@@ -20,9 +20,10 @@
 //!
 //! A shared flush is an `fdatasync` of one of the waiting files: on ext4 and
 //! XFS that flushes the device's write cache even when the file has no
-//! metadata to write. Files elsewhere (another file system kind, or one
-//! whose writes do not bypass the page cache, as in ext4's `data=journal`)
-//! never share: [`shared_flush_device`] says `None` for them.
+//! metadata to write. Files elsewhere (another file system kind, one whose
+//! writes do not bypass the page cache, as in ext4's `data=journal`, or an
+//! XFS realtime file, whose data is on another device) never share:
+//! [`shared_flush_device`] says `None` for them.
 //!
 //! Rounds: the first waiter starts one; every waiter that arrives before its
 //! `fdatasync` is issued (the tasks already runnable in the same executor
@@ -73,8 +74,12 @@ pub fn shared_flush_device_of(fd: std::os::fd::RawFd) -> Option<u64> {
     if unsafe { libc::fstatfs(fd, &mut fs) } != 0 {
         return None;
     }
-    if !matches!(fs.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC) {
-        return None;
+    match fs.f_type as i64 {
+        EXT4_SUPER_MAGIC => {}
+        // A realtime file's data lives on another device than the one its
+        // fdatasync flushes when it has no metadata to log.
+        XFS_SUPER_MAGIC if !xfs_realtime(fd)? => {}
+        _ => return None,
     }
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     let empty = c"";
@@ -91,6 +96,34 @@ pub fn shared_flush_device_of(fd: std::os::fd::RawFd) -> Option<u64> {
         return None;
     }
     Some(libc::makedev(stx.stx_dev_major, stx.stx_dev_minor))
+}
+
+/// Whether an XFS file is a realtime one (`FS_XFLAG_REALTIME`); `None`
+/// when the file system does not say.
+fn xfs_realtime(fd: std::os::fd::RawFd) -> Option<bool> {
+    /// `struct fsxattr`, what `FS_IOC_FSGETXATTR` fills in.
+    #[repr(C)]
+    struct FsXattr {
+        xflags: u32,
+        extsize: u32,
+        nextents: u32,
+        projid: u32,
+        cowextsize: u32,
+        pad: [u8; 8],
+    }
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+    const FS_XFLAG_REALTIME: u32 = 0x1;
+    let mut attr = FsXattr {
+        xflags: 0,
+        extsize: 0,
+        nextents: 0,
+        projid: 0,
+        cowextsize: 0,
+        pad: [0; 8],
+    };
+    // SAFETY: the ioctl fills a `struct fsxattr`, which `attr` is.
+    let rc = unsafe { libc::ioctl(fd, FS_IOC_FSGETXATTR as _, &mut attr) };
+    (rc == 0).then_some(attr.xflags & FS_XFLAG_REALTIME != 0)
 }
 
 #[derive(Default)]
@@ -154,6 +187,26 @@ async fn flush_rounds(dev: u64) {
         stats::add_shared_flushes(waiting.len() as u64);
         for w in waiting {
             let _ = w.done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ioctl number and struct match the kernel's: ext4 and XFS answer
+    /// `FS_IOC_FSGETXATTR`, and a new file is not a realtime one.
+    #[test]
+    fn a_new_file_on_ext4_or_xfs_is_not_realtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::File::create(dir.path().join("f")).expect("file");
+        let fd = file.as_raw_fd();
+        // SAFETY: a plain syscall into a zeroed struct.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::fstatfs(fd, &mut fs) }, 0);
+        if matches!(fs.f_type as i64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC) {
+            assert_eq!(xfs_realtime(fd), Some(false));
         }
     }
 }
