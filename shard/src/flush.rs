@@ -25,12 +25,14 @@
 //! XFS realtime file, whose data is on another device) never share:
 //! [`shared_flush_device`] says `None` for them.
 //!
-//! Rounds: the first waiter starts one; every waiter that arrives before its
-//! `fdatasync` is issued (the tasks already runnable in the same executor
-//! pass) joins it; those arriving while it is in flight make the next round.
+//! Rounds: the first waiter starts one. Before its `fdatasync` is issued the
+//! round waits for the flushed writes already under way on the shard (the
+//! other partitions of the same produce request, typically), so their
+//! groups join it; that wait is at most one write long and needs no timer.
+//! Waiters arriving while the `fdatasync` is in flight make the next round.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -47,6 +49,83 @@ const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
     static ROUNDS: RefCell<HashMap<u64, Round>> = RefCell::new(HashMap::new());
+    static WRITES: RefCell<Writes> = RefCell::new(Writes::default());
+}
+
+/// The shard's flushed writes under way, by the order they began.
+#[derive(Default)]
+struct Writes {
+    next: u64,
+    in_flight: BTreeSet<u64>,
+    /// Woken once no write numbered below theirs is in flight.
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+/// A flushed write under way on this shard, from just before its I/O is
+/// issued until its group is handed to the flusher (dropped).
+pub(crate) struct WriteInFlight(u64);
+
+impl WriteInFlight {
+    pub(crate) fn begin() -> WriteInFlight {
+        WRITES.with(|w| {
+            let mut w = w.borrow_mut();
+            let seq = w.next;
+            w.next += 1;
+            w.in_flight.insert(seq);
+            WriteInFlight(seq)
+        })
+    }
+}
+
+impl Drop for WriteInFlight {
+    fn drop(&mut self) {
+        let ready = WRITES.try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.in_flight.remove(&self.0);
+            let oldest = w.in_flight.first().copied().unwrap_or(u64::MAX);
+            let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut w.waiters)
+                .into_iter()
+                .partition(|(upto, _)| *upto <= oldest);
+            w.waiters = wait;
+            ready
+        });
+        for (_, done) in ready.unwrap_or_default() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Lets every task already runnable run before this one goes on.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Waits until every flushed write that began before this call is done.
+async fn writes_under_way_done() {
+    let wait = WRITES.with(|w| {
+        let mut w = w.borrow_mut();
+        let upto = w.next;
+        match w.in_flight.first() {
+            Some(&oldest) if oldest < upto => {
+                let (done, rx) = oneshot::channel();
+                w.waiters.push((upto, done));
+                Some(rx)
+            }
+            _ => None,
+        }
+    });
+    if let Some(rx) = wait {
+        let _ = rx.await;
+    }
 }
 
 /// Lets the calling shard's partitions share device flushes (the default),
@@ -167,6 +246,13 @@ pub(crate) async fn flush_device(
 
 async fn flush_rounds(dev: u64) {
     loop {
+        let pending = ROUNDS.with(|r| r.borrow().get(&dev).is_some_and(|r| !r.waiting.is_empty()));
+        if pending {
+            // Flushers already woken (by writes done in this executor pass)
+            // run first, and writes under way now may bring groups too.
+            yield_once().await;
+            writes_under_way_done().await;
+        }
         let waiting = ROUNDS.with(|r| {
             let mut r = r.borrow_mut();
             let Some(round) = r.get_mut(&dev) else {

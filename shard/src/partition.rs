@@ -1699,6 +1699,9 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     };
     let size = write_pos + tail.len() as u64;
     preallocate(p, &file, &path, size + room).await;
+    // Held until the group is with the flusher: a shared flush round waits
+    // for it (`flush`).
+    let _in_flight = needs_flush.then(crate::flush::WriteInFlight::begin);
     let written = match write_landed(&file, size, zeroed_to, &tail, &group, epoch).await {
         Some(written) => written,
         None => {

@@ -659,8 +659,9 @@ fn shares_flushes(dir: &std::path::Path) -> bool {
 }
 
 /// Flushed appends to several partitions of one shard, written over zeros
-/// filled (and flushed) earlier, share device flushes: fewer `fdatasync`s
-/// than flushed writes. After a crash every record reads back.
+/// filled (and flushed) earlier, share device flushes: appends written
+/// together make one round, one `fdatasync`. After a crash every record
+/// reads back.
 #[test]
 fn flushed_appends_over_stable_blocks_share_device_flushes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -693,8 +694,9 @@ fn flushed_appends_over_stable_blocks_share_device_flushes() {
         );
         let groups = rounds * parts.len() as u64;
         assert!(shared >= groups / 2, "{shared} of {groups} flushes shared");
+        // One round per batch of appends (20 here), with some slack.
         assert!(
-            syncs < groups,
+            syncs <= groups / 3,
             "{syncs} fdatasyncs for {groups} flushed writes"
         );
         drop((store, parts));
