@@ -234,8 +234,8 @@ pub(crate) async fn flush_device(
         !std::mem::replace(&mut round.running, true)
     });
     if start {
-        // Spawned, not run here: the tasks already woken in this pass (the
-        // other partitions' flushers) run first and join the round.
+        // One task per device runs the rounds while there are waiters; it
+        // lets the other flushers woken in this pass join first.
         glommio::spawn_local(flush_rounds(dev)).detach();
     }
     match rx.await {
