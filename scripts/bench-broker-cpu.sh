@@ -22,24 +22,8 @@ bin=${SLUICE_BIN:-target/release/sluice}
 bench=target/release/sluice-bench
 [ -x "$bin" ] && [ -x "$bench" ] || { echo "build first: cargo build --release -p sluice-broker -p sluice-bench-harness" >&2; exit 1; }
 dir=$(mktemp -d /tmp/sluice-cpu.XXXXXX)
-base=$((20000 + RANDOM % 10000))
-cat > "$dir/sluice.toml" <<TOML
-[broker]
-metrics_addr = "127.0.0.1:$((base + 10))"
-native_addr = "127.0.0.1:$base"
-native_shard_port_base = $((base + 1))
-kafka_addr = "127.0.0.1:$((base + 20))"
-kafka_shard_port_base = $((base + 21))
-group_initial_rebalance_delay_ms = 0
-${SLUICE_EXTRA:-}
-TOML
-taskset -c "${SLUICE_CPUS:-0-1}" "$bin" serve --config "$dir/sluice.toml" --data-dir "${SLUICE_DATA:-$dir/data}" \
-  >"$dir/broker.out" 2>"$dir/broker.log" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "${SLUICE_DATA:-$dir/data}"' EXIT
-for _ in $(seq 1 100); do grep -q "sluice ready" "$dir/broker.out" && break; sleep 0.1; done
-grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1; }
-boot="127.0.0.1:$((base + 20))"
+. scripts/sluice-broker.sh
+start_sluice "$dir" "${SLUICE_DATA:-$dir/data}"
 "$bench" "$@" --bootstrap "$boot" --topic warm --duration-s 3 >/dev/null
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 # Busy ticks of the whole machine (everything but idle and iowait): work the
@@ -59,7 +43,7 @@ t1=$(cpu)
 m1=$(machine)
 hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
 # The broker's counters after the run (both topics), summed over shards.
-curl -s "http://127.0.0.1:$((base + 10))/metrics" >"$dir/metrics.txt" 2>/dev/null || true
+curl -s "$metrics" >"$dir/metrics.txt" 2>/dev/null || true
 [ -n "$perf_pid" ] && wait "$perf_pid" 2>/dev/null || true
 # Bytes moved: each throughput row's MB/s times its window (produced and consumed).
 awk -v t0="$t0" -v t1="$t1" -v m0="$m0" -v m1="$m1" -v hwm="$hwm" -v hz="$(getconf CLK_TCK)" '
@@ -67,6 +51,5 @@ awk -v t0="$t0" -v t1="$t1" -v m0="$m0" -v m1="$m1" -v hwm="$hwm" -v hz="$(getco
   { print }
   END { cpu = (t1 - t0) / hz; printf "broker cpu %.2f s, moved %.3f GB, %.3f cpu-s/GB\n", cpu, gb, (gb > 0 ? cpu / gb : 0); printf "machine busy %.2f CPU-s (broker, generator and kernel threads)\n", (m1 - m0) / hz; printf "broker peak RSS %.0f MiB\n", hwm / 1024 }
 ' "$dir/bench.out"
-awk '/^sluice_(fdatasyncs|shared_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
-  END { for (n in t) printf "%s %.0f\n", n, t[n] }' "$dir/metrics.txt" | sort
+flush_counters <"$dir/metrics.txt"
 echo "run directory: $dir"

@@ -11,7 +11,8 @@
 # 1 KiB records, acks=all, linger.ms=1, the client's other defaults. The
 # broker runs under `taskset -c 0-1` (SLUICE_CPUS) with the embedded
 # defaults plus any [broker] lines in $SLUICE_EXTRA (for example
-# 'shared_flush = false'). Needs a release build and Java 17.
+# 'shared_flush = false'; see scripts/sluice-broker.sh). Needs a release
+# build and Java 17.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 partitions=${1:-16}
@@ -21,23 +22,8 @@ bin=${SLUICE_BIN:-target/release/sluice}
 scripts/kafka-peer.sh fetch >/dev/null
 cp="$(scripts/kafka-peer.sh classpath)"
 dir=$(mktemp -d /tmp/sluice-java.XXXXXX)
-base=$((30000 + RANDOM % 10000))
-cat > "$dir/sluice.toml" <<TOML
-[broker]
-metrics_addr = "127.0.0.1:$((base + 10))"
-native_addr = "127.0.0.1:$base"
-native_shard_port_base = $((base + 1))
-kafka_addr = "127.0.0.1:$((base + 20))"
-kafka_shard_port_base = $((base + 21))
-${SLUICE_EXTRA:-}
-TOML
-taskset -c "${SLUICE_CPUS:-0-1}" "$bin" serve --config "$dir/sluice.toml" --data-dir "$dir/data" \
-  >"$dir/broker.out" 2>"$dir/broker.log" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/data"' EXIT
-for _ in $(seq 1 100); do grep -q "sluice ready" "$dir/broker.out" && break; sleep 0.1; done
-grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1; }
-boot="127.0.0.1:$((base + 20))"
+. scripts/sluice-broker.sh
+start_sluice "$dir" "$dir/data"
 java -Xmx256m -cp "$cp" org.apache.kafka.tools.TopicCommand --bootstrap-server "$boot" \
   --create --topic java-producer --partitions "$partitions" --replication-factor 1 >"$dir/topic.out" 2>&1
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
@@ -50,7 +36,5 @@ tail -1 "$dir/producer.out"
 awk -v t0="$t0" -v t1="$t1" -v n="$records" -v hz="$(getconf CLK_TCK)" 'BEGIN {
   cpu = (t1 - t0) / hz; gb = n * 1024 / 1e9
   printf "broker cpu %.2f s, produced %.3f GB, %.3f cpu-s/GB\n", cpu, gb, cpu / gb }'
-curl -s "http://127.0.0.1:$((base + 10))/metrics" |
-  awk '/^sluice_(fdatasyncs|shared_flushes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
-    END { for (n in t) printf "%s %.0f\n", n, t[n] }' | sort
+curl -s "$metrics" | flush_counters
 echo "run directory: $dir"

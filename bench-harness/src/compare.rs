@@ -1479,18 +1479,9 @@ const PROBE_MIB: usize = 512;
 fn disk_probe(dir: &Path, mib: usize) -> std::io::Result<(f64, f64)> {
     use std::os::unix::fs::OpenOptionsExt;
     const CHUNK: usize = 1 << 20;
-    let layout = std::alloc::Layout::from_size_align(CHUNK, 4096)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // SAFETY: a non-zero size; freed below with the same layout.
-    let ptr = unsafe { std::alloc::alloc(layout) };
-    if ptr.is_null() {
-        return Err(std::io::Error::other("out of memory for the probe buffer"));
-    }
-    // SAFETY: `ptr` holds CHUNK bytes, written before they are read.
-    let buf = unsafe {
-        std::ptr::write_bytes(ptr, 0x5a, CHUNK);
-        std::slice::from_raw_parts(ptr, CHUNK)
-    };
+    let mut mem = crate::sendpath::Mapped::new(CHUNK)?;
+    mem.bytes_mut().fill(0x5a);
+    let buf = mem.bytes();
     let path = dir.join(format!("sluice-bench-disk-probe-{}", std::process::id()));
     let write_all = |direct: bool| -> std::io::Result<f64> {
         let mut opts = fs::OpenOptions::new();
@@ -1508,8 +1499,6 @@ fn disk_probe(dir: &Path, mib: usize) -> std::io::Result<(f64, f64)> {
     };
     let result = write_all(false).and_then(|buffered| Ok((buffered, write_all(true)?)));
     let _ = fs::remove_file(&path);
-    // SAFETY: allocated above with `layout`; `buf` is not used after this.
-    unsafe { std::alloc::dealloc(ptr, layout) };
     result
 }
 

@@ -115,13 +115,14 @@ fn pattern(b: usize, j: usize) -> u8 {
 
 /// Page-aligned anonymous memory that is unmapped, never reused, when
 /// dropped: pages handed to the kernel by reference stay valid.
-struct Mapped {
+/// Page-aligned anonymous memory (usable for `O_DIRECT` writes too).
+pub(crate) struct Mapped {
     ptr: *mut u8,
     len: usize,
 }
 
 impl Mapped {
-    fn new(len: usize) -> io::Result<Mapped> {
+    pub(crate) fn new(len: usize) -> io::Result<Mapped> {
         // SAFETY: an anonymous private mapping, no fixed address.
         let ptr = unsafe {
             libc::mmap(
@@ -142,12 +143,12 @@ impl Mapped {
         })
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `len` bytes mapped readable for the life of `self`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above, and `&mut self` is unique.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }

@@ -647,6 +647,28 @@ async fn append_to_all(parts: &[Rc<Partition>], ends: &mut [u64]) {
     }
 }
 
+/// Runs `rounds` of [`append_to_all`] (each followed by `pause`) and returns
+/// how many `fdatasync`s and shared flushes the shard counted meanwhile.
+async fn flushes_over(
+    parts: &[Rc<Partition>],
+    ends: &mut [u64],
+    rounds: u64,
+    pause: std::time::Duration,
+) -> (u64, u64) {
+    let before = sluice_shard::stats::snapshot();
+    for _ in 0..rounds {
+        append_to_all(parts, ends).await;
+        if !pause.is_zero() {
+            glommio::timer::sleep(pause).await;
+        }
+    }
+    let after = sluice_shard::stats::snapshot();
+    (
+        after.fdatasyncs - before.fdatasyncs,
+        after.shared_flushes - before.shared_flushes,
+    )
+}
+
 /// Whether flushes of files in `dir` may be shared on this machine (ext4 or
 /// XFS, real direct I/O).
 fn shares_flushes(dir: &std::path::Path) -> bool {
@@ -678,22 +700,15 @@ fn flushed_appends_over_stable_blocks_share_device_flushes() {
         let (store, parts) = open_many(&path, 4).await;
         let mut ends = vec![0u64; parts.len()];
         // Past the first fill's gap: the appends then overwrite filled zeros.
-        for _ in 0..16 {
-            append_to_all(&parts, &mut ends).await;
-            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        let before = sluice_shard::stats::snapshot();
+        let pause = std::time::Duration::from_millis(2);
+        flushes_over(&parts, &mut ends, 16, pause).await;
         let rounds = 20;
-        for _ in 0..rounds {
-            append_to_all(&parts, &mut ends).await;
-        }
-        let after = sluice_shard::stats::snapshot();
-        let (syncs, shared) = (
-            after.fdatasyncs - before.fdatasyncs,
-            after.shared_flushes - before.shared_flushes,
-        );
+        let (syncs, shared) = flushes_over(&parts, &mut ends, rounds, Default::default()).await;
         let groups = rounds * parts.len() as u64;
-        assert!(shared >= groups / 2, "{shared} of {groups} flushes shared");
+        assert_eq!(
+            shared, groups,
+            "every flushed write over filled blocks is shared"
+        );
         // One round per batch of appends (20 here), with some slack.
         assert!(
             syncs <= groups / 3,
@@ -722,17 +737,13 @@ fn writes_past_stable_blocks_take_their_own_fdatasync() {
         for (fill_rate, shared_flush) in [(0, true), (1 << 30, false)] {
             sluice_shard::partition::set_zero_fill_rate(fill_rate);
             sluice_shard::flush::set_shared_flush(shared_flush);
-            let before = sluice_shard::stats::snapshot();
             let rounds = 20;
-            for _ in 0..rounds {
-                append_to_all(&parts, &mut ends).await;
-                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            let after = sluice_shard::stats::snapshot();
+            let pause = std::time::Duration::from_millis(2);
+            let (syncs, shared) = flushes_over(&parts, &mut ends, rounds, pause).await;
             let groups = rounds * parts.len() as u64;
             let what = format!("fill rate {fill_rate}, shared_flush {shared_flush}");
-            assert_eq!(after.shared_flushes, before.shared_flushes, "{what}");
-            assert_eq!(after.fdatasyncs - before.fdatasyncs, groups, "{what}");
+            assert_eq!(shared, 0, "{what}");
+            assert_eq!(syncs, groups, "{what}");
         }
         for (p, &end) in parts.iter().zip(&ends) {
             assert_eq!(read_all(p, 0, end as i64).await, end as usize);

@@ -1,0 +1,42 @@
+# Sourced by the benchmark scripts (not run): starts one release Sluice
+# broker for a measurement and stops it when the script exits.
+#
+#   start_sluice DIR DATA_DIR
+#
+# writes DIR/sluice.toml (the embedded defaults, ports from a random base,
+# group_initial_rebalance_delay_ms = 0, plus the [broker] lines in
+# $SLUICE_EXTRA), starts $SLUICE_BIN (default target/release/sluice) under
+# `taskset -c ${SLUICE_CPUS:-0-1}` with its output in DIR/broker.{out,log},
+# waits until it is ready and sets `pid`, `base`, `boot` (its Kafka
+# listener) and `metrics` (its metrics URL). DATA_DIR is deleted at exit.
+
+start_sluice() {
+  local dir=$1 data=$2
+  base=$((20000 + RANDOM % 20000))
+  cat > "$dir/sluice.toml" <<TOML
+[broker]
+metrics_addr = "127.0.0.1:$((base + 10))"
+native_addr = "127.0.0.1:$base"
+native_shard_port_base = $((base + 1))
+kafka_addr = "127.0.0.1:$((base + 20))"
+kafka_shard_port_base = $((base + 21))
+group_initial_rebalance_delay_ms = 0
+${SLUICE_EXTRA:-}
+TOML
+  taskset -c "${SLUICE_CPUS:-0-1}" "${SLUICE_BIN:-target/release/sluice}" serve \
+    --config "$dir/sluice.toml" --data-dir "$data" >"$dir/broker.out" 2>"$dir/broker.log" &
+  pid=$!
+  _sluice_data=$data
+  trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$_sluice_data"' EXIT
+  for _ in $(seq 1 100); do grep -q "sluice ready" "$dir/broker.out" && break; sleep 0.1; done
+  grep -q "sluice ready" "$dir/broker.out" || { cat "$dir/broker.log" >&2; exit 1; }
+  boot="127.0.0.1:$((base + 20))"
+  metrics="http://127.0.0.1:$((base + 10))/metrics"
+}
+
+# The broker's fdatasync and shared-flush counters (and zeros filled),
+# summed over shards, from the metrics text on stdin.
+flush_counters() {
+  awk '/^sluice_(fdatasyncs|shared_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
+    END { for (n in t) printf "%s %.0f\n", n, t[n] }' | sort
+}
