@@ -280,7 +280,11 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
     }
     probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
-    let disk_note = disk_note(&probe_dir, &probes);
+    let disk_note = format!(
+        "{}\n\n{}",
+        storage_note(&probe_dir),
+        disk_note(&probe_dir, &probes)
+    );
     eprintln!("compare: {disk_note}");
     if let Ok(c) = &cgroup {
         c.remove();
@@ -1530,6 +1534,106 @@ fn disk_note(dir: &Path, probes: &[(&str, std::io::Result<(f64, f64)>)]) -> Stri
     note
 }
 
+/// The mount a path lives on, from `/proc/self/mountinfo`.
+#[derive(Debug, PartialEq, Eq)]
+struct Mount {
+    /// `major:minor` of the device.
+    device: String,
+    mount_point: String,
+    options: String,
+    fs_type: String,
+    source: String,
+    /// The file system's own options (`discard`, `data=...`).
+    super_options: String,
+}
+
+/// The entry of `mountinfo` whose mount point holds `path` most closely
+/// (the last such, as later mounts hide earlier ones).
+fn mount_for(mountinfo: &str, path: &Path) -> Option<Mount> {
+    let mut best: Option<Mount> = None;
+    for line in mountinfo.lines() {
+        // id parent major:minor root mount-point options [optional...] - type source super-options
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let head: Vec<&str> = head.split(' ').collect();
+        let tail: Vec<&str> = tail.split(' ').collect();
+        let (Some(device), Some(point), Some(options)) = (head.get(2), head.get(4), head.get(5))
+        else {
+            continue;
+        };
+        let point = point.replace("\\040", " ");
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best
+            .as_ref()
+            .is_some_and(|b| b.mount_point.len() > point.len())
+        {
+            continue;
+        }
+        best = Some(Mount {
+            device: (*device).to_owned(),
+            mount_point: point,
+            options: (*options).to_owned(),
+            fs_type: tail.first().copied().unwrap_or("?").to_owned(),
+            source: tail.get(1).copied().unwrap_or("?").to_owned(),
+            super_options: tail.get(2).copied().unwrap_or("").to_owned(),
+        });
+    }
+    best
+}
+
+/// What the brokers' data directory sits on, for the report: file system,
+/// mount options, whether ext4 keeps a journal, and the device's write
+/// cache and FUA support. These decide what an `fdatasync` costs: with a
+/// volatile write cache each one ends in a cache flush, and ext4 without a
+/// journal writes the file's inode synchronously within it (kernel 6.18
+/// does so on every call).
+fn storage_note(dir: &Path) -> String {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(m) = mount_for(&mountinfo, &dir) else {
+        return format!("Storage under {}: unknown (no mount found).", dir.display());
+    };
+    let sys = PathBuf::from(format!("/sys/dev/block/{}", m.device));
+    let read = |name: &str| {
+        // A partition's queue settings are its disk's.
+        [
+            sys.join("queue").join(name),
+            sys.join("../queue").join(name),
+        ]
+        .iter()
+        .find_map(|p| fs::read_to_string(p).ok())
+        .map_or_else(|| "unknown".to_owned(), |v| v.trim().to_owned())
+    };
+    let journal = match m.fs_type.as_str() {
+        "ext4" => {
+            let name = fs::canonicalize(&sys)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            match Path::new(&format!("/proc/fs/jbd2/{name}-8")).exists() {
+                true => " (with a journal)",
+                false => " (no journal)",
+            }
+        }
+        _ => "",
+    };
+    format!(
+        "Storage under {}: {} on {}{journal}, mounted at {} with {} (file system options {}); \
+         device write cache: {}, FUA: {}.",
+        dir.display(),
+        m.fs_type,
+        m.source,
+        m.mount_point,
+        m.options,
+        m.super_options,
+        read("write_cache"),
+        read("fua"),
+    )
+}
+
 /// `nproc`, `free -h`, `df -h` of the temp dir, the CPU model.
 fn machine() -> String {
     let mut out = String::new();
@@ -1553,6 +1657,54 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_holding_a_path_is_the_longest_match() {
+        let info = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard\n\
+                    30 22 0:27 / /tmp rw,nosuid - tmpfs tmpfs rw,size=10g\n\
+                    31 22 0:28 / /tmpdata rw - xfs /dev/vdb rw\n";
+        let tmp = mount_for(info, Path::new("/tmp/sluice-bench-x")).expect("a mount");
+        assert_eq!(tmp.fs_type, "tmpfs");
+        assert_eq!(tmp.mount_point, "/tmp");
+        let root = mount_for(info, Path::new("/var/lib/x")).expect("a mount");
+        assert_eq!(
+            root,
+            Mount {
+                device: "254:0".into(),
+                mount_point: "/".into(),
+                options: "rw,relatime".into(),
+                fs_type: "ext4".into(),
+                source: "/dev/vda".into(),
+                super_options: "rw,discard".into(),
+            }
+        );
+        // A path component match, not a string prefix: /tmpdata is not /tmp.
+        let data = mount_for(info, Path::new("/tmpdata/a")).expect("a mount");
+        assert_eq!(data.fs_type, "xfs");
+        assert_eq!(mount_for(info, Path::new("relative")), None);
+        // A line without the separator is skipped, not the end of the search.
+        let odd = format!("garbage line\n{info}");
+        assert_eq!(
+            mount_for(&odd, Path::new("/tmp")).map(|m| m.fs_type),
+            Some("tmpfs".into())
+        );
+    }
+
+    #[test]
+    fn the_storage_note_names_the_file_system() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let note = storage_note(dir.path());
+        // SAFETY: `statfs` is plain data; all zeros is a valid value.
+        let mut fs = unsafe { std::mem::zeroed::<libc::statfs>() };
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path and a struct to fill.
+        assert_eq!(unsafe { libc::statfs(path.as_ptr(), &mut fs) }, 0);
+        if fs.f_type == 0xEF53 {
+            assert!(note.contains(": ext4 on "), "{note}");
+            assert!(note.contains("journal)"), "{note}");
+        }
+        assert!(note.contains("write cache: "), "{note}");
+    }
 
     #[test]
     fn the_disk_probe_measures_both_ways_and_leaves_nothing() {
