@@ -8,6 +8,7 @@
 //! sluice_zeros_filled_bytes_total{shard="0"} zeros written ahead of appends
 //! sluice_fdatasyncs_total{shard="0"}       fdatasyncs issued for flushed appends
 //! sluice_shared_flushes_total{shard="0"}   flushed groups that shared a device flush
+//! sluice_anchored_flushes_total{shard="0"} shared flushes issued on the empty anchor file
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -107,7 +108,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 13] = [
+    let series: [Series; 14] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -128,6 +129,9 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_shared_flushes_total", "counter", |m| {
             m.counters.shared_flushes
+        }),
+        ("sluice_anchored_flushes_total", "counter", |m| {
+            m.counters.anchored_flushes
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

@@ -244,6 +244,19 @@ async fn run_shard(
         return;
     };
     let id = senders.peer_id() as u32;
+    if config.broker.shared_flush && std::env::var("SLUICE_ANCHOR").as_deref() != Ok("0") {
+        let dir = data_dir.join("flush-anchors").join(format!("shard-{id}"));
+        match sluice_shard::flush::prepare_anchor(&dir).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(
+                shard = id,
+                "no inode block to itself for a flush anchor: shared flushes sync a segment"
+            ),
+            Err(e) => {
+                tracing::warn!(shard = id, error = %e, "no flush anchor: shared flushes sync a segment")
+            }
+        }
+    }
     let senders = Rc::new(senders);
     crate::router::install(id, senders.clone());
     let shard = match start_shard(config, generation, cluster_id, senders, id).await {

@@ -18,8 +18,13 @@
 //! filled ahead of the data (`partition::fill_ahead`) a steadily appending
 //! partition takes its own flush about once per filled MiB.
 //!
-//! A shared flush is an `fdatasync` of one of the waiting files: on ext4 and
-//! XFS that flushes the device's write cache even when the file has no
+//! A shared flush is an `fdatasync` of the shard's *anchor* on that device
+//! ([`prepare_anchor`]): an empty file with an inode-table block of its
+//! own, so the call writes nothing and is one device cache flush (a
+//! segment's `fdatasync` would also write the segment's inode, dirtied by
+//! every write's mtime, first, on ext4 without a journal). Without an
+//! anchor it is an `fdatasync` of one of the waiting files. On ext4 and XFS
+//! either flushes the device's write cache even when the file has no
 //! metadata to write. Files elsewhere (another file system kind, one whose
 //! writes do not bypass the page cache, as in ext4's `data=journal`, or an
 //! XFS realtime file, whose data is on another device) never share:
@@ -34,7 +39,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use futures_channel::oneshot;
@@ -50,6 +56,130 @@ thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
     static ROUNDS: RefCell<HashMap<u64, Round>> = RefCell::new(HashMap::new());
     static WRITES: RefCell<Writes> = RefCell::new(Writes::default());
+    /// Each device's flush anchor on this shard ([`prepare_anchor`]).
+    static ANCHORS: RefCell<HashMap<u64, Rc<Anchor>>> = RefCell::new(HashMap::new());
+}
+
+/// Inodes in one inode-table block: 16 of 256 bytes (ext4's default inode
+/// size) in a 4 KiB block. Windows of this many inode numbers, aligned as
+/// the inode tables are, each lie in one block.
+const ANCHOR_WINDOW: u64 = 16;
+/// Empty files created per try, and tries, to find a window of inodes held
+/// only by them.
+const ANCHOR_BATCH: usize = 64;
+const ANCHOR_TRIES: usize = 8;
+
+/// Shards make their anchors one at a time, so their files do not
+/// interleave in the inode tables.
+static ANCHOR_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// An empty file whose `fdatasync` is a bare device cache flush: no data,
+/// and an inode-table block no other file's inode lives in.
+struct Anchor {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+}
+
+/// The window (`(inode - 1) / ANCHOR_WINDOW`) whose every inode number is
+/// in `inodes`, if there is one.
+fn owned_window(inodes: &[u64]) -> Option<u64> {
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for &ino in inodes {
+        if ino > 0 {
+            *counts.entry((ino - 1) / ANCHOR_WINDOW).or_default() += 1;
+        }
+    }
+    let mut full: Vec<u64> = counts
+        .into_iter()
+        .filter(|&(_, n)| n == ANCHOR_WINDOW)
+        .map(|(w, _)| w)
+        .collect();
+    full.sort_unstable();
+    full.first().copied()
+}
+
+/// Creates empty files in `dir` (recreated) until a window of
+/// [`ANCHOR_WINDOW`] inodes is all theirs; keeps those, removes the rest,
+/// and returns the first of them (`None` when no window came up).
+fn make_anchor_files(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
+    let _one_at_a_time = ANCHOR_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(StorageError::io("clear", dir, e));
+        }
+        _ => {}
+    }
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create", dir, e))?;
+    let mut made: Vec<(u64, PathBuf)> = Vec::new();
+    let mut window = None;
+    for _ in 0..ANCHOR_TRIES {
+        for _ in 0..ANCHOR_BATCH {
+            let path = dir.join(format!("anchor-{:03}", made.len()));
+            let file =
+                std::fs::File::create(&path).map_err(|e| StorageError::io("create", &path, e))?;
+            let ino = file
+                .metadata()
+                .map_err(|e| StorageError::io("stat", &path, e))?
+                .ino();
+            made.push((ino, path));
+        }
+        let inodes: Vec<u64> = made.iter().map(|(ino, _)| *ino).collect();
+        window = owned_window(&inodes);
+        if window.is_some() {
+            break;
+        }
+    }
+    let in_window = |ino: u64| ino > 0 && Some((ino - 1) / ANCHOR_WINDOW) == window;
+    // The files outside the window go; those inside stay, so no other file
+    // takes an inode of the anchor's block while the broker runs.
+    for (ino, path) in &made {
+        if !in_window(*ino) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(made
+        .into_iter()
+        .find(|(ino, _)| in_window(*ino))
+        .map(|(_, path)| path))
+}
+
+/// Makes this shard's shared flushes `fdatasync` an empty file of their
+/// own in `dir` (recreated; on the data's file system) instead of one of
+/// the waiting segments.
+///
+/// Why: a segment's `fdatasync` also writes the segment's inode whenever it
+/// is dirty, and every write dirties it (its mtime moves once per clock
+/// tick). ext4 without a journal writes that inode's table block
+/// synchronously inside the `fdatasync` (kernel 6.18 does so on every call
+/// where the block is dirty), a device round trip before the cache flush
+/// itself. The writes a shared flush covers need no metadata at all (they
+/// lie below `stable_to`), so the flush may as well be of a file with
+/// nothing to write: empty, and with its inode in a table block that only
+/// holds other empty files made here, so no other file's timestamps dirty
+/// it. Any `fdatasync` on ext4 or XFS ends with a device cache flush
+/// whether or not the file had anything to write.
+///
+/// Returns whether an anchor is in use; `false` when no block of inodes
+/// could be had to itself (the flushes then stay as they were).
+pub async fn prepare_anchor(dir: &Path) -> Result<bool, StorageError> {
+    let Some(path) = make_anchor_files(dir)? else {
+        let _ = std::fs::remove_dir_all(dir);
+        return Ok(false);
+    };
+    let file = DmaFile::open(&path)
+        .await
+        .map_err(|e| StorageError::io("open with O_DIRECT", &path, e))?;
+    let Some(dev) = shared_flush_device(&file) else {
+        let _ = file.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+        return Ok(false);
+    };
+    let anchor = Rc::new(Anchor {
+        file: Rc::new(file),
+        path,
+    });
+    ANCHORS.with(|a| a.borrow_mut().insert(dev, anchor));
+    Ok(true)
 }
 
 /// The shard's flushed writes under way, by the order they began.
@@ -264,12 +394,19 @@ async fn flush_rounds(dev: u64) {
             std::mem::take(&mut round.waiting)
         });
         let Some(first) = waiting.first() else { return };
-        let result = first
-            .file
+        let anchor = ANCHORS.with(|a| a.borrow().get(&dev).cloned());
+        let (file, path) = match &anchor {
+            Some(a) => (&a.file, &a.path),
+            None => (&first.file, &first.path),
+        };
+        let result = file
             .fdatasync()
             .await
-            .map_err(|e| StorageError::io("fdatasync", &first.path, e));
+            .map_err(|e| StorageError::io("fdatasync", path, e));
         stats::add_fdatasyncs(1);
+        if anchor.is_some() {
+            stats::add_anchored_flushes(1);
+        }
         stats::add_shared_flushes(waiting.len() as u64);
         for w in waiting {
             let _ = w.done.send(result.clone());
@@ -280,6 +417,18 @@ async fn flush_rounds(dev: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owned_window_is_one_whose_every_inode_is_ours() {
+        // Inodes 17..=32 are window 1; 1..=16 window 0 (one missing).
+        let mut inodes: Vec<u64> = (2..=32).collect();
+        assert_eq!(owned_window(&inodes), Some(1));
+        inodes.retain(|&i| i != 20);
+        assert_eq!(owned_window(&inodes), None, "a window with a stranger");
+        inodes.extend(1..=1);
+        assert_eq!(owned_window(&inodes), Some(0), "the lowest full window");
+        assert_eq!(owned_window(&[0]), None);
+    }
 
     /// The ioctl number and struct match the kernel's: ext4 and XFS answer
     /// `FS_IOC_FSGETXATTR`, and a new file is not a realtime one.

@@ -15,6 +15,11 @@ thread_local! {
     static ZEROS_FILLED: Cell<u64> = const { Cell::new(0) };
     static FDATASYNCS: Cell<u64> = const { Cell::new(0) };
     static SHARED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+    static ANCHORED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_anchored_flushes(n: u64) {
+    ANCHORED_FLUSHES.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_fdatasyncs(n: u64) {
@@ -61,6 +66,9 @@ pub struct ShardCounters {
     pub fdatasyncs: u64,
     /// Flushes of written groups answered by a shared device flush.
     pub shared_flushes: u64,
+    /// Shared device flushes issued as an `fdatasync` of the shard's empty
+    /// anchor file (`flush::prepare_anchor`), not of a waiting segment.
+    pub anchored_flushes: u64,
 }
 
 pub fn snapshot() -> ShardCounters {
@@ -72,5 +80,6 @@ pub fn snapshot() -> ShardCounters {
         zeros_filled: ZEROS_FILLED.with(Cell::get),
         fdatasyncs: FDATASYNCS.with(Cell::get),
         shared_flushes: SHARED_FLUSHES.with(Cell::get),
+        anchored_flushes: ANCHORED_FLUSHES.with(Cell::get),
     }
 }

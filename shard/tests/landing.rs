@@ -724,6 +724,55 @@ fn flushed_appends_over_stable_blocks_share_device_flushes() {
     });
 }
 
+/// With an anchor prepared, every shared round syncs the anchor (an empty
+/// file whose inode-table block holds only the anchor files), never a
+/// segment, and what was acknowledged reads back after a crash.
+#[test]
+fn shared_flushes_sync_the_anchor_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    if !shares_flushes(&path) {
+        eprintln!(
+            "skipped: {} is not ext4 or XFS with direct I/O",
+            path.display()
+        );
+        return;
+    }
+    run(move || async move {
+        sluice_shard::partition::set_zero_fill_rate(1 << 30);
+        let (store, parts) = open_many(&path, 4).await;
+        let anchors = path.join("flush-anchors");
+        let made = sluice_shard::flush::prepare_anchor(&anchors)
+            .await
+            .expect("anchor");
+        assert!(made, "an inode block to itself among the anchor files");
+        let windows: std::collections::BTreeSet<u64> = std::fs::read_dir(&anchors)
+            .expect("anchor dir")
+            .map(|e| (e.expect("entry").metadata().expect("stat").ino() - 1) / 16)
+            .collect();
+        let files = std::fs::read_dir(&anchors).expect("anchor dir").count();
+        assert_eq!((files, windows.len()), (16, 1), "one whole block of inodes");
+        let mut ends = vec![0u64; parts.len()];
+        let pause = std::time::Duration::from_millis(2);
+        flushes_over(&parts, &mut ends, 16, pause).await;
+        let before = sluice_shard::stats::snapshot();
+        let rounds = 20;
+        let (syncs, shared) = flushes_over(&parts, &mut ends, rounds, Default::default()).await;
+        let anchored = sluice_shard::stats::snapshot().anchored_flushes - before.anchored_flushes;
+        assert_eq!(shared, rounds * parts.len() as u64, "all shared");
+        assert!(syncs > 0);
+        assert_eq!(anchored, syncs, "every round synced the anchor");
+        drop((store, parts));
+        let (store, parts) = open_many(&path, 4).await;
+        for (p, &end) in parts.iter().zip(&ends) {
+            assert_eq!(p.offsets().log_end, end as i64);
+            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+        }
+        store.close_all().await.expect("close");
+    });
+}
+
 /// A write into blocks not yet written and flushed (no zero fill ahead) has
 /// metadata to write: each takes its own file's `fdatasync`. So does every
 /// write with `shared_flush` off.
