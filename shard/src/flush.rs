@@ -65,9 +65,11 @@ thread_local! {
 /// the inode tables are, each lie in one block.
 const ANCHOR_WINDOW: u64 = 16;
 /// Empty files created per try, and tries, to find a window of inodes held
-/// only by them.
+/// only by them (up to 4,096 files). New files first fill the holes deleted
+/// files left in the inode table, so on a file system with much churn the
+/// window can take a few hundred; creating one costs about 4 us here.
 const ANCHOR_BATCH: usize = 64;
-const ANCHOR_TRIES: usize = 8;
+const ANCHOR_TRIES: usize = 64;
 
 /// Shards make their anchors one at a time, so their files do not
 /// interleave in the inode tables.
@@ -114,7 +116,7 @@ fn make_anchor_files(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
     let mut window = None;
     for _ in 0..ANCHOR_TRIES {
         for _ in 0..ANCHOR_BATCH {
-            let path = dir.join(format!("anchor-{:03}", made.len()));
+            let path = dir.join(format!("anchor-{:04}", made.len()));
             let file =
                 std::fs::File::create(&path).map_err(|e| StorageError::io("create", &path, e))?;
             let ino = file
