@@ -184,10 +184,17 @@ impl KafkaClient {
             .with_request_api_version(version)
             .with_correlation_id(correlation)
             .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
-        let mut buf = BytesMut::with_capacity(64);
+        // Sized up front: a produce carries a whole batch, and growing the
+        // buffer by doubling copied it several times over.
+        let header_version = M::header_version(version);
+        let size = header
+            .compute_size(header_version)
+            .and_then(|h| body.compute_size(version).map(|b| h + b))
+            .unwrap_or(64);
+        let mut buf = BytesMut::with_capacity(4 + size);
         buf.extend_from_slice(&[0; 4]);
         header
-            .encode(&mut buf, M::header_version(version))
+            .encode(&mut buf, header_version)
             .map_err(|e| codec_error("encoding a request header", e))?;
         body.encode(&mut buf, version)
             .map_err(|e| codec_error("encoding a request", e))?;
@@ -228,8 +235,16 @@ impl KafkaClient {
                 "a response of {len} bytes (more than {RESPONSE_BYTES_MAX})"
             )));
         }
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body)?;
+        // Read into spare capacity: zeroing a fetch response first cost the
+        // generator a memset of every byte it consumes.
+        let mut body = Vec::with_capacity(len);
+        (&mut self.stream).take(len as u64).read_to_end(&mut body)?;
+        if body.len() != len {
+            return Err(BenchError::new(format!(
+                "connection closed {} bytes into a {len}-byte response",
+                body.len()
+            )));
+        }
         Ok(Bytes::from(body))
     }
 
