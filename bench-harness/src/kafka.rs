@@ -459,6 +459,83 @@ mod tests {
         assert!(negotiate(&missing).is_err());
     }
 
+    /// A one-connection server on 127.0.0.1: it reads one request frame,
+    /// checks that its length prefix covers exactly an ApiVersions request,
+    /// then writes `reply` and closes.
+    fn serve_once(reply: Vec<u8>) -> (TcpStream, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut len = [0u8; 4];
+            conn.read_exact(&mut len).expect("length");
+            let mut frame = vec![0u8; i32::from_be_bytes(len) as usize];
+            conn.read_exact(&mut frame).expect("frame");
+            let mut frame = Bytes::from(frame);
+            let header = RequestHeader::decode(&mut frame, 2).expect("header");
+            assert_eq!(header.request_api_key, ApiKey::ApiVersions as i16);
+            ApiVersionsRequest::decode(&mut frame, API_VERSIONS_VERSION).expect("request");
+            assert!(
+                frame.is_empty(),
+                "the length prefix covers the request exactly"
+            );
+            conn.write_all(&reply).expect("reply");
+        });
+        (TcpStream::connect(addr).expect("connect"), server)
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_whole_response_is_read_and_decoded() {
+        use kafka_protocol::messages::api_versions_response::ApiVersion;
+        let response = ApiVersionsResponse::default().with_api_keys(
+            all(0, 17)
+                .into_iter()
+                .map(|(k, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(k)
+                        .with_min_version(min)
+                        .with_max_version(max)
+                })
+                .collect(),
+        );
+        let mut body = BytesMut::new();
+        ResponseHeader::default()
+            .with_correlation_id(1)
+            .encode(&mut body, 0)
+            .expect("header");
+        response
+            .encode(&mut body, API_VERSIONS_VERSION)
+            .expect("response");
+        let (stream, server) = serve_once(framed(&body));
+        let client = KafkaClient::from_stream(stream).expect("negotiated");
+        server.join().expect("server");
+        assert_eq!(client.versions.fetch, 12);
+        assert_eq!(client.versions.produce, 9);
+    }
+
+    #[test]
+    fn a_response_cut_short_is_a_clear_error() {
+        let mut reply = 100i32.to_be_bytes().to_vec();
+        reply.extend_from_slice(&[0u8; 10]);
+        let (stream, server) = serve_once(reply);
+        let e = KafkaClient::from_stream(stream)
+            .err()
+            .map(|e| e.to_string());
+        server.join().expect("server");
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("connection closed 10 bytes into a 100-byte response")),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn a_produce_request_encodes_with_its_header() {
         use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
