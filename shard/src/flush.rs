@@ -401,8 +401,7 @@ async fn flush_rounds(dev: u64) {
             Some(a) => (&a.file, &a.path),
             None => (&first.file, &first.path),
         };
-        let result = file
-            .fdatasync()
+        let result = crate::uring::fdatasync(file)
             .await
             .map_err(|e| StorageError::io("fdatasync", path, e));
         stats::add_fdatasyncs(1);

@@ -1848,7 +1848,7 @@ async fn own_flush(p: &Partition, groups: &[PendingFlush]) -> Result<(), Storage
                 .filter(|seg| active(seg))
                 .map(written_prefix)
         };
-        let result = file.fdatasync().await;
+        let result = crate::uring::fdatasync(file).await;
         stats::add_fdatasyncs(1);
         result.map_err(|e| StorageError::io("fdatasync", path, e))?;
         if let (Some(prefix), Some(seg)) = (prefix, p.state.borrow_mut().segments.last_mut()) {

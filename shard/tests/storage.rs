@@ -609,3 +609,27 @@ fn appends_written_while_a_flush_runs_are_all_answered_in_order_and_close_waits(
         store.close_all().await.expect("close");
     });
 }
+
+/// A flush through the side ring syncs the file, and reports the kernel's
+/// error: `EBADF` for a descriptor that is not open.
+#[test]
+fn side_ring_fdatasync_syncs_and_reports_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 4096]).expect("file");
+    run(move || async move {
+        let ring = sluice_shard::uring::side_ring().expect("a side ring");
+        let file = glommio::io::DmaFile::open(&path).await.expect("open");
+        sluice_shard::uring::fdatasync(&file)
+            .await
+            .expect("fdatasync through the side ring");
+        // Above any descriptor the process may have open.
+        let not_open = 1 << 30;
+        let err = ring
+            .fdatasync(not_open)
+            .await
+            .expect_err("no such descriptor");
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
+        file.close().await.expect("close");
+    });
+}
