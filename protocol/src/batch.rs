@@ -1051,8 +1051,6 @@ fn read_record_body<'a>(
 pub struct BatchBuilder {
     /// The header placeholder followed by the records written so far.
     buf: Vec<u8>,
-    /// One record's body, built before its length prefix is known.
-    scratch: Vec<u8>,
     base_timestamp_ms: i64,
     max_timestamp_ms: i64,
     records: i32,
@@ -1069,6 +1067,14 @@ fn length_i32(len: usize) -> i32 {
     match i32::try_from(len) {
         Ok(len) => len,
         Err(_) => panic!("{len} bytes cannot be encoded in a record batch"),
+    }
+}
+
+/// The encoded size of [`put_nullable`]'s output.
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint::varint_len(-1),
+        Some(bytes) => varint::varint_len(length_i32(bytes.len())) + bytes.len(),
     }
 }
 
@@ -1095,7 +1101,6 @@ impl BatchBuilder {
         buf.resize(BATCH_HEADER_BYTES, 0);
         BatchBuilder {
             buf,
-            scratch: Vec::new(),
             base_timestamp_ms,
             max_timestamp_ms: base_timestamp_ms,
             records: 0,
@@ -1124,20 +1129,37 @@ impl BatchBuilder {
             self.records < i32::MAX,
             "a batch holds at most i32::MAX records"
         );
-        let body = &mut self.scratch;
-        body.clear();
-        body.push(0); // attributes
-        varint::put_varlong(body, timestamp_ms.wrapping_sub(self.base_timestamp_ms));
-        varint::put_varint(body, self.records);
-        put_nullable(body, key);
-        put_nullable(body, value);
-        varint::put_varint(body, length_i32(headers.len()));
+        // The body's length prefix comes first, so the body is sized before
+        // it is written: each key and value is copied once, straight into
+        // the batch.
+        let delta = timestamp_ms.wrapping_sub(self.base_timestamp_ms);
+        let headers_len: usize = headers
+            .iter()
+            .map(|&(k, v)| nullable_len(Some(k)) + nullable_len(v))
+            .sum();
+        let body_len = 1
+            + varint::varlong_len(delta)
+            + varint::varint_len(self.records)
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint::varint_len(length_i32(headers.len()))
+            + headers_len;
+        let body_len_i32 = length_i32(body_len);
+        let out = &mut self.buf;
+        out.reserve(varint::varint_len(body_len_i32) + body_len);
+        varint::put_varint(out, body_len_i32);
+        let body_at = out.len();
+        out.push(0); // attributes
+        varint::put_varlong(out, delta);
+        varint::put_varint(out, self.records);
+        put_nullable(out, key);
+        put_nullable(out, value);
+        varint::put_varint(out, length_i32(headers.len()));
         for &(header_key, header_value) in headers {
-            put_nullable(body, Some(header_key));
-            put_nullable(body, header_value);
+            put_nullable(out, Some(header_key));
+            put_nullable(out, header_value);
         }
-        varint::put_varint(&mut self.buf, length_i32(self.scratch.len()));
-        self.buf.extend_from_slice(&self.scratch);
+        debug_assert_eq!(out.len() - body_at, body_len, "record body size");
         if self.records == 0 || timestamp_ms > self.max_timestamp_ms {
             self.max_timestamp_ms = timestamp_ms;
         }
@@ -1305,6 +1327,21 @@ mod varint {
 
     pub(super) fn put_varlong(out: &mut Vec<u8>, v: i64) {
         put_unsigned(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// The encoded size of [`put_varint`]'s output.
+    pub(super) fn varint_len(v: i32) -> usize {
+        unsigned_len(u64::from(((v << 1) ^ (v >> 31)) as u32))
+    }
+
+    /// The encoded size of [`put_varlong`]'s output.
+    pub(super) fn varlong_len(v: i64) -> usize {
+        unsigned_len(((v << 1) ^ (v >> 63)) as u64)
+    }
+
+    fn unsigned_len(n: u64) -> usize {
+        // 7 bits a byte; 0 takes one.
+        (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
     }
 
     fn put_unsigned(out: &mut Vec<u8>, mut n: u64) {
@@ -1894,6 +1931,32 @@ mod tests {
             arb_bytes(300),
             proptest::collection::vec(header, 0..4),
         )
+    }
+
+    /// The builder sizes each record body before writing it: the sizes must
+    /// be exactly what the writers write, at every width's edges.
+    #[test]
+    fn varint_sizes_are_what_is_written() {
+        let mut ints = vec![0, 1, -1, i32::MAX, i32::MIN];
+        let mut longs = vec![0i64, 1, -1, i64::MAX, i64::MIN];
+        for bits in 1..32 {
+            let edge = 1i32 << (bits - 1);
+            ints.extend([edge - 1, edge, -edge, -edge - 1]);
+        }
+        for bits in 1..64 {
+            let edge = 1i64 << (bits - 1);
+            longs.extend([edge - 1, edge, -edge, -edge - 1]);
+        }
+        for v in ints {
+            let mut out = Vec::new();
+            varint::put_varint(&mut out, v);
+            assert_eq!(varint::varint_len(v), out.len(), "varint {v}");
+        }
+        for v in longs {
+            let mut out = Vec::new();
+            varint::put_varlong(&mut out, v);
+            assert_eq!(varint::varlong_len(v), out.len(), "varlong {v}");
+        }
     }
 
     proptest! {
