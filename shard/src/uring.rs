@@ -233,13 +233,25 @@ struct InFlight {
     buf: Option<AlignedBuf>,
     /// A write's sources and iovec array.
     _keep: Option<Box<dyn std::any::Any>>,
+    /// Its place among the operations in flight, given back when it is
+    /// reaped (not when the waiting future goes away).
+    _slot: glommio::sync::StaticPermit,
     done: oneshot::Sender<(i32, Option<AlignedBuf>)>,
 }
+
+/// Operations in flight on a side ring at most: as many as its completion
+/// queue holds (twice the submission queue). More would overflow it, and
+/// completions the kernel keeps aside on overflow come back only on a later
+/// `io_uring_enter`, which signals the eventfd no more: their waiters
+/// would wait for ever.
+const IN_FLIGHT_MAX: u64 = 2 * SIDE_RING_ENTRIES as u64;
 
 /// The shard's side ring (`!Send`: one per shard).
 pub struct SideRing {
     ring: RefCell<IoUring>,
     in_flight: RefCell<HashMap<u64, InFlight>>,
+    /// [`IN_FLIGHT_MAX`] places; an operation waits for one.
+    slots: Rc<glommio::sync::Semaphore>,
     next_id: Cell<u64>,
 }
 
@@ -283,6 +295,7 @@ impl SideRing {
         let side = Rc::new(SideRing {
             ring: RefCell::new(ring),
             in_flight: RefCell::new(HashMap::new()),
+            slots: Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX)),
             next_id: Cell::new(0),
         });
         // SAFETY: the task below owns the eventfd from here on.
@@ -366,12 +379,18 @@ impl SideRing {
         buf: Option<AlignedBuf>,
         keep: Option<Box<dyn std::any::Any>>,
     ) -> io::Result<(i32, Option<AlignedBuf>)> {
+        let slot = self
+            .slots
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| io::Error::other(format!("side ring slots: {e}")))?;
         let (done, answer) = oneshot::channel();
         self.in_flight.borrow_mut().insert(
             id,
             InFlight {
                 buf,
                 _keep: keep,
+                _slot: slot,
                 done,
             },
         );

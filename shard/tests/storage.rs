@@ -633,3 +633,30 @@ fn side_ring_fdatasync_syncs_and_reports_errors() {
         file.close().await.expect("close");
     });
 }
+
+/// More flushes in flight on the side ring than its completion queue holds
+/// (1,000 partitions of a shard can each have one): every one succeeds.
+#[test]
+fn side_ring_takes_more_flushes_than_its_queues_hold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 4096]).expect("file");
+    run(move || async move {
+        let file = std::rc::Rc::new(glommio::io::DmaFile::open(&path).await.expect("open"));
+        let n = 4 * sluice_shard::uring::SIDE_RING_ENTRIES as usize;
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let file = file.clone();
+                glommio::spawn_local(async move { sluice_shard::uring::fdatasync(&file).await })
+            })
+            .collect();
+        // A lost completion shows as a wait for ever: bounded here.
+        let all = glommio::timer::timeout(std::time::Duration::from_secs(60), async move {
+            for (i, t) in tasks.into_iter().enumerate() {
+                t.await.unwrap_or_else(|e| panic!("flush {i} of {n}: {e}"));
+            }
+            Ok(())
+        });
+        all.await.expect("every flush answered within 60 s");
+    });
+}
