@@ -3,16 +3,32 @@
 #
 #   start_sluice DIR DATA_DIR
 #
-# writes DIR/sluice.toml (the embedded defaults, ports from a random base,
-# group_initial_rebalance_delay_ms = 0, plus the [broker] lines in
-# $SLUICE_EXTRA), starts $SLUICE_BIN (default target/release/sluice) under
+# writes DIR/sluice.toml (the embedded defaults, ports from a random free
+# base below the ephemeral range, group_initial_rebalance_delay_ms = 0, plus
+# the [broker] lines in $SLUICE_EXTRA), starts $SLUICE_BIN (default target/release/sluice) under
 # `taskset -c ${SLUICE_CPUS:-0-1}` with its output in DIR/broker.{out,log},
 # waits until it is ready and sets `pid`, `base`, `boot` (its Kafka
 # listener) and `metrics` (its metrics URL). DATA_DIR is deleted at exit.
 
 start_sluice() {
   local dir=$1 data=$2
-  base=$((20000 + RANDOM % 20000))
+  # 30 ports below the kernel's ephemeral range (a client's connection can
+  # take a port from that range before the broker binds it), free now.
+  base=$(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    base = random.randrange(10000, low - 30)
+    try:
+        socks = []
+        for p in range(base, base + 30):
+            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
+        print(base); break
+    except OSError:
+        pass
+PY
+)
+  [ -n "$base" ] || { echo "no free ports below the ephemeral range" >&2; exit 1; }
   cat > "$dir/sluice.toml" <<TOML
 [broker]
 metrics_addr = "127.0.0.1:$((base + 10))"

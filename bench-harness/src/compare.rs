@@ -903,16 +903,50 @@ pub fn metric_value(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// `count` consecutive free loopback ports; returns the first.
+/// The kernel's ephemeral port range: outgoing connections take their local
+/// ports from it, so a listener's port drawn from it can be taken by a
+/// client between the check that it is free and the broker's bind.
+fn ephemeral_ports() -> (u16, u16) {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u16>);
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// `count` + 1 consecutive loopback ports, free now, below the ephemeral
+/// range and apart from every run this process was given before; returns
+/// the first.
 fn free_ports(count: u16) -> Result<u16, BenchError> {
-    for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if u32::from(first) + u32::from(count) + 1 >= 65_535 {
+    static GIVEN: std::sync::Mutex<Vec<(u16, u16)>> = std::sync::Mutex::new(Vec::new());
+    let span = count.saturating_add(1);
+    let from = 10_000u16;
+    let to = ephemeral_ports().0.saturating_sub(span);
+    if to <= from {
+        return Err(BenchError::new(
+            "no room for listener ports below the ephemeral port range",
+        ));
+    }
+    // A cheap random walk over the room (no generator needed for this).
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        | 1;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let first = from + (x % u64::from(to - from)) as u16;
+        let last = first + span - 1;
+        if given.iter().any(|&(a, b)| first <= b && a <= last) {
             continue;
         }
-        let all_free =
-            (first..first + count + 1).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
+        if (first..=last).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            given.push((first, last));
             return Ok(first);
         }
     }
@@ -1657,6 +1691,24 @@ fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listener ports for the brokers lie below the ephemeral range (where
+    /// a client's connection could take one before the broker binds it),
+    /// are free, and never overlap a run given before.
+    #[test]
+    fn listener_ports_lie_below_the_ephemeral_range_and_apart() {
+        let (low, _) = ephemeral_ports();
+        let runs: Vec<u16> = (0..8).map(|_| free_ports(20).expect("ports")).collect();
+        for (i, &a) in runs.iter().enumerate() {
+            assert!(a >= 10_000 && a + 20 < low, "{a}..={} below {low}", a + 20);
+            for &b in &runs[i + 1..] {
+                assert!(a + 20 < b || b + 20 < a, "runs at {a} and {b} overlap");
+            }
+            for p in a..=a + 20 {
+                TcpListener::bind(("127.0.0.1", p)).expect("free");
+            }
+        }
+    }
 
     #[test]
     fn the_mount_holding_a_path_is_the_longest_match() {
