@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Alternated A/B of two Sluice builds on one workload, read as paired ratios:
+# on these machines throughput swings by ±12% from one 8-s run to the next,
+# so only pairs run back to back say anything.
+#
+#   scripts/bench-ab.sh PAIRS BUILD_A BUILD_B -- e2e --protocol kafka \
+#       --partitions 8 --record-bytes 1024 --acks all --coordinated-groups
+#
+# Each run is one scripts/bench-broker-cpu.sh (a fresh broker, 3 s of
+# unmeasured load, SLUICE_MEASURE_S measured), A then B, PAIRS times. Prints
+# a row per run (MB/s produced, broker CPU-s per GB moved, produce-ack p50,
+# end-to-end p99/p99.9), then the means and the paired MB/s and CPU ratios
+# A/B with their standard errors. Rows also go to a TSV in /tmp. Needs a
+# release build of sluice-bench (the generator, the same for both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+pairs=$1 a=$2 b=$3
+shift 4
+out=$(mktemp /tmp/sluice-ab.XXXXXX.tsv)
+for i in $(seq 1 "$pairs"); do
+  for bin in "$a" "$b"; do
+    r=$(SLUICE_BIN=$bin scripts/bench-broker-cpu.sh -- "$@" 2>&1) || { echo "run $i of $bin failed:" >&2; echo "$r" | tail -5 >&2; continue; }
+    mbs=$(echo "$r" | awk '/^produced/ {print $4; exit}')
+    cpu=$(echo "$r" | awk '/cpu-s\/GB/ {print $(NF-1); exit}')
+    ack=$(echo "$r" | awk '/^produce_ack/ {print $3; exit}')
+    e2e=$(echo "$r" | awk '/^end_to_end/ {print $5 "/" $6; exit}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$bin" "$mbs" "$cpu" "$ack" "${e2e:--}" | tee -a "$out"
+  done
+done
+awk -F'\t' -v a="$a" -v b="$b" '
+  { mbs[$2] += $3; cpu[$2] += $4; n[$2]++ }
+  $2 == a { am[$1] = $3; ac[$1] = $4 }
+  $2 == b { bm[$1] = $3; bc[$1] = $4 }
+  function paired(x, y, what,   i, r, s, s2, k, m, sd) {
+    for (i in x) if ((i in y) && y[i] > 0) { r = x[i] / y[i]; s += r; s2 += r * r; k++ }
+    if (k < 2) { printf "paired %s ratio: fewer than 2 pairs\n", what; return }
+    m = s / k; sd = sqrt((s2 - k * m * m) / (k - 1))
+    printf "paired %s ratio A/B: %.3f (standard error %.3f, %d pairs)\n", what, m, sd / sqrt(k), k
+  }
+  END {
+    for (x in n) printf "%s: %.1f MB/s, %.3f CPU-s/GB (mean of %d)\n", x, mbs[x] / n[x], cpu[x] / n[x], n[x]
+    paired(am, bm, "MB/s"); paired(ac, bc, "CPU-s/GB")
+  }' "$out"
+echo "rows: $out"
