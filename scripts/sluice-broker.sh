@@ -12,22 +12,8 @@
 
 start_sluice() {
   local dir=$1 data=$2
-  # 30 ports below the kernel's ephemeral range (a client's connection can
-  # take a port from that range before the broker binds it), free now.
-  base=$(python3 - <<'PY'
-import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-for _ in range(500):
-    base = random.randrange(10000, low - 30)
-    try:
-        socks = []
-        for p in range(base, base + 30):
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(base); break
-    except OSError:
-        pass
-PY
-)
+  # Ports below the kernel's ephemeral range, free now.
+  base=$(python3 scripts/free-ports.py 30)
   [ -n "$base" ] || { echo "no free ports below the ephemeral range" >&2; exit 1; }
   cat > "$dir/sluice.toml" <<TOML
 [broker]

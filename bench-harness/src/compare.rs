@@ -929,18 +929,17 @@ fn free_ports(count: u16) -> Result<u16, BenchError> {
             "no room for listener ports below the ephemeral port range",
         ));
     }
-    // A cheap random walk over the room (no generator needed for this).
-    let mut x = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        ^ (u64::from(std::process::id()) << 32)
-        | 1;
+    // Seeded by the clock and the pid: two compares started together draw
+    // different ports.
+    let mut rng = crate::payload::Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32),
+    );
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..500 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let first = from + (x % u64::from(to - from)) as u16;
+        let first = from + rng.below(u64::from(to - from)) as u16;
         let last = first + span - 1;
         if given.iter().any(|&(a, b)| first <= b && a <= last) {
             continue;
