@@ -22,8 +22,10 @@
 //! main ring until the reactor next polls, after the tasks of the current
 //! pass. Measured at workload (a) of docs/benchmarks.md, 14 alternated pairs
 //! in two sets: 3.4% and 8.6% more throughput (paired ratios 1.034 and
-//! 1.086, standard errors 0.014 and 0.017) at the same or lower CPU per GB.
-//! At (b) nine pairs showed no difference in CPU per GB beyond the noise.
+//! 1.086, standard errors 0.014 and 0.017) at the same or lower CPU per GB
+//! (the first set's build also registered an io-wq CPU affinity, since
+//! dropped: it changed no worker's affinity). At (b) nine pairs showed no
+//! difference in CPU per GB beyond the noise.
 //!
 //! Why not splice or zero-copy send: `sluice-bench sendpath` measures every
 //! way of putting bytes a broker holds on a socket, by the sender's CPU per

@@ -610,13 +610,20 @@ fn appends_written_while_a_flush_runs_are_all_answered_in_order_and_close_waits(
     });
 }
 
+/// A fresh directory holding one 4 KiB file (the directory goes with the
+/// first value).
+fn one_block_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 4096]).expect("file");
+    (dir, path)
+}
+
 /// A flush through the side ring syncs the file, and reports the kernel's
 /// error: `EBADF` for a descriptor that is not open.
 #[test]
 fn side_ring_fdatasync_syncs_and_reports_errors() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("f");
-    std::fs::write(&path, vec![7u8; 4096]).expect("file");
+    let (_dir, path) = one_block_file();
     run(move || async move {
         let ring = sluice_shard::uring::side_ring().expect("a side ring");
         let file = glommio::io::DmaFile::open(&path).await.expect("open");
@@ -638,9 +645,7 @@ fn side_ring_fdatasync_syncs_and_reports_errors() {
 /// (1,000 partitions of a shard can each have one): every one succeeds.
 #[test]
 fn side_ring_takes_more_flushes_than_its_queues_hold() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("f");
-    std::fs::write(&path, vec![7u8; 4096]).expect("file");
+    let (_dir, path) = one_block_file();
     run(move || async move {
         let file = std::rc::Rc::new(glommio::io::DmaFile::open(&path).await.expect("open"));
         let n = 4 * sluice_shard::uring::SIDE_RING_ENTRIES as usize;
