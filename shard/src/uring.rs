@@ -27,6 +27,14 @@
 //! dropped: it changed no worker's affinity). At (b) nine pairs showed no
 //! difference in CPU per GB beyond the noise.
 //!
+//! An entry pushed onto the ring runs whenever the kernel is next entered,
+//! so `submit` never returns between its push and its completion: a refusal
+//! to enter the kernel for a passing reason is retried for up to a second,
+//! and anything else gives the ring up for good (it is never entered again,
+//! so nothing left queued on it runs, and the shard falls back to glommio).
+//! Otherwise a write reported failed, after which the append path truncates
+//! and reuses the range, could land later over newer data.
+//!
 //! Why not splice or zero-copy send: `sluice-bench sendpath` measures every
 //! way of putting bytes a broker holds on a socket, by the sender's CPU per
 //! GB (docs/benchmarks.md has the table). On this project's loopback
@@ -248,6 +256,11 @@ struct InFlight {
 /// would wait for ever.
 const IN_FLIGHT_MAX: u64 = 2 * SIDE_RING_ENTRIES as u64;
 
+/// How long `submit` keeps trying to enter the kernel when it refuses for a
+/// passing reason (`EAGAIN`, `EBUSY`, `EINTR`, or entries left unsubmitted)
+/// before it gives the ring up.
+const ENTER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The shard's side ring (`!Send`: one per shard).
 pub struct SideRing {
     ring: RefCell<IoUring>,
@@ -255,6 +268,13 @@ pub struct SideRing {
     /// [`IN_FLIGHT_MAX`] places; an operation waits for one.
     slots: Rc<glommio::sync::Semaphore>,
     next_id: Cell<u64>,
+    /// Set when the kernel could not be entered: the ring is never entered
+    /// again, so entries pushed but not submitted never run.
+    given_up: Cell<bool>,
+    /// Tests: the outcomes of the next kernel entries, in order, instead of
+    /// entering (an errno, or 0 for an entry that submits nothing).
+    #[cfg(test)]
+    refusals: RefCell<std::collections::VecDeque<i32>>,
 }
 
 thread_local! {
@@ -277,7 +297,10 @@ pub fn side_ring() -> Option<Rc<SideRing>> {
                 .ok();
             *slot = Some(ring);
         }
-        slot.as_ref().and_then(Clone::clone)
+        // A ring given up is not handed out: callers fall back to glommio.
+        slot.as_ref()
+            .and_then(Clone::clone)
+            .filter(|ring| !ring.given_up())
     })
 }
 
@@ -299,6 +322,9 @@ impl SideRing {
             in_flight: RefCell::new(HashMap::new()),
             slots: Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX)),
             next_id: Cell::new(0),
+            given_up: Cell::new(false),
+            #[cfg(test)]
+            refusals: RefCell::new(Default::default()),
         });
         // SAFETY: the task below owns the eventfd from here on.
         let events = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
@@ -372,8 +398,19 @@ impl SideRing {
         self.submit(id, entry, None, None).await.map(drop)
     }
 
+    /// Whether the ring was given up (see [`SideRing::enter`]).
+    pub fn given_up(&self) -> bool {
+        self.given_up.get()
+    }
+
     /// Submits `entry` and waits for its completion (a negative result is
     /// the error).
+    ///
+    /// Once pushed, an entry runs whenever the kernel is next entered, by
+    /// this call or any other. So after the push this returns only with the
+    /// completion, or with the ring given up, which guarantees the entry
+    /// never runs: an error never hides a write that lands later (after the
+    /// append path has truncated the file and reused the range).
     async fn submit(
         &self,
         id: u64,
@@ -386,6 +423,9 @@ impl SideRing {
             .acquire_static_permit(1)
             .await
             .map_err(|e| io::Error::other(format!("side ring slots: {e}")))?;
+        if self.given_up() {
+            return Err(gave_up());
+        }
         let (done, answer) = oneshot::channel();
         self.in_flight.borrow_mut().insert(
             id,
@@ -399,14 +439,15 @@ impl SideRing {
         {
             let mut ring = self.ring.borrow_mut();
             // SAFETY: the memory the entry points at stays alive in
-            // `in_flight` until the completion for `id` is reaped.
+            // `in_flight` until the completion for `id` is reaped (or for
+            // good, if the ring is given up with the entry unsubmitted).
             let pushed = unsafe { ring.submission().push(&entry) };
             if pushed.is_err() {
                 self.in_flight.borrow_mut().remove(&id);
                 return Err(io::Error::new(io::ErrorKind::WouldBlock, "side ring full"));
             }
-            ring.submit()?;
         }
+        self.enter().await?;
         let (res, buf) = answer
             .await
             .map_err(|_| io::Error::other("side ring stopped"))?;
@@ -414,6 +455,62 @@ impl SideRing {
             return Err(io::Error::from_raw_os_error(-res));
         }
         Ok((res, buf))
+    }
+
+    /// Enters the kernel until the submission queue is empty. A passing
+    /// refusal (`EAGAIN`, `EBUSY`, `EINTR`, or a partial submission) is
+    /// retried with a growing pause for up to [`ENTER_PATIENCE`]; any other
+    /// error, or running out of patience, gives the ring up: it is never
+    /// entered again, so what is still queued never runs, and its callers'
+    /// errors are true.
+    async fn enter(&self) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(20);
+        loop {
+            if self.given_up() {
+                return Err(gave_up());
+            }
+            let outcome = {
+                let mut ring = self.ring.borrow_mut();
+                self.enter_once(&ring).map(|_| ring.submission().is_empty())
+            };
+            let passing = match &outcome {
+                Ok(true) => return Ok(()),
+                Ok(false) => true,
+                Err(e) => matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                ),
+            };
+            if !passing || started.elapsed() >= ENTER_PATIENCE {
+                self.given_up.set(true);
+                let error = outcome.err();
+                tracing::error!(
+                    error = ?error,
+                    "side ring: cannot submit to the kernel; given up, its queued operations will not run"
+                );
+                return Err(gave_up());
+            }
+            // Completions waiting to be reaped may be what the kernel is
+            // short of (`EBUSY`).
+            self.reap();
+            glommio::timer::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[cfg(not(test))]
+    fn enter_once(&self, ring: &IoUring) -> io::Result<usize> {
+        ring.submit()
+    }
+
+    #[cfg(test)]
+    fn enter_once(&self, ring: &IoUring) -> io::Result<usize> {
+        match self.refusals.borrow_mut().pop_front() {
+            Some(0) => Ok(0),
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => ring.submit(),
+        }
     }
 
     fn reap(&self) {
@@ -429,6 +526,10 @@ impl SideRing {
             }
         }
     }
+}
+
+fn gave_up() -> io::Error {
+    io::Error::other("side ring given up: the kernel refused its submissions")
 }
 
 /// `fdatasync` of `file`: through the shard's side ring when it has one
@@ -483,6 +584,125 @@ mod tests {
         let mut zeroed = AlignedBuf::new(5000).expect("buffer");
         assert_eq!(zeroed.as_mut_slice(5000).len(), 5000);
         assert!(zeroed.as_mut_slice(8192).iter().all(|&b| b == 0));
+    }
+
+    /// Runs `f` on a fresh executor with a fresh side ring, and an
+    /// `O_DIRECT` file of one zeroed 4 KiB block.
+    fn with_ring_and_file<F, Fut>(f: F)
+    where
+        F: FnOnce(Rc<SideRing>, std::fs::File, std::path::PathBuf) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, [0u8; BLOCK_BYTES]).expect("file");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open O_DIRECT");
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let ring = SideRing::start().expect("a side ring");
+                f(ring, file, path).await
+            })
+            .expect("executor starts")
+            .join()
+            .expect("test executor finished");
+        drop(dir);
+    }
+
+    /// One block of `byte`, aligned for direct I/O.
+    fn block_of(byte: u8) -> AlignedBuf {
+        let mut buf = AlignedBuf::new(BLOCK_BYTES).expect("buffer");
+        buf.as_mut_slice(BLOCK_BYTES).fill(byte);
+        buf
+    }
+
+    async fn write_block(ring: &SideRing, fd: RawFd, buf: AlignedBuf) -> io::Result<usize> {
+        let segment = [(buf.as_ptr(), BLOCK_BYTES)];
+        ring.write_vectored(fd, 0, &segment, Box::new(buf)).await
+    }
+
+    /// The kernel refusing to take a submission for a passing reason (and
+    /// once taking none of it) delays a write; it still lands, once.
+    #[test]
+    fn a_refused_submission_is_retried_and_the_write_lands() {
+        with_ring_and_file(|ring, file, path| async move {
+            use std::os::fd::AsRawFd;
+            ring.refusals
+                .borrow_mut()
+                .extend([libc::EAGAIN, libc::EINTR, 0, libc::EBUSY]);
+            let written = write_block(&ring, file.as_raw_fd(), block_of(0x5A))
+                .await
+                .expect("the write, after four refusals");
+            assert_eq!(written, BLOCK_BYTES);
+            assert!(ring.refusals.borrow().is_empty(), "every refusal was met");
+            assert!(!ring.given_up());
+            ring.fdatasync(file.as_raw_fd()).await.expect("fdatasync");
+            let on_disk = std::fs::read(&path).expect("read back");
+            assert!(on_disk.iter().all(|&b| b == 0x5A), "the block was written");
+        });
+    }
+
+    /// A submission the kernel refuses for good gives the ring up: the
+    /// write's caller gets an error, and the write never lands later, even
+    /// when more operations are asked of the ring afterwards (which, before,
+    /// entered the kernel and ran the stranded write with theirs).
+    #[test]
+    fn a_ring_that_cannot_submit_is_given_up_and_its_write_never_lands() {
+        with_ring_and_file(|ring, file, path| async move {
+            use std::os::fd::AsRawFd;
+            ring.refusals.borrow_mut().push_back(libc::EINVAL);
+            let err = write_block(&ring, file.as_raw_fd(), block_of(0xC3))
+                .await
+                .expect_err("the kernel refused the write");
+            assert_ne!(
+                err.kind(),
+                io::ErrorKind::WouldBlock,
+                "not 'nothing written'"
+            );
+            assert!(ring.given_up());
+            let after = ring
+                .fdatasync(file.as_raw_fd())
+                .await
+                .expect_err("a ring given up takes nothing more");
+            assert!(after.to_string().contains("given up"), "{after}");
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            let on_disk = std::fs::read(&path).expect("read back");
+            assert!(
+                on_disk.iter().all(|&b| b == 0),
+                "the refused write never landed"
+            );
+        });
+    }
+
+    /// Passing refusals that outlast [`ENTER_PATIENCE`] give the ring up too.
+    #[test]
+    fn a_ring_refused_for_longer_than_its_patience_is_given_up() {
+        with_ring_and_file(|ring, file, path| async move {
+            use std::os::fd::AsRawFd;
+            // More refusals than fit in a second of pauses (at most 5 ms each).
+            ring.refusals.borrow_mut().extend([libc::EAGAIN; 400]);
+            let started = std::time::Instant::now();
+            let err = write_block(&ring, file.as_raw_fd(), block_of(0x11))
+                .await
+                .expect_err("refused for over a second");
+            assert!(
+                started.elapsed() >= ENTER_PATIENCE,
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(err.to_string().contains("given up"), "{err}");
+            assert!(ring.given_up());
+            let on_disk = std::fs::read(&path).expect("read back");
+            assert!(
+                on_disk.iter().all(|&b| b == 0),
+                "the refused write never landed"
+            );
+        });
     }
 
     #[test]
