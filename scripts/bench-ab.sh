@@ -9,7 +9,7 @@
 # Each run is one scripts/bench-broker-cpu.sh (a fresh broker, 3 s of
 # unmeasured load, SLUICE_MEASURE_S measured), A then B, PAIRS times. Prints
 # a row per run (MB/s produced, broker CPU-s per GB moved, produce-ack p50,
-# end-to-end p99/p99.9), then the means and the paired MB/s and CPU ratios
+# end-to-end p99/p99.9, broker peak RSS in MiB), then the means and the paired MB/s and CPU ratios
 # A/B with their standard errors. Rows also go to a TSV in /tmp. Needs a
 # release build of sluice-bench (the generator, the same for both).
 set -euo pipefail
@@ -25,11 +25,12 @@ for i in $(seq 1 "$pairs"); do
     cpu=$(echo "$r" | awk '/cpu-s\/GB/ {print $(NF-1); exit}')
     ack=$(echo "$r" | awk '/^produce_ack/ {print $3; exit}')
     e2e=$(echo "$r" | awk '/^end_to_end/ {print $5 "/" $6; exit}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$bin" "$mbs" "$cpu" "$ack" "${e2e:--}" | tee -a "$out"
+    rss=$(echo "$r" | awk '/^broker peak RSS/ {print $4; exit}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$bin" "$mbs" "$cpu" "$ack" "${e2e:--}" "${rss:--}" | tee -a "$out"
   done
 done
 awk -F'\t' -v a="$a" -v b="$b" '
-  { mbs[$2] += $3; cpu[$2] += $4; n[$2]++ }
+  { mbs[$2] += $3; cpu[$2] += $4; n[$2]++; if ($7 > rss[$2]) rss[$2] = $7 }
   $2 == a { am[$1] = $3; ac[$1] = $4 }
   $2 == b { bm[$1] = $3; bc[$1] = $4 }
   function paired(x, y, what,   i, r, s, s2, k, m, sd) {
@@ -39,7 +40,7 @@ awk -F'\t' -v a="$a" -v b="$b" '
     printf "paired %s ratio A/B: %.3f (standard error %.3f, %d pairs)\n", what, m, sd / sqrt(k), k
   }
   END {
-    for (x in n) printf "%s: %.1f MB/s, %.3f CPU-s/GB (mean of %d)\n", x, mbs[x] / n[x], cpu[x] / n[x], n[x]
+    for (x in n) printf "%s: %.1f MB/s, %.3f CPU-s/GB (mean of %d), peak RSS %d MiB\n", x, mbs[x] / n[x], cpu[x] / n[x], n[x], rss[x]
     paired(am, bm, "MB/s"); paired(ac, bc, "CPU-s/GB")
   }' "$out"
 echo "rows: $out"
