@@ -39,6 +39,6 @@ TOML
 # The broker's fdatasync and shared-flush counters (and zeros filled),
 # summed over shards, from the metrics text on stdin.
 flush_counters() {
-  awk '/^sluice_(fdatasyncs|shared_flushes|anchored_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
+  awk '/^sluice_(fdatasyncs|shared_flushes|anchored_flushes|linked_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
     END { for (n in t) printf "%s %.0f\n", n, t[n] }' | sort
 }

@@ -9,6 +9,7 @@
 //! sluice_fdatasyncs_total{shard="0"}       fdatasyncs issued for flushed appends
 //! sluice_shared_flushes_total{shard="0"}   flushed groups that shared a device flush
 //! sluice_anchored_flushes_total{shard="0"} shared flushes issued on the empty anchor file
+//! sluice_linked_flushes_total{shard="0"}   fdatasyncs linked behind their write
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -108,7 +109,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 14] = [
+    let series: [Series; 15] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -132,6 +133,9 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_anchored_flushes_total", "counter", |m| {
             m.counters.anchored_flushes
+        }),
+        ("sluice_linked_flushes_total", "counter", |m| {
+            m.counters.linked_flushes
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

@@ -8,7 +8,11 @@
 //! durability, the written group goes to the partition's flusher task, which
 //! answers it after an `fdatasync` that began once the write was done; the
 //! writer meanwhile goes on with the next group, and groups written during
-//! one flush share the next. Offsets are assigned by the writer, so a failed
+//! one flush share the next. A landed write needing its own flush carries
+//! it linked behind it in the side ring (`uring`), so the flush starts in
+//! the kernel as the write completes; the flusher then only waits for it,
+//! and it covers everything the partition wrote before. Offsets are
+//! assigned by the writer, so a failed
 //! write consumes none. The writer also checks idempotent producers'
 //! sequences as it assigns offsets (`producer`), in queue order: a retried
 //! batch is answered with its original offset and not written again, and an
@@ -275,6 +279,9 @@ struct PendingFlush {
     /// The write lay below the segment's `stable_to`: a device flush shared
     /// with other partitions on this device covers it.
     shared: Option<u64>,
+    /// The `fdatasync` the kernel started behind the write itself, and how
+    /// far the active segment is known written once it is done.
+    linked: Option<(crate::uring::LinkedSync, Option<u64>)>,
 }
 
 /// How far the file behind `seg` is known written (by this shard's writes
@@ -1302,6 +1309,7 @@ async fn write_landed(
     tail: &[u8],
     group: &[PendingAppend],
     epoch: i32,
+    link_sync_past: Option<u64>,
 ) -> Option<Written> {
     use crate::landing::{gap_len, lookup, LandingMem, LANDING_ALIGN};
     use std::sync::Arc;
@@ -1411,15 +1419,19 @@ async fn write_landed(
         pos += len as u64;
     }
     let keep: Box<dyn std::any::Any> = Box::new((head, parts));
-    let result = match ring
-        .write_vectored(
-            std::os::fd::AsRawFd::as_raw_fd(file.as_ref()),
-            head_from,
-            &segments,
-            keep,
-        )
-        .await
-    {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file.as_ref());
+    let mut sync = None;
+    let written = match link_sync_past.filter(|&past| head_from + expected as u64 > past) {
+        Some(_) if linked_sync_enabled() => ring
+            .write_vectored_then_sync(fd, head_from, &segments, keep)
+            .await
+            .and_then(|(written, linked)| {
+                sync = Some(linked);
+                written
+            }),
+        _ => ring.write_vectored(fd, head_from, &segments, keep).await,
+    };
+    let result = match written {
         Ok(n) if n == expected => Ok(()),
         Ok(n) => Err(format!("short write of {n}/{expected} bytes")),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1435,7 +1447,17 @@ async fn write_landed(
         end,
         tail: new_tail,
         zeroed_to: head_from + expected as u64,
+        sync,
     })
+}
+
+/// Whether a landed write that needs its own flush carries it linked
+/// behind it. Setting `SLUICE_LINKED_SYNC=0` in the environment turns it
+/// off (the flusher then starts each flush), to measure one against the
+/// other.
+fn linked_sync_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SLUICE_LINKED_SYNC").map_or(true, |v| v != "0"))
 }
 
 /// What one write of a group did.
@@ -1449,6 +1471,8 @@ struct Written {
     tail: Vec<u8>,
     /// The write left zeros from `end` up to here.
     zeroed_to: u64,
+    /// The flush linked behind the write, if it has one.
+    sync: Option<crate::uring::LinkedSync>,
 }
 
 fn payload_bytes(group: &[PendingAppend]) -> usize {
@@ -1699,10 +1723,32 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     };
     let size = write_pos + tail.len() as u64;
     preallocate(p, &file, &path, size + room).await;
+    // A write that will not be covered by a shared device flush gets its
+    // own flush linked behind it; what was written and filled before it
+    // (all of it complete) is covered too.
+    let (link_sync_past, written_before) = match needs_flush {
+        true => {
+            let s = p.state.borrow();
+            let seg = s.segments.last();
+            let shareable =
+                crate::flush::enabled() && seg.is_some_and(|seg| seg.flush_dev.is_some());
+            let past = match (shareable, seg) {
+                (true, Some(seg)) => seg.stable_to,
+                _ => 0,
+            };
+            (
+                Some(past),
+                seg.map(|seg| (seg.fill_from, seg.filled_to, seg.allocated)),
+            )
+        }
+        false => (None, None),
+    };
     // Held until the group is with the flusher: a shared flush round waits
     // for it (`flush`).
     let _in_flight = needs_flush.then(crate::flush::WriteInFlight::begin);
-    let written = match write_landed(&file, size, zeroed_to, &tail, &group, epoch).await {
+    let written = match write_landed(&file, size, zeroed_to, &tail, &group, epoch, link_sync_past)
+        .await
+    {
         Some(written) => written,
         None => {
             let mut buf = file.alloc_dma_buffer(align_up(tail.len() + payload));
@@ -1727,6 +1773,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
                 end,
                 tail: new_tail,
                 zeroed_to: write_pos + expected as u64,
+                sync: None,
             }
         }
     };
@@ -1751,6 +1798,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
         return;
     }
     let (placed, end, new_tail) = (written.placed, written.end, written.tail);
+    let linked_sync = written.sync;
     let written_to = written.zeroed_to;
     // The write is on the device: consumers may read it now (a process
     // crash cannot lose it). Appends that asked for durability are answered
@@ -1771,6 +1819,24 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             }),
             false => None,
         };
+        // What the linked flush makes stable: the segment as written once
+        // this write completed, with the fills complete before it began.
+        let linked = linked_sync.map(|sync| {
+            let s = p.state.borrow();
+            let prefix = s
+                .segments
+                .last()
+                .filter(|seg| Rc::ptr_eq(&seg.file, &file))
+                .and_then(|seg| {
+                    let (fill_from, filled_to, allocated) = written_before?;
+                    let mut to = seg.zeroed_to;
+                    if fill_from <= to && filled_to > to {
+                        to = filled_to;
+                    }
+                    Some(to.min(allocated))
+                });
+            (sync, prefix)
+        });
         // Only flushed writes gain from it (see `fill_ahead`).
         fill_ahead(p);
         p.flushes.borrow_mut().push_back(PendingFlush {
@@ -1778,6 +1844,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             path,
             answers,
             shared,
+            linked,
         });
         let _ = p.flush_doorbell.try_send(());
         return;
@@ -1795,12 +1862,15 @@ async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
     while doorbell.recv().await.is_some() {
         let Some(p) = partition.upgrade() else { return };
         loop {
-            let groups: Vec<PendingFlush> = p.flushes.borrow_mut().drain(..).collect();
+            let mut groups: Vec<PendingFlush> = p.flushes.borrow_mut().drain(..).collect();
             if groups.is_empty() {
                 break;
             }
             p.flushing.set(true);
+            let all_linked = groups.iter().all(|g| g.linked.is_some());
             let failed = match groups.iter().map(|g| g.shared).collect::<Option<Vec<_>>>() {
+                // Every write carries its own flush, already under way.
+                _ if all_linked => linked_flush(&p, &mut groups).await.err(),
                 // Every write lay below `stable_to` on one device: a device
                 // flush shared with the shard's other partitions covers them.
                 Some(devs) if devs.windows(2).all(|w| w[0] == w[1]) && !devs.is_empty() => {
@@ -1827,6 +1897,26 @@ async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
             let _ = w.send(());
         }
     }
+}
+
+/// Waits for the flushes linked behind the groups' writes, in order; each
+/// covers its write and everything written before it.
+async fn linked_flush(p: &Partition, groups: &mut [PendingFlush]) -> Result<(), StorageError> {
+    for g in groups.iter_mut() {
+        let Some((sync, prefix)) = g.linked.take() else {
+            continue;
+        };
+        let result = sync.wait().await;
+        stats::add_fdatasyncs(1);
+        stats::add_linked_flushes(1);
+        result.map_err(|e| StorageError::io("fdatasync", &g.path, e))?;
+        if let (Some(prefix), Some(seg)) = (prefix, p.state.borrow_mut().segments.last_mut()) {
+            if Rc::ptr_eq(&seg.file, &g.file) {
+                seg.stable_to = seg.stable_to.max(prefix);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Flushes each file the groups were written to with its own `fdatasync`.

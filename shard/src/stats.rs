@@ -16,6 +16,11 @@ thread_local! {
     static FDATASYNCS: Cell<u64> = const { Cell::new(0) };
     static SHARED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static ANCHORED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+    static LINKED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+}
+
+pub fn add_linked_flushes(n: u64) {
+    LINKED_FLUSHES.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_anchored_flushes(n: u64) {
@@ -69,6 +74,9 @@ pub struct ShardCounters {
     /// Shared device flushes issued as an `fdatasync` of the shard's empty
     /// anchor file (`flush::prepare_anchor`), not of a waiting segment.
     pub anchored_flushes: u64,
+    /// Of `fdatasyncs`, those linked behind their write in the side ring
+    /// (started by the kernel as the write completed).
+    pub linked_flushes: u64,
 }
 
 pub fn snapshot() -> ShardCounters {
@@ -81,5 +89,6 @@ pub fn snapshot() -> ShardCounters {
         fdatasyncs: FDATASYNCS.with(Cell::get),
         shared_flushes: SHARED_FLUSHES.with(Cell::get),
         anchored_flushes: ANCHORED_FLUSHES.with(Cell::get),
+        linked_flushes: LINKED_FLUSHES.with(Cell::get),
     }
 }

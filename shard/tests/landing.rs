@@ -680,6 +680,36 @@ fn shares_flushes(dir: &std::path::Path) -> bool {
     shared
 }
 
+/// Flushed appends written into new blocks (no zeros filled ahead) carry
+/// their own `fdatasync`, linked behind the write in the side ring: one per
+/// written group, none shared. Every append is answered in order, and after
+/// a crash every record reads back.
+#[test]
+fn flushed_appends_into_new_blocks_carry_linked_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        sluice_shard::partition::set_zero_fill_rate(0);
+        let (store, parts) = open_many(&path, 4).await;
+        let mut ends = vec![0u64; parts.len()];
+        let before = sluice_shard::stats::snapshot();
+        let rounds = 10;
+        let (syncs, shared) = flushes_over(&parts, &mut ends, rounds, Default::default()).await;
+        let linked = sluice_shard::stats::snapshot().linked_flushes - before.linked_flushes;
+        let groups = rounds * parts.len() as u64;
+        assert_eq!(shared, 0, "nothing lay over stable blocks");
+        assert_eq!(linked, groups, "each flushed write carried its own flush");
+        assert_eq!(syncs, linked, "no other fdatasync");
+        drop((store, parts));
+        let (store, parts) = open_many(&path, 4).await;
+        for (p, &end) in parts.iter().zip(&ends) {
+            assert_eq!(p.offsets().log_end, end as i64);
+            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+        }
+        store.close_all().await.expect("close");
+    });
+}
+
 /// Flushed appends to several partitions of one shard, written over zeros
 /// filled (and flushed) earlier, share device flushes: appends written
 /// together make one round, one `fdatasync`. After a crash every record
