@@ -274,16 +274,19 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     let started = Instant::now();
     let probe_dir = std::env::temp_dir();
     let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
+    let mut timer_probes = vec![("before the runs", timer_probe(TIMER_PROBE_SLEEPS))];
     let mut runs = Vec::new();
     for broker in [Broker::Kafka, Broker::Sluice] {
         eprintln!("compare: === {} ===", broker.name());
         runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
     }
     probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
+    timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
     let disk_note = format!(
-        "{}\n\n{}",
+        "{}\n\n{}\n\n{}",
         storage_note(&probe_dir),
-        disk_note(&probe_dir, &probes)
+        disk_note(&probe_dir, &probes),
+        timer_note(&timer_probes)
     );
     eprintln!("compare: {disk_note}");
     if let Ok(c) = &cgroup {
@@ -1539,6 +1542,62 @@ fn disk_probe(dir: &Path, mib: usize) -> std::io::Result<(f64, f64)> {
     result
 }
 
+/// Sleeps each timer probe takes: about 3.5 s at 1 ms each.
+const TIMER_PROBE_SLEEPS: usize = 3_000;
+
+/// How late a sleeping thread woke, in microseconds past what it asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lateness {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+/// Sleeps 1 ms `sleeps` times on this thread, with nothing else of the
+/// benchmark running, and reports how late each sleep woke: the stalls the
+/// machine itself has (a VM descheduled by its host, for one), which no
+/// broker's tail latency can get under.
+fn timer_probe(sleeps: usize) -> Lateness {
+    const ASKED: Duration = Duration::from_millis(1);
+    let mut late: Vec<u64> = (0..sleeps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::sleep(ASKED);
+            t.elapsed().saturating_sub(ASKED).as_micros() as u64
+        })
+        .collect();
+    late.sort_unstable();
+    let at = |q: f64| late[((late.len() as f64 * q) as usize).min(late.len() - 1)];
+    Lateness {
+        p50: at(0.5),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: late[late.len() - 1],
+    }
+}
+
+/// The timer probes as a sentence for the report.
+fn timer_note(probes: &[(&str, Lateness)]) -> String {
+    let mut note = format!(
+        "Timer probe ({TIMER_PROBE_SLEEPS} sleeps of 1 ms with no broker running, how late each \
+         woke):"
+    );
+    for (when, l) in probes {
+        let _ = write!(
+            note,
+            " {when}, median {} us, p99 {} us, p99.9 {} us, max {} us;",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
+    note.pop();
+    note.push_str(
+        ". Stalls this long are the machine's own: they set a floor under both brokers' \
+         p99.9 at a fixed rate (b).",
+    );
+    note
+}
+
 /// The disk probes as a sentence for the report.
 fn disk_note(dir: &Path, probes: &[(&str, std::io::Result<(f64, f64)>)]) -> String {
     let mut note = format!(
@@ -1755,6 +1814,18 @@ mod tests {
             assert!(note.contains("journal)"), "{note}");
         }
         assert!(note.contains("write cache: "), "{note}");
+    }
+
+    #[test]
+    fn the_timer_probe_reports_ordered_lateness() {
+        let l = timer_probe(50);
+        assert!(
+            l.p50 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+            "{l:?}"
+        );
+        let note = timer_note(&[("before the runs", l)]);
+        assert!(note.contains(&format!("max {} us", l.max)), "{note}");
+        assert!(note.ends_with("at a fixed rate (b)."), "{note}");
     }
 
     #[test]
