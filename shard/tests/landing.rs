@@ -669,6 +669,18 @@ async fn flushes_over(
     )
 }
 
+/// Reopens the partitions of [`open_many`] under `dir` (as after a crash)
+/// and checks each holds exactly the records appended (`ends`), all
+/// readable.
+async fn reopen_and_read_all(dir: &std::path::Path, ends: &[u64]) {
+    let (store, parts) = open_many(dir, ends.len() as u32).await;
+    for (p, &end) in parts.iter().zip(ends) {
+        assert_eq!(p.offsets().log_end, end as i64);
+        assert_eq!(read_all(p, 0, end as i64).await, end as usize);
+    }
+    store.close_all().await.expect("close");
+}
+
 /// Whether flushes of files in `dir` may be shared on this machine (ext4 or
 /// XFS, real direct I/O).
 fn shares_flushes(dir: &std::path::Path) -> bool {
@@ -701,12 +713,7 @@ fn flushed_appends_into_new_blocks_carry_linked_flushes() {
         assert_eq!(linked, groups, "each flushed write carried its own flush");
         assert_eq!(syncs, linked, "no other fdatasync");
         drop((store, parts));
-        let (store, parts) = open_many(&path, 4).await;
-        for (p, &end) in parts.iter().zip(&ends) {
-            assert_eq!(p.offsets().log_end, end as i64);
-            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
-        }
-        store.close_all().await.expect("close");
+        reopen_and_read_all(&path, &ends).await;
     });
 }
 
@@ -745,12 +752,7 @@ fn flushed_appends_over_stable_blocks_share_device_flushes() {
             "{syncs} fdatasyncs for {groups} flushed writes"
         );
         drop((store, parts));
-        let (store, parts) = open_many(&path, 4).await;
-        for (p, &end) in parts.iter().zip(&ends) {
-            assert_eq!(p.offsets().log_end, end as i64);
-            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
-        }
-        store.close_all().await.expect("close");
+        reopen_and_read_all(&path, &ends).await;
     });
 }
 
@@ -794,12 +796,7 @@ fn shared_flushes_sync_the_anchor_file() {
         assert!(syncs > 0);
         assert_eq!(anchored, syncs, "every round synced the anchor");
         drop((store, parts));
-        let (store, parts) = open_many(&path, 4).await;
-        for (p, &end) in parts.iter().zip(&ends) {
-            assert_eq!(p.offsets().log_end, end as i64);
-            assert_eq!(read_all(p, 0, end as i64).await, end as usize);
-        }
-        store.close_all().await.expect("close");
+        reopen_and_read_all(&path, &ends).await;
     });
 }
 
