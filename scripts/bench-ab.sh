@@ -12,24 +12,30 @@
 # end-to-end p99/p99.9, broker peak RSS in MiB), then the means and the paired MB/s and CPU ratios
 # A/B with their standard errors. Rows also go to a TSV in /tmp. Needs a
 # release build of sluice-bench (the generator, the same for both).
+# SLUICE_EXTRA_A and SLUICE_EXTRA_B add [broker] lines to one side's
+# configuration (see scripts/sluice-broker.sh), so one build can be compared
+# with itself under two settings: scripts/bench-ab.sh 5 BIN BIN -- ... with
+# SLUICE_EXTRA_B='pin_shards = false'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 pairs=$1 a=$2 b=$3
 shift 4
 out=$(mktemp /tmp/sluice-ab.XXXXXX.tsv)
 for i in $(seq 1 "$pairs"); do
-  for bin in "$a" "$b"; do
-    r=$(SLUICE_BIN=$bin scripts/bench-broker-cpu.sh -- "$@" 2>&1) || { echo "run $i of $bin failed:" >&2; echo "$r" | tail -5 >&2; continue; }
+  for side in A B; do
+    if [ $side = A ]; then bin=$a extra=${SLUICE_EXTRA_A:-}; else bin=$b extra=${SLUICE_EXTRA_B:-}; fi
+    r=$(SLUICE_BIN=$bin SLUICE_EXTRA=$extra scripts/bench-broker-cpu.sh -- "$@" 2>&1) || { echo "run $i of $side ($bin) failed:" >&2; echo "$r" | tail -5 >&2; continue; }
     mbs=$(echo "$r" | awk '/^produced/ {print $4; exit}')
     cpu=$(echo "$r" | awk '/cpu-s\/GB/ {print $(NF-1); exit}')
     ack=$(echo "$r" | awk '/^produce_ack/ {print $3; exit}')
     e2e=$(echo "$r" | awk '/^end_to_end/ {print $5 "/" $6; exit}')
     rss=$(echo "$r" | awk '/^broker peak RSS/ {print $4; exit}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$bin" "$mbs" "$cpu" "$ack" "${e2e:--}" "${rss:--}" | tee -a "$out"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$side" "$mbs" "$cpu" "$ack" "${e2e:--}" "${rss:--}" | tee -a "$out"
   done
 done
-awk -F'\t' -v a="$a" -v b="$b" '
+echo "A: $a ${SLUICE_EXTRA_A:-}"; echo "B: $b ${SLUICE_EXTRA_B:-}"
+awk -F'\t' -v a=A -v b=B '
   { mbs[$2] += $3; cpu[$2] += $4; n[$2]++; if ($7 > rss[$2]) rss[$2] = $7 }
   $2 == a { am[$1] = $3; ac[$1] = $4 }
   $2 == b { bm[$1] = $3; bc[$1] = $4 }

@@ -48,6 +48,7 @@ pub struct BrokerSection {
     pub request_memory_bytes: usize,
     pub io_memory_bytes: usize,
     pub spin_before_park_us: u64,
+    pub pin_shards: bool,
     pub zero_fill_bytes_per_s: u64,
     pub shared_flush: bool,
     pub retention_check_interval_ms: u64,

@@ -87,10 +87,7 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let cpus = available_cpus();
     let mut handles = Vec::with_capacity(shards as usize);
     for i in 0..shards {
-        let placement = match cpus.get(i as usize % cpus.len().max(1)) {
-            Some(cpu) if shards as usize <= cpus.len() => Placement::Fixed(*cpu),
-            _ => Placement::Unbound,
-        };
+        let placement = shard_placement(i, shards, &cpus, config.broker.pin_shards);
         let (config, mesh, stop, events) =
             (config.clone(), mesh.clone(), stop.clone(), events.clone());
         let cluster_id = cluster_id.clone();
@@ -195,6 +192,16 @@ fn cluster_id(data_dir: &std::path::Path) -> Result<String, String> {
     std::fs::write(&path, format!("{id}\n"))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(id)
+}
+
+/// Where shard `i` of `shards` runs: pinned to its own CPU of `cpus` when
+/// asked to and there is one for every shard, otherwise wherever the kernel
+/// puts it.
+fn shard_placement(i: u32, shards: u32, cpus: &[usize], pin: bool) -> Placement {
+    match cpus.get(i as usize) {
+        Some(cpu) if pin && shards as usize <= cpus.len() => Placement::Fixed(*cpu),
+        _ => Placement::Unbound,
+    }
 }
 
 fn available_cpus() -> Vec<usize> {
@@ -439,4 +446,31 @@ async fn shutdown(shard: &Rc<Shard>) -> Result<(), String> {
         .close_all()
         .await
         .map_err(|e| format!("flushing on shutdown: {e}"))
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn pinned_to(p: &Placement) -> Option<usize> {
+        match p {
+            Placement::Fixed(cpu) => Some(*cpu),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn shards_are_pinned_one_per_cpu_only_when_asked_and_there_are_enough() {
+        let cpus = [2, 5, 7];
+        let pinned: Vec<_> = (0..3)
+            .map(|i| pinned_to(&shard_placement(i, 3, &cpus, true)))
+            .collect();
+        assert_eq!(pinned, [Some(2), Some(5), Some(7)]);
+        // pin_shards = false: every shard is left to the scheduler.
+        assert!((0..3).all(|i| pinned_to(&shard_placement(i, 3, &cpus, false)).is_none()));
+        // More shards than CPUs: none is pinned, so none shares a CPU by force.
+        assert!((0..4).all(|i| pinned_to(&shard_placement(i, 4, &cpus, true)).is_none()));
+        // No CPU list (sched_getaffinity failed): unpinned.
+        assert!(pinned_to(&shard_placement(0, 1, &[], true)).is_none());
+    }
 }
