@@ -283,9 +283,10 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
     timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
     let disk_note = format!(
-        "{}\n\n{}\n\n{}",
+        "{}\n\n{} {}\n\n{}",
         storage_note(&probe_dir),
         disk_note(&probe_dir, &probes),
+        balloon_note(&balloon_features()),
         timer_note(&timer_probes)
     );
     eprintln!("compare: {disk_note}");
@@ -1620,10 +1621,46 @@ fn disk_note(dir: &Path, probes: &[(&str, std::io::Result<(f64, f64)>)]) -> Stri
     note.pop();
     note.push_str(
         ". Kafka writes through the page cache and Sluice with direct I/O: where the first \
-         figure is far below the second, this machine's page cache is slow (a memory balloon \
-         giving pages back to the host, for one) and Kafka's figures suffer more than Sluice's.",
+         figure is far below the second, this machine's page cache is slow and Kafka's figures \
+         suffer more than Sluice's.",
     );
     note
+}
+
+/// The feature bits of every virtio memory balloon the guest kernel drives
+/// (`/sys/bus/virtio/drivers/virtio_balloon/*/features`: one `0` or `1` a
+/// bit, bit 0 first). Empty on bare metal.
+fn balloon_features() -> Vec<String> {
+    let Ok(dir) = fs::read_dir("/sys/bus/virtio/drivers/virtio_balloon") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("features")).ok())
+        .map(|f| f.trim().to_owned())
+        .collect()
+}
+
+/// Bit 5 of a virtio balloon's features: `VIRTIO_BALLOON_F_REPORTING`.
+const BALLOON_FREE_PAGE_REPORTING: usize = 5;
+
+/// What the memory balloon does to the page cache, for the report.
+fn balloon_note(features: &[String]) -> String {
+    let reporting = features
+        .iter()
+        .any(|f| f.as_bytes().get(BALLOON_FREE_PAGE_REPORTING) == Some(&b'1'));
+    match (features.is_empty(), reporting) {
+        (true, _) => "No virtio memory balloon: freed memory stays with this machine.".into(),
+        (false, true) => "This machine's memory balloon reports free pages to the host \
+             (virtio-balloon free page reporting): memory the guest frees goes back to the host \
+             within seconds, and the first write to each such page is slow. A page cache that \
+             grows into it (Kafka's, as it writes a topic) runs slow until it reuses pages freed \
+             moments before; Sluice's memory is allocated once and its writes bypass the page \
+             cache."
+            .into(),
+        (false, false) => {
+            "This machine has a virtio memory balloon without free page reporting.".into()
+        }
+    }
 }
 
 /// The mount a path lives on, from `/proc/self/mountinfo`.
@@ -1814,6 +1851,23 @@ mod tests {
             assert!(note.contains("journal)"), "{note}");
         }
         assert!(note.contains("write cache: "), "{note}");
+    }
+
+    #[test]
+    fn the_balloon_note_reads_the_free_page_reporting_bit() {
+        assert!(balloon_note(&[]).starts_with("No virtio memory balloon"));
+        // This test machine's balloon: bits 1, 2 and 5 set.
+        let reporting = "0110010100000000000000000000000010".to_owned();
+        assert!(balloon_note(&[reporting]).contains("reports free pages to the host"));
+        let without = "0110000100000000000000000000000010".to_owned();
+        assert!(
+            balloon_note(std::slice::from_ref(&without)).contains("without free page reporting")
+        );
+        // A short or odd features string is read as no reporting.
+        assert!(balloon_note(&["01".to_owned()]).contains("without free page reporting"));
+        // Any balloon reporting is enough.
+        let both = [without, "0000010".to_owned()];
+        assert!(balloon_note(&both).contains("reports free pages"));
     }
 
     #[test]
