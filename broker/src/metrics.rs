@@ -10,6 +10,8 @@
 //! sluice_shared_flushes_total{shard="0"}   flushed groups that shared a device flush
 //! sluice_anchored_flushes_total{shard="0"} shared flushes issued on the empty anchor file
 //! sluice_linked_flushes_total{shard="0"}   fdatasyncs linked behind their write
+//! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
+//! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -27,6 +29,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::router::ShardMsg;
 use crate::shard::Shard;
+use sluice_shard::stats::LatencyHistogram;
 
 /// Bytes of an HTTP request head read at most.
 const REQUEST_HEAD_BYTES_MAX: usize = 8192;
@@ -165,5 +168,102 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
             text.push_str(&format!("{name}{{shard=\"{id}\"}} {}\n", value(m)));
         }
     }
+    type Histogram = (&'static str, fn(&ShardMetrics) -> &LatencyHistogram);
+    let histograms: [Histogram; 2] = [
+        ("sluice_write_latency_seconds", |m| {
+            &m.counters.write_latency
+        }),
+        ("sluice_flush_latency_seconds", |m| {
+            &m.counters.flush_latency
+        }),
+    ];
+    for (name, histogram) in histograms {
+        text.push_str(&format!("# TYPE {name} histogram\n"));
+        for (id, m) in shards {
+            render_histogram(&mut text, name, *id, histogram(m));
+        }
+    }
     text
+}
+
+/// One shard's histogram in the Prometheus text format: cumulative
+/// `_bucket` lines with `le` in seconds, then `_sum` and `_count`.
+fn render_histogram(text: &mut String, name: &str, shard: u32, h: &LatencyHistogram) {
+    for (bound, n) in h.cumulative() {
+        let le = bound.map_or_else(|| "+Inf".to_owned(), |us| (us as f64 / 1e6).to_string());
+        text.push_str(&format!(
+            "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {n}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "{name}_sum{{shard=\"{shard}\"}} {}\n",
+        h.sum_us as f64 / 1e6
+    ));
+    text.push_str(&format!(
+        "{name}_count{{shard=\"{shard}\"}} {}\n",
+        h.count()
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_in_seconds() {
+        let mut m = ShardMetrics::default();
+        for us in [40, 700, 700, 3_000_000] {
+            m.counters.flush_latency.record(Duration::from_micros(us));
+        }
+        let text = render(&[(1, m)]);
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .map(str::to_owned)
+        };
+        let flush = "sluice_flush_latency_seconds";
+        assert!(text.contains(&format!("# TYPE {flush} histogram\n")));
+        assert_eq!(
+            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.00005\"}}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.0005\"}}")).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.001\"}}")).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line(&format!("{flush}_bucket{{shard=\"1\",le=\"1\"}}")).as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line(&format!("{flush}_bucket{{shard=\"1\",le=\"+Inf\"}}")).as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            line(&format!("{flush}_count{{shard=\"1\"}}")).as_deref(),
+            Some("4")
+        );
+        assert_eq!(
+            line(&format!("{flush}_sum{{shard=\"1\"}}")).as_deref(),
+            Some("3.00144")
+        );
+        // Nothing written: every bucket of the write histogram is zero.
+        let write = "sluice_write_latency_seconds";
+        assert_eq!(
+            line(&format!("{write}_bucket{{shard=\"1\",le=\"+Inf\"}}")).as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            line(&format!("{write}_count{{shard=\"1\"}}")).as_deref(),
+            Some("0")
+        );
+    }
 }

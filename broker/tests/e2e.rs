@@ -653,6 +653,15 @@ fn metrics_count_bytes_and_prove_one_payload_copy_per_produced_batch() {
     assert!(scrape(metrics_port, "sluice_bytes_appended_total") > 0);
     assert!(scrape(metrics_port, "sluice_bytes_read_total") > 0);
     assert!(scrape(metrics_port, "sluice_partitions") >= 4);
+    // Each acknowledged acks=all produce here was written on its own and
+    // flushed: every write and every fdatasync is in the latency histograms.
+    assert!(scrape(metrics_port, "sluice_write_latency_seconds_count") >= 40);
+    let fdatasyncs = scrape(metrics_port, "sluice_fdatasyncs_total");
+    assert!(fdatasyncs >= 1);
+    assert_eq!(
+        scrape(metrics_port, "sluice_flush_latency_seconds_count"),
+        fdatasyncs
+    );
     // Zeros are written ahead of these slow partitions in the background
     // (the embedded default zero_fill_bytes_per_s); wait a bounded while.
     let deadline = Instant::now() + Duration::from_secs(10);

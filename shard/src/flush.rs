@@ -401,9 +401,11 @@ async fn flush_rounds(dev: u64) {
             Some(a) => (&a.file, &a.path),
             None => (&first.file, &first.path),
         };
+        let began = std::time::Instant::now();
         let result = crate::uring::fdatasync(file)
             .await
             .map_err(|e| StorageError::io("fdatasync", path, e));
+        stats::record_flush(began.elapsed());
         stats::add_fdatasyncs(1);
         if anchor.is_some() {
             stats::add_anchored_flushes(1);

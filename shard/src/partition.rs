@@ -281,7 +281,8 @@ struct PendingFlush {
     shared: Option<u64>,
     /// The `fdatasync` the kernel started behind the write itself, and how
     /// far the active segment is known written once it is done.
-    linked: Option<(crate::uring::LinkedSync, Option<u64>)>,
+    /// When the write completed (and so the linked flush began).
+    linked: Option<(crate::uring::LinkedSync, Option<u64>, Instant)>,
 }
 
 /// How far the file behind `seg` is known written (by this shard's writes
@@ -1746,6 +1747,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
     // Held until the group is with the flusher: a shared flush round waits
     // for it (`flush`).
     let _in_flight = needs_flush.then(crate::flush::WriteInFlight::begin);
+    let write_started = Instant::now();
     let written = match write_landed(&file, size, zeroed_to, &tail, &group, epoch, link_sync_past)
         .await
     {
@@ -1777,6 +1779,8 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             }
         }
     };
+    let written_at = Instant::now();
+    stats::record_write(written_at - write_started);
     let result = written
         .result
         .map_err(|e| StorageError(format!("write to {}: {e}", path.display())));
@@ -1835,7 +1839,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
                     }
                     Some(to.min(allocated))
                 });
-            (sync, prefix)
+            (sync, prefix, written_at)
         });
         // Only flushed writes gain from it (see `fill_ahead`).
         fill_ahead(p);
@@ -1903,10 +1907,11 @@ async fn flusher_loop(partition: Weak<Partition>, doorbell: LocalReceiver<()>) {
 /// covers its write and everything written before it.
 async fn linked_flush(p: &Partition, groups: &mut [PendingFlush]) -> Result<(), StorageError> {
     for g in groups.iter_mut() {
-        let Some((sync, prefix)) = g.linked.take() else {
+        let Some((sync, prefix, began)) = g.linked.take() else {
             continue;
         };
         let result = sync.wait().await;
+        stats::record_flush(began.elapsed());
         stats::add_fdatasyncs(1);
         stats::add_linked_flushes(1);
         result.map_err(|e| StorageError::io("fdatasync", &g.path, e))?;
@@ -1938,7 +1943,9 @@ async fn own_flush(p: &Partition, groups: &[PendingFlush]) -> Result<(), Storage
                 .filter(|seg| active(seg))
                 .map(written_prefix)
         };
+        let began = Instant::now();
         let result = crate::uring::fdatasync(file).await;
+        stats::record_flush(began.elapsed());
         stats::add_fdatasyncs(1);
         result.map_err(|e| StorageError::io("fdatasync", path, e))?;
         if let (Some(prefix), Some(seg)) = (prefix, p.state.borrow_mut().segments.last_mut()) {

@@ -4,8 +4,64 @@
 //! batch on the produce path (socket buffer to the aligned write buffer) and
 //! one per batch served from a segment file by the copying read path. Tests
 //! assert it, so a new copy on a hot path shows up as a failing test.
+//!
+//! Two latency histograms say where an acknowledged append's time goes on
+//! the disk: each segment write from submission to completion, and each
+//! flush (a partition's own `fdatasync`, one shared by the shard's
+//! partitions, or one linked behind its write, timed from the write's
+//! completion) until it is done.
 
 use std::cell::Cell;
+use std::time::Duration;
+
+/// Upper bounds of the latency histograms' buckets, in microseconds; a last
+/// bucket holds everything slower.
+pub const LATENCY_BUCKETS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000,
+];
+
+/// Counts of durations by bucket of [`LATENCY_BUCKETS_US`] (not cumulative:
+/// each duration counts once, in the first bucket whose bound it does not
+/// pass; the last entry counts those slower than every bound), and their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    pub counts: [u64; LATENCY_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        self.counts[bucket] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Durations recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(bound in us, durations at or below it)` for every bound, then
+    /// `(None, all)`: the cumulative form Prometheus histograms use.
+    pub fn cumulative(&self) -> Vec<(Option<u64>, u64)> {
+        let mut total = 0;
+        let mut out: Vec<(Option<u64>, u64)> = LATENCY_BUCKETS_US
+            .iter()
+            .zip(self.counts.iter())
+            .map(|(&bound, &n)| {
+                total += n;
+                (Some(bound), total)
+            })
+            .collect();
+        out.push((None, self.count()));
+        out
+    }
+}
 
 thread_local! {
     static PAYLOAD_COPIES: Cell<u64> = const { Cell::new(0) };
@@ -17,6 +73,26 @@ thread_local! {
     static SHARED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static ANCHORED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static LINKED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+    static WRITE_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
+    static FLUSH_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
+}
+
+/// Records how long one segment write took, submission to completion.
+pub fn record_write(took: Duration) {
+    WRITE_LATENCY.with(|c| {
+        let mut h = c.get();
+        h.record(took);
+        c.set(h);
+    });
+}
+
+/// Records how long one flush of appends took until it was done.
+pub fn record_flush(took: Duration) {
+    FLUSH_LATENCY.with(|c| {
+        let mut h = c.get();
+        h.record(took);
+        c.set(h);
+    });
 }
 
 pub fn add_linked_flushes(n: u64) {
@@ -77,6 +153,10 @@ pub struct ShardCounters {
     /// Of `fdatasyncs`, those linked behind their write in the side ring
     /// (started by the kernel as the write completed).
     pub linked_flushes: u64,
+    /// Segment writes of appends, submission to completion.
+    pub write_latency: LatencyHistogram,
+    /// Flushes of appends (each `fdatasync` counted in `fdatasyncs`).
+    pub flush_latency: LatencyHistogram,
 }
 
 pub fn snapshot() -> ShardCounters {
@@ -90,5 +170,51 @@ pub fn snapshot() -> ShardCounters {
         shared_flushes: SHARED_FLUSHES.with(Cell::get),
         anchored_flushes: ANCHORED_FLUSHES.with(Cell::get),
         linked_flushes: LINKED_FLUSHES.with(Cell::get),
+        write_latency: WRITE_LATENCY.with(Cell::get),
+        flush_latency: FLUSH_LATENCY.with(Cell::get),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_whose_bound_they_do_not_pass() {
+        let mut h = LatencyHistogram::default();
+        for us in [0, 50, 51, 999, 1_000, 1_001, 2_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.count(), 7);
+        assert_eq!(h.sum_us, 50 + 51 + 999 + 1_000 + 1_001 + 2_000_000);
+        // 0 and 50 in the 50-us bucket, 51 in the 100-us one, 999 and
+        // 1,000 in the 1-ms one, 1,001 in the 2.5-ms one, 2 s above all.
+        let cumulative = h.cumulative();
+        let at = |bound: u64| {
+            cumulative
+                .iter()
+                .find(|(b, _)| *b == Some(bound))
+                .map(|(_, n)| *n)
+        };
+        assert_eq!(at(50), Some(2));
+        assert_eq!(at(100), Some(3));
+        assert_eq!(at(500), Some(3));
+        assert_eq!(at(1_000), Some(5));
+        assert_eq!(at(2_500), Some(6));
+        assert_eq!(at(1_000_000), Some(6));
+        assert_eq!(cumulative.last(), Some(&(None, 7)));
+        assert!(cumulative.windows(2).all(|w| w[0].1 <= w[1].1));
+    }
+
+    #[test]
+    fn each_shard_thread_records_its_own() {
+        record_write(Duration::from_micros(300));
+        record_flush(Duration::from_millis(3));
+        let here = snapshot();
+        assert!(here.write_latency.count() >= 1);
+        assert!(here.flush_latency.count() >= 1);
+        let elsewhere = std::thread::spawn(snapshot).join().expect("thread");
+        assert_eq!(elsewhere.write_latency, LatencyHistogram::default());
+        assert_eq!(elsewhere.flush_latency, LatencyHistogram::default());
     }
 }
