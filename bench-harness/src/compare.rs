@@ -68,6 +68,18 @@ pub struct CompareArgs {
     /// so a JVM's JIT compiler has done its work (0: none).
     #[arg(long, default_value_t = 15.0)]
     pub broker_warmup_s: f64,
+    /// Leave the VM's free page reporting as it is. By default, where a
+    /// virtio memory balloon reports free pages to the host, compare holds
+    /// that off for the runs (the kernel's `page_reporting_order` raised to
+    /// its maximum, restored at the end) and first writes and deletes
+    /// --warm-memory-mib through the page cache, so Kafka's page cache
+    /// grows into memory the guest still holds, as on bare metal.
+    #[arg(long)]
+    pub keep_page_reporting: bool,
+    /// MiB written through the page cache and deleted before the runs when
+    /// free page reporting is held off (0: none).
+    #[arg(long, default_value_t = 6144)]
+    pub warm_memory_mib: usize,
 }
 
 /// The workload matrix of issue 4, plus (a1): (a) at acks=1.
@@ -273,6 +285,8 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     };
     let started = Instant::now();
     let probe_dir = std::env::temp_dir();
+    let balloon = balloon_features();
+    let (hold, memory_warmed) = hold_memory(args, &balloon, &probe_dir);
     let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
     let mut timer_probes = vec![("before the runs", timer_probe(TIMER_PROBE_SLEEPS))];
     let mut runs = Vec::new();
@@ -282,11 +296,14 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     }
     probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
     timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
+    let held = hold.as_ref().map(PageReportingHold::describe);
+    drop(hold);
     let disk_note = format!(
-        "{}\n\n{} {}\n\n{}",
+        "{}\n\n{} {}{}\n\n{}",
         storage_note(&probe_dir),
         disk_note(&probe_dir, &probes),
-        balloon_note(&balloon_features()),
+        balloon_note(&balloon),
+        hold_note(held.as_deref(), memory_warmed.as_ref()),
         timer_note(&timer_probes)
     );
     eprintln!("compare: {disk_note}");
@@ -1643,12 +1660,16 @@ fn balloon_features() -> Vec<String> {
 /// Bit 5 of a virtio balloon's features: `VIRTIO_BALLOON_F_REPORTING`.
 const BALLOON_FREE_PAGE_REPORTING: usize = 5;
 
+/// Whether any of the balloons reports free pages to the host.
+fn balloon_reports(features: &[String]) -> bool {
+    features
+        .iter()
+        .any(|f| f.as_bytes().get(BALLOON_FREE_PAGE_REPORTING) == Some(&b'1'))
+}
+
 /// What the memory balloon does to the page cache, for the report.
 fn balloon_note(features: &[String]) -> String {
-    let reporting = features
-        .iter()
-        .any(|f| f.as_bytes().get(BALLOON_FREE_PAGE_REPORTING) == Some(&b'1'));
-    match (features.is_empty(), reporting) {
+    match (features.is_empty(), balloon_reports(features)) {
         (true, _) => "No virtio memory balloon: freed memory stays with this machine.".into(),
         (false, true) => "This machine's memory balloon reports free pages to the host \
              (virtio-balloon free page reporting): memory the guest frees goes back to the host \
@@ -1661,6 +1682,157 @@ fn balloon_note(features: &[String]) -> String {
             "This machine has a virtio memory balloon without free page reporting.".into()
         }
     }
+}
+
+/// Where the kernel's free page reporting takes its smallest block order.
+const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+
+/// The largest block order the kernel's buddy allocator has (x86-64's
+/// `MAX_PAGE_ORDER`, 4 MiB blocks): the highest `page_reporting_order` it
+/// takes.
+const PAGE_ORDER_MAX: u32 = 10;
+
+/// Free page reporting held off: `page_reporting_order` raised, and put back
+/// as it was when this is dropped. Only blocks of the raised order (4 MiB of
+/// free memory in one piece) are then handed to the host, so memory a broker
+/// frees stays warm in the guest.
+struct PageReportingHold {
+    path: PathBuf,
+    was: String,
+    now: u32,
+}
+
+impl PageReportingHold {
+    /// Raises the order at `path` to `to`; `Ok(None)` when it is there already.
+    fn start(path: &Path, to: u32) -> std::io::Result<Option<Self>> {
+        let was = fs::read_to_string(path)?.trim().to_owned();
+        if was.parse::<u32>().is_ok_and(|w| w >= to) {
+            return Ok(None);
+        }
+        fs::write(path, to.to_string())?;
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+            was,
+            now: to,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "page_reporting_order {} during the runs (it was {})",
+            self.now, self.was
+        )
+    }
+}
+
+impl Drop for PageReportingHold {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.was) {
+            eprintln!(
+                "compare: could not put {} back to {}: {e}",
+                self.path.display(),
+                self.was
+            );
+        }
+    }
+}
+
+/// Holds free page reporting off and warms the page cache, unless told not
+/// to or the machine has no balloon that reports. Returns the hold (dropped
+/// after the runs) and the warming write's MB/s.
+fn hold_memory(
+    args: &CompareArgs,
+    balloon: &[String],
+    dir: &Path,
+) -> (Option<PageReportingHold>, Option<std::io::Result<f64>>) {
+    if args.keep_page_reporting || !balloon_reports(balloon) {
+        return (None, None);
+    }
+    let hold = match PageReportingHold::start(Path::new(PAGE_REPORTING_ORDER), PAGE_ORDER_MAX) {
+        Ok(hold) => hold,
+        Err(e) => {
+            eprintln!("compare: cannot hold free page reporting off ({e}); Kafka's page cache may run slow");
+            return (None, None);
+        }
+    };
+    if let Some(h) = &hold {
+        eprintln!("compare: {}", h.describe());
+    }
+    if args.warm_memory_mib == 0 {
+        return (hold, None);
+    }
+    eprintln!(
+        "compare: warming {} MiB of memory through the page cache",
+        args.warm_memory_mib
+    );
+    let warmed = warm_page_cache(dir, args.warm_memory_mib);
+    (hold, Some(warmed))
+}
+
+/// Writes `mib` MiB through the page cache into `dir`, syncs and deletes
+/// it, so the pages are the guest's again; MB/s of the write. Refused when
+/// the file system has less than twice that free.
+fn warm_page_cache(dir: &Path, mib: usize) -> std::io::Result<f64> {
+    const CHUNK: usize = 1 << 20;
+    let free = free_bytes(dir)?;
+    if free < 2 * (mib as u64) * CHUNK as u64 {
+        return Err(std::io::Error::other(format!(
+            "{} MiB free under {}, fewer than twice {mib} MiB",
+            free >> 20,
+            dir.display()
+        )));
+    }
+    let path = dir.join(format!("sluice-bench-warm-{}", std::process::id()));
+    let buf = vec![0x5au8; CHUNK];
+    let t = Instant::now();
+    let written = (|| {
+        let mut file = fs::File::create(&path)?;
+        for _ in 0..mib {
+            file.write_all(&buf)?;
+        }
+        file.sync_all()
+    })();
+    let _ = fs::remove_file(&path);
+    written.map(|()| (mib * CHUNK) as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Bytes free to an unprivileged writer on the file system of `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // SAFETY: `statvfs` is plain data; all zeros is a valid value.
+    let mut st = unsafe { std::mem::zeroed::<libc::statvfs>() };
+    // SAFETY: a NUL-terminated path and a struct to fill.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The report's sentence on the hold and the warming, if there was either.
+fn hold_note(held: Option<&str>, warmed: Option<&std::io::Result<f64>>) -> String {
+    let mut note = String::new();
+    if let Some(held) = held {
+        let _ = write!(
+            note,
+            " For these runs free page reporting was held off ({held}, put back after them), so \
+             memory freed in the guest stayed there"
+        );
+        match warmed {
+            Some(Ok(mbs)) => {
+                let _ = write!(
+                    note,
+                    ", and memory was warmed first: a file written through the page cache at \
+                     {mbs:.0} MB/s, then deleted."
+                );
+            }
+            Some(Err(e)) => {
+                let _ = write!(note, "; warming memory first failed: {e}.");
+            }
+            None => note.push('.'),
+        }
+    }
+    note
 }
 
 /// The mount a path lives on, from `/proc/self/mountinfo`.
@@ -1868,6 +2040,59 @@ mod tests {
         // Any balloon reporting is enough.
         let both = [without, "0000010".to_owned()];
         assert!(balloon_note(&both).contains("reports free pages"));
+    }
+
+    #[test]
+    fn a_page_reporting_hold_raises_the_order_and_puts_it_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("page_reporting_order");
+        fs::write(&path, "9\n").expect("write");
+        {
+            let hold = PageReportingHold::start(&path, 10)
+                .expect("start")
+                .expect("a hold");
+            assert_eq!(fs::read_to_string(&path).expect("read"), "10");
+            assert_eq!(
+                hold.describe(),
+                "page_reporting_order 10 during the runs (it was 9)"
+            );
+        }
+        assert_eq!(fs::read_to_string(&path).expect("read"), "9");
+        // Already at the order asked: nothing to hold, nothing written.
+        fs::write(&path, "10\n").expect("write");
+        assert!(PageReportingHold::start(&path, 10)
+            .expect("start")
+            .is_none());
+        assert_eq!(fs::read_to_string(&path).expect("read"), "10\n");
+        // No such parameter (a kernel without page reporting): an error.
+        assert!(PageReportingHold::start(&dir.path().join("absent"), 10).is_err());
+    }
+
+    #[test]
+    fn warming_the_page_cache_leaves_nothing_behind_and_refuses_a_full_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mbs = warm_page_cache(dir.path(), 4).expect("warm");
+        assert!(mbs > 0.0);
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
+        let free_mib = free_bytes(dir.path()).expect("statvfs") >> 20;
+        let too_much = usize::try_from(free_mib).expect("fits") / 2 + 1;
+        let e = warm_page_cache(dir.path(), too_much).expect_err("refused");
+        assert!(e.to_string().contains("fewer than twice"), "{e}");
+        assert_eq!(fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn the_hold_note_says_what_was_done() {
+        assert_eq!(hold_note(None, None), "");
+        let held = "page_reporting_order 10 during the runs (it was 9)";
+        let note = hold_note(Some(held), Some(&Ok(1234.4)));
+        assert!(note.contains("held off (page_reporting_order 10"), "{note}");
+        assert!(note.contains("at 1234 MB/s, then deleted."), "{note}");
+        let failed = hold_note(Some(held), Some(&Err(std::io::Error::other("no room"))));
+        assert!(
+            failed.ends_with("warming memory first failed: no room."),
+            "{failed}"
+        );
     }
 
     #[test]
