@@ -226,44 +226,23 @@ mod tests {
                 .map(str::to_owned)
         };
         let flush = "sluice_flush_latency_seconds";
-        assert!(text.contains(&format!("# TYPE {flush} histogram\n")));
-        assert_eq!(
-            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.00005\"}}")).as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.0005\"}}")).as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            line(&format!("{flush}_bucket{{shard=\"1\",le=\"0.001\"}}")).as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            line(&format!("{flush}_bucket{{shard=\"1\",le=\"1\"}}")).as_deref(),
-            Some("3")
-        );
-        assert_eq!(
-            line(&format!("{flush}_bucket{{shard=\"1\",le=\"+Inf\"}}")).as_deref(),
-            Some("4")
-        );
-        assert_eq!(
-            line(&format!("{flush}_count{{shard=\"1\"}}")).as_deref(),
-            Some("4")
-        );
-        assert_eq!(
-            line(&format!("{flush}_sum{{shard=\"1\"}}")).as_deref(),
-            Some("3.00144")
-        );
-        // Nothing written: every bucket of the write histogram is zero.
         let write = "sluice_write_latency_seconds";
-        assert_eq!(
-            line(&format!("{write}_bucket{{shard=\"1\",le=\"+Inf\"}}")).as_deref(),
-            Some("0")
-        );
-        assert_eq!(
-            line(&format!("{write}_count{{shard=\"1\"}}")).as_deref(),
-            Some("0")
-        );
+        assert!(text.contains(&format!("# TYPE {flush} histogram\n")));
+        let bucket = |name: &str, le: &str| format!("{name}_bucket{{shard=\"1\",le=\"{le}\"}}");
+        let expected = [
+            (bucket(flush, "0.00005"), "1"),
+            (bucket(flush, "0.0005"), "1"),
+            (bucket(flush, "0.001"), "3"),
+            (bucket(flush, "1"), "3"),
+            (bucket(flush, "+Inf"), "4"),
+            (format!("{flush}_count{{shard=\"1\"}}"), "4"),
+            (format!("{flush}_sum{{shard=\"1\"}}"), "3.00144"),
+            // Nothing written: every bucket of the write histogram is zero.
+            (bucket(write, "+Inf"), "0"),
+            (format!("{write}_count{{shard=\"1\"}}"), "0"),
+        ];
+        for (series, value) in expected {
+            assert_eq!(line(&series).as_deref(), Some(value), "{series}");
+        }
     }
 }
