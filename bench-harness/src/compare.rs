@@ -1717,6 +1717,31 @@ impl PageReportingHold {
         }))
     }
 
+    /// Puts the order back if the run is interrupted (SIGINT, SIGTERM,
+    /// SIGHUP) before the hold is dropped, then ends the process as the
+    /// signal would have (exit status 128 + its number).
+    fn restore_on_signal(&self) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let (path, was) = (self.path.clone(), self.was.clone());
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(mut signals) => {
+                std::thread::spawn(move || {
+                    if let Some(signal) = signals.forever().next() {
+                        put_back(&path, &was);
+                        eprintln!("compare: interrupted; {} is {was} again", path.display());
+                        std::process::exit(128 + signal);
+                    }
+                });
+            }
+            Err(e) => eprintln!(
+                "compare: cannot watch for signals ({e}): if this run is interrupted, write {} \
+                 to {} by hand",
+                self.was,
+                self.path.display()
+            ),
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "page_reporting_order {} during the runs (it was {})",
@@ -1727,13 +1752,17 @@ impl PageReportingHold {
 
 impl Drop for PageReportingHold {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(&self.path, &self.was) {
-            eprintln!(
-                "compare: could not put {} back to {}: {e}",
-                self.path.display(),
-                self.was
-            );
-        }
+        put_back(&self.path, &self.was);
+    }
+}
+
+/// Writes a kernel setting's old value back, saying so when it cannot.
+fn put_back(path: &Path, was: &str) {
+    if let Err(e) = fs::write(path, was) {
+        eprintln!(
+            "compare: could not put {} back to {was}: {e}",
+            path.display()
+        );
     }
 }
 
@@ -1757,6 +1786,7 @@ fn hold_memory(
     };
     if let Some(h) = &hold {
         eprintln!("compare: {}", h.describe());
+        h.restore_on_signal();
     }
     if args.warm_memory_mib == 0 {
         return (hold, None);
