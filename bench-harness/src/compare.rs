@@ -558,6 +558,8 @@ struct Running {
     metrics: Option<String>,
     /// Sluice: how it ended, once it has (`ExitStatus` shows a signal).
     exited: Option<std::process::ExitStatus>,
+    /// Stops the broker if the run is interrupted before `stop`.
+    on_interrupt: Option<crate::interrupt::Registered<'static>>,
 }
 
 impl Running {
@@ -596,6 +598,13 @@ impl Running {
             stopped: false,
             metrics: None,
             exited: None,
+            on_interrupt: Some(crate::interrupt::on_interrupt(
+                crate::interrupt::Cleanup::StopKafka {
+                    script: script.to_owned(),
+                    port,
+                    dir: dir.clone(),
+                },
+            )),
         };
         running.settings = vec![
             format!("Apache Kafka (KAFKA_VERSION, default 4.3.1) from scripts/kafka-peer.sh, single-node KRaft, data in {}", dir.display()),
@@ -669,10 +678,13 @@ impl Running {
             ],
             kafka_stop: None,
             child: Some(child),
-            data_dir: dir,
+            data_dir: dir.clone(),
             stopped: false,
             metrics: Some(metrics),
             exited: None,
+            on_interrupt: Some(crate::interrupt::on_interrupt(
+                crate::interrupt::Cleanup::StopProcess { pid, data_dir: dir },
+            )),
         };
         running.wait_ready()?;
         Ok(running)
@@ -755,6 +767,9 @@ impl Running {
             let _ = child.wait();
             let _ = fs::remove_dir_all(&self.data_dir);
         }
+        // Stopped: nothing left for an interrupt to do (one during the stop
+        // above repeats it, which is harmless).
+        self.on_interrupt = None;
     }
 }
 
@@ -1700,6 +1715,8 @@ struct PageReportingHold {
     path: PathBuf,
     was: String,
     now: u32,
+    /// Puts the order back if the run is interrupted first.
+    _on_interrupt: crate::interrupt::Registered<'static>,
 }
 
 impl PageReportingHold {
@@ -1710,36 +1727,16 @@ impl PageReportingHold {
             return Ok(None);
         }
         fs::write(path, to.to_string())?;
+        let on_interrupt = crate::interrupt::on_interrupt(crate::interrupt::Cleanup::Restore {
+            path: path.to_path_buf(),
+            value: was.clone(),
+        });
         Ok(Some(Self {
             path: path.to_path_buf(),
             was,
             now: to,
+            _on_interrupt: on_interrupt,
         }))
-    }
-
-    /// Puts the order back if the run is interrupted (SIGINT, SIGTERM,
-    /// SIGHUP) before the hold is dropped, then ends the process as the
-    /// signal would have (exit status 128 + its number).
-    fn restore_on_signal(&self) {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let (path, was) = (self.path.clone(), self.was.clone());
-        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-            Ok(mut signals) => {
-                std::thread::spawn(move || {
-                    if let Some(signal) = signals.forever().next() {
-                        put_back(&path, &was);
-                        eprintln!("compare: interrupted; {} is {was} again", path.display());
-                        std::process::exit(128 + signal);
-                    }
-                });
-            }
-            Err(e) => eprintln!(
-                "compare: cannot watch for signals ({e}): if this run is interrupted, write {} \
-                 to {} by hand",
-                self.was,
-                self.path.display()
-            ),
-        }
     }
 
     fn describe(&self) -> String {
@@ -1786,7 +1783,6 @@ fn hold_memory(
     };
     if let Some(h) = &hold {
         eprintln!("compare: {}", h.describe());
-        h.restore_on_signal();
     }
     if args.warm_memory_mib == 0 {
         return (hold, None);

@@ -27,6 +27,7 @@ mod conn;
 mod consume;
 mod error;
 mod group;
+mod interrupt;
 mod kafka;
 mod payload;
 mod plot;
