@@ -382,8 +382,7 @@ impl SideRing {
     pub async fn read_direct(&self, fd: RawFd, offset: u64, len: usize) -> io::Result<Bytes> {
         debug_assert_eq!(offset % BLOCK_BYTES as u64, 0);
         let buf = AlignedBuf::for_read(len).ok_or_else(|| io::Error::other("buffer allocation"))?;
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
+        let id = self.take_id();
         // The blocks asked for, not the whole buffer: a pooled one may be
         // up to a quarter larger.
         let want = (len.div_ceil(BLOCK_BYTES).max(1) * BLOCK_BYTES).min(buf.capacity);
@@ -411,16 +410,8 @@ impl SideRing {
         segments: &[(*const u8, usize)],
         keep: Box<dyn std::any::Any>,
     ) -> io::Result<usize> {
-        let iovecs: Box<[libc::iovec]> = segments
-            .iter()
-            .map(|&(ptr, len)| libc::iovec {
-                iov_base: ptr.cast_mut().cast(),
-                iov_len: len,
-            })
-            .collect();
-        let count = u32::try_from(iovecs.len()).map_err(|_| io::Error::other("too many iovecs"))?;
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
+        let (iovecs, count) = iovecs_of(segments)?;
+        let id = self.take_id();
         let entry = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
             .offset(offset)
             .build()
@@ -443,14 +434,7 @@ impl SideRing {
         segments: &[(*const u8, usize)],
         keep: Box<dyn std::any::Any>,
     ) -> io::Result<(io::Result<usize>, LinkedSync)> {
-        let iovecs: Box<[libc::iovec]> = segments
-            .iter()
-            .map(|&(ptr, len)| libc::iovec {
-                iov_base: ptr.cast_mut().cast(),
-                iov_len: len,
-            })
-            .collect();
-        let count = u32::try_from(iovecs.len()).map_err(|_| io::Error::other("too many iovecs"))?;
+        let (iovecs, count) = iovecs_of(segments)?;
         let (write_id, sync_id) = (self.take_id(), self.take_id());
         let write = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
             .offset(offset)
@@ -492,8 +476,7 @@ impl SideRing {
     /// `fdatasync` of `fd` (the kernel runs it on an io-wq worker). The
     /// caller keeps `fd` open until it returns.
     pub async fn fdatasync(&self, fd: RawFd) -> io::Result<()> {
-        let id = self.next_id.get();
-        self.next_id.set(id + 1);
+        let id = self.take_id();
         let entry = opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
             .build()
@@ -681,6 +664,20 @@ async fn completions(side: std::rc::Weak<SideRing>, events: glommio::io::Buffere
             None => return,
         }
     }
+}
+
+/// The `iovec`s of `segments` (pointer, length) for a `WRITEV`, and their
+/// count; the box must live until the kernel is done with the entry.
+fn iovecs_of(segments: &[(*const u8, usize)]) -> io::Result<(Box<[libc::iovec]>, u32)> {
+    let iovecs: Box<[libc::iovec]> = segments
+        .iter()
+        .map(|&(ptr, len)| libc::iovec {
+            iov_base: ptr.cast_mut().cast(),
+            iov_len: len,
+        })
+        .collect();
+    let count = u32::try_from(iovecs.len()).map_err(|_| io::Error::other("too many iovecs"))?;
+    Ok((iovecs, count))
 }
 
 #[cfg(test)]
