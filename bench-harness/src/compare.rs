@@ -739,17 +739,12 @@ impl Running {
             return;
         }
         self.stopped = true;
-        if let Some((script, port, dir)) = &self.kafka_stop {
+        if let Some((script, port, dir)) = self.kafka_stop.take() {
             let _ = fs::copy(
                 dir.join("kafka.log"),
                 std::env::temp_dir().join("sluice-bench-last-kafka.log"),
             );
-            let _ = Command::new(script)
-                .args(["stop", "--port", &port.to_string(), "--dir"])
-                .arg(dir)
-                .stdin(Stdio::null())
-                .status();
-            let _ = fs::remove_dir_all(dir);
+            crate::interrupt::Cleanup::StopKafka { script, port, dir }.run();
         }
         if let Some(child) = &mut self.child {
             if let Ok(pid) = libc::pid_t::try_from(child.id()) {
@@ -1749,17 +1744,11 @@ impl PageReportingHold {
 
 impl Drop for PageReportingHold {
     fn drop(&mut self) {
-        put_back(&self.path, &self.was);
-    }
-}
-
-/// Writes a kernel setting's old value back, saying so when it cannot.
-fn put_back(path: &Path, was: &str) {
-    if let Err(e) = fs::write(path, was) {
-        eprintln!(
-            "compare: could not put {} back to {was}: {e}",
-            path.display()
-        );
+        crate::interrupt::Cleanup::Restore {
+            path: self.path.clone(),
+            value: self.was.clone(),
+        }
+        .run();
     }
 }
 
