@@ -41,7 +41,7 @@ TOML
 # mean, and the bucket bounds that hold the median and the 99th
 # percentile), from the metrics text on stdin.
 flush_counters() {
-  awk '/^sluice_(fdatasyncs|shared_flushes|anchored_flushes|linked_flushes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
+  awk '/^sluice_(fdatasyncs|shared_flushes|anchored_flushes|linked_flushes|registered_writes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
     /^sluice_(write|flush)_latency_seconds_bucket/ {
       h = ($1 ~ /write/) ? "write" : "flush"; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
       if (!((h, le) in c)) { k[h]++; order[h, k[h]] = le }

@@ -51,6 +51,7 @@ pub struct BrokerSection {
     pub pin_shards: bool,
     pub zero_fill_bytes_per_s: u64,
     pub shared_flush: bool,
+    pub registered_landings: bool,
     pub retention_check_interval_ms: u64,
     pub cleaner_interval_ms: u64,
     pub shutdown_timeout_ms: u64,

@@ -10,6 +10,7 @@
 //! sluice_shared_flushes_total{shard="0"}   flushed groups that shared a device flush
 //! sluice_anchored_flushes_total{shard="0"} shared flushes issued on the empty anchor file
 //! sluice_linked_flushes_total{shard="0"}   fdatasyncs linked behind their write
+//! sluice_registered_writes_total{shard="0"} segment writes from registered memory
 //! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
 //! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
@@ -112,7 +113,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 15] = [
+    let series: [Series; 16] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -139,6 +140,9 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_linked_flushes_total", "counter", |m| {
             m.counters.linked_flushes
+        }),
+        ("sluice_registered_writes_total", "counter", |m| {
+            m.counters.registered_writes
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

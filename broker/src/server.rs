@@ -49,6 +49,20 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         shards,
         "memory budget"
     );
+    if config.broker.registered_landings {
+        let bytes = u64::from(shards) * (plan.request_memory + plan.tail_cache);
+        match usize::try_from(bytes)
+            .map_err(std::io::Error::other)
+            .and_then(sluice_shard::arena::install)
+        {
+            Ok(arena) => tracing::info!(
+                bytes,
+                chunks = arena.chunks(),
+                "landings come from a registered arena"
+            ),
+            Err(e) => tracing::warn!(error = %e, "no arena: landings come from the heap"),
+        }
+    }
     let _lock = preflight::check_data_dir(&data_dir)?;
     let native = config.native_socket_addr()?;
     let kafka = config.kafka_socket_addr()?;

@@ -517,6 +517,7 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
     let mut expected: std::collections::BTreeMap<(String, i32), Vec<Vec<u8>>> =
         std::collections::BTreeMap::new();
     let copies_before = common::scrape(metrics_port, "sluice_payload_copies_total");
+    let registered_before = common::scrape(metrics_port, "sluice_registered_writes_total");
     for version in 3i16..=11 {
         let fill = b'a' + version as u8;
         let large = big_batch(12, 700, fill);
@@ -599,6 +600,18 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
     }
     let copies = common::scrape(metrics_port, "sluice_payload_copies_total") - copies_before;
     assert_eq!(copies, 9, "one copy per small batch; the large ones none");
+    // The 18 large batches landed in the broker's registered arena (the
+    // embedded default `registered_landings = true`) and were written from
+    // there; the small ones went through glommio's own buffers.
+    let registered =
+        common::scrape(metrics_port, "sluice_registered_writes_total") - registered_before;
+    match sluice_shard::uring::writev_fixed_supported() {
+        true => assert!(
+            registered * 4 >= 18 * 3,
+            "{registered} of 18 landed writes from registered memory"
+        ),
+        false => assert_eq!(registered, 0, "no WRITEV_FIXED in this kernel"),
+    }
     // Read everything back.
     for ((topic, p), want) in &expected {
         let mut got = Vec::new();

@@ -28,6 +28,8 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 
+use crate::arena::{self, Span};
+
 /// Alignment of landings and of gap ends in segment files: the filesystem
 /// block size of the disks Sluice writes to (a multiple of their logical
 /// block size and DMA alignment, 512).
@@ -49,15 +51,23 @@ pub struct LandingMem {
     ptr: NonNull<u8>,
     capacity: usize,
     len: usize,
-    /// The allocation: `capacity + LANDING_ALIGN - 1` bytes, plainly
-    /// aligned. An ordinary allocation with the aligned start found inside
-    /// it, rather than an aligned allocation, because glibc's `memalign`
-    /// splits chunks in a way that fragmented the heap (peak RSS 282 MB
-    /// against 216 MB without landings at (a1)).
-    base: NonNull<u8>,
+    /// Where the memory came from, to give it back.
+    origin: Origin,
 }
 
-// SAFETY: plain heap memory with no thread affinity; once frozen it is only
+/// The memory behind a landing.
+enum Origin {
+    /// Pages of the process's registered arena ([`crate::arena`]).
+    Arena(Span),
+    /// A heap allocation of `capacity + LANDING_ALIGN - 1` bytes, plainly
+    /// aligned, with the aligned start found inside it: glibc's `memalign`
+    /// splits chunks in a way that fragmented the heap (peak RSS 282 MB
+    /// against 216 MB without landings at (a1)). Used when there is no
+    /// arena or it has no room.
+    Heap(NonNull<u8>),
+}
+
+// SAFETY: plain memory (heap or arena) with no thread affinity; once frozen it is only
 // written by the owning shard's writer, through `stamp_in_place`, before the
 // batch is published to any reader.
 unsafe impl Send for LandingMem {}
@@ -79,10 +89,18 @@ impl LandingMem {
         self.capacity
     }
 
-    /// Heap bytes the landing holds: its padded length plus the slack
-    /// allocated to find a 4 KiB aligned start.
+    /// Bytes the landing holds: its padded length, plus (on the heap) the
+    /// slack allocated to find a 4 KiB aligned start.
     pub fn allocated_bytes(&self) -> usize {
-        self.capacity + LANDING_ALIGN - 1
+        match self.origin {
+            Origin::Arena(_) => self.capacity,
+            Origin::Heap(_) => self.capacity + LANDING_ALIGN - 1,
+        }
+    }
+
+    /// Whether the memory is the registered arena's.
+    pub fn in_arena(&self) -> bool {
+        matches!(self.origin, Origin::Arena(_))
     }
 
     /// Bytes of the batch.
@@ -120,9 +138,18 @@ impl LandingMem {
 
 impl Drop for LandingMem {
     fn drop(&mut self) {
-        if let Some(layout) = Self::layout(self.capacity) {
-            // SAFETY: allocated with this very layout in `Landing::new`.
-            unsafe { std::alloc::dealloc(self.base.as_ptr(), layout) };
+        match self.origin {
+            Origin::Arena(span) => {
+                if let Some(arena) = arena::installed() {
+                    arena.free(span);
+                }
+            }
+            Origin::Heap(base) => {
+                if let Some(layout) = Self::layout(self.capacity) {
+                    // SAFETY: allocated with this very layout in `Landing::new`.
+                    unsafe { std::alloc::dealloc(base.as_ptr(), layout) };
+                }
+            }
         }
     }
 }
@@ -154,6 +181,28 @@ impl Landing {
         // The padding is exactly the gap readers expect after a batch that
         // ends there (landings are written back to back from a boundary).
         let capacity = (len + gap_len(len as u64)).max(LANDING_ALIGN);
+        let (ptr, origin) = match arena::installed().and_then(|a| Some((a, a.alloc(capacity)?))) {
+            Some((arena, span)) => (arena.ptr(span), Origin::Arena(span)),
+            None => Self::from_heap(capacity)?,
+        };
+        // The padding must be zeros on disk; the batch bytes are received
+        // before anything reads them (`freeze` refuses an unfilled landing).
+        // Arena pages are reused, so they are not zeros already.
+        // SAFETY: `len..capacity` lies inside the memory.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(len), 0, capacity - len) };
+        Some(Landing {
+            mem: LandingMem {
+                ptr,
+                capacity,
+                len,
+                origin,
+            },
+            filled: 0,
+        })
+    }
+
+    /// `capacity` bytes, 4 KiB aligned, from the heap.
+    fn from_heap(capacity: usize) -> Option<(NonNull<u8>, Origin)> {
         let layout = LandingMem::layout(capacity)?;
         // SAFETY: the layout has a non-zero size.
         let base = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
@@ -165,19 +214,7 @@ impl Landing {
         }
         // SAFETY: `skew + capacity` bytes fit in the allocation.
         let ptr = NonNull::new(unsafe { base.as_ptr().add(skew) })?;
-        // The padding must be zeros on disk; the batch bytes are received
-        // before anything reads them (`freeze` refuses an unfilled landing).
-        // SAFETY: `len..capacity` lies inside the allocation.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr().add(len), 0, capacity - len) };
-        Some(Landing {
-            mem: LandingMem {
-                ptr,
-                capacity,
-                len,
-                base,
-            },
-            filled: 0,
-        })
+        Some((ptr, Origin::Heap(base)))
     }
 
     /// Bytes still to receive.

@@ -24,6 +24,9 @@
 //! - [`landing`]: batches received from the socket straight into memory
 //!   that is written to the segment as it is (4 KiB aligned, zero-padded),
 //!   with one `writev` through the side ring per group of appends.
+//! - [`arena`]: the memory landings come from, registered with each side
+//!   ring chunk by chunk, so those writes go out from registered buffers
+//!   (`WRITEV_FIXED`) and the kernel does not pin their pages per write.
 //!
 //! Copies of record payloads in user space: none on the produce path for a
 //! batch that landed (the Kafka listener lands every batch of at least
@@ -129,6 +132,7 @@
 //! 3.02–3.06 to 2.63–2.66 and the median produce acknowledgement from
 //! about 655 to 555 us.
 
+pub mod arena;
 pub mod cache;
 pub mod compaction;
 pub mod config;

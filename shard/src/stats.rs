@@ -73,6 +73,7 @@ thread_local! {
     static SHARED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static ANCHORED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static LINKED_FLUSHES: Cell<u64> = const { Cell::new(0) };
+    static REGISTERED_WRITES: Cell<u64> = const { Cell::new(0) };
     static WRITE_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
     static FLUSH_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
 }
@@ -97,6 +98,10 @@ pub fn record_flush(took: Duration) {
 
 pub fn add_linked_flushes(n: u64) {
     LINKED_FLUSHES.with(|c| c.set(c.get() + n));
+}
+
+pub fn add_registered_writes(n: u64) {
+    REGISTERED_WRITES.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_anchored_flushes(n: u64) {
@@ -153,6 +158,9 @@ pub struct ShardCounters {
     /// Of `fdatasyncs`, those linked behind their write in the side ring
     /// (started by the kernel as the write completed).
     pub linked_flushes: u64,
+    /// Segment writes of appends from registered buffers (the arena's
+    /// chunks, `WRITEV_FIXED`): no pages pinned per write.
+    pub registered_writes: u64,
     /// Segment writes of appends, submission to completion.
     pub write_latency: LatencyHistogram,
     /// Flushes of appends (each `fdatasync` counted in `fdatasyncs`).
@@ -170,6 +178,7 @@ pub fn snapshot() -> ShardCounters {
         shared_flushes: SHARED_FLUSHES.with(Cell::get),
         anchored_flushes: ANCHORED_FLUSHES.with(Cell::get),
         linked_flushes: LINKED_FLUSHES.with(Cell::get),
+        registered_writes: REGISTERED_WRITES.with(Cell::get),
         write_latency: WRITE_LATENCY.with(Cell::get),
         flush_latency: FLUSH_LATENCY.with(Cell::get),
     }

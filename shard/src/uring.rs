@@ -79,6 +79,7 @@ use futures_channel::oneshot;
 use io_uring::{opcode, types, IoUring};
 
 use crate::limits::BLOCK_BYTES;
+use crate::stats;
 
 /// Entries in each side ring: bounds the reads in flight per shard.
 pub const SIDE_RING_ENTRIES: u32 = 256;
@@ -315,6 +316,10 @@ pub struct SideRing {
     /// Set when the kernel could not be entered: the ring is never entered
     /// again, so entries pushed but not submitted never run.
     given_up: Cell<bool>,
+    /// Which chunks of the arena ([`crate::arena`]) this ring registered;
+    /// `None` when it writes from none (no arena, no `WRITEV_FIXED` in this
+    /// kernel, or the kernel refused to pin a chunk).
+    registered: RefCell<Option<Vec<bool>>>,
     /// Tests: the outcomes of the next kernel entries, in order, instead of
     /// entering (an errno, or 0 for an entry that submits nothing).
     #[cfg(test)]
@@ -361,12 +366,14 @@ impl SideRing {
             unsafe { libc::close(efd) };
             return Err(e);
         }
+        let registered = RefCell::new(Self::arena_table(&ring));
         let side = Rc::new(SideRing {
             ring: RefCell::new(ring),
             in_flight: RefCell::new(HashMap::new()),
             slots: Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX)),
             next_id: Cell::new(0),
             given_up: Cell::new(false),
+            registered,
             #[cfg(test)]
             refusals: RefCell::new(Default::default()),
         });
@@ -374,6 +381,87 @@ impl SideRing {
         let events = unsafe { glommio::io::BufferedFile::from_raw_fd(efd) };
         glommio::spawn_local(completions(Rc::downgrade(&side), events)).detach();
         Ok(side)
+    }
+
+    /// An empty table of registered buffers with a place for each chunk of
+    /// the process's arena, when there is one and this kernel writes from
+    /// registered buffers with `WRITEV_FIXED` (Linux 6.15).
+    fn arena_table(ring: &IoUring) -> Option<Vec<bool>> {
+        let arena = crate::arena::installed()?;
+        if !probe_writev_fixed(ring) {
+            tracing::info!(
+                "this kernel has no WRITEV_FIXED: appends are written from unregistered memory"
+            );
+            return None;
+        }
+        let chunks = u32::try_from(arena.chunks()).ok()?;
+        match ring.submitter().register_buffers_sparse(chunks) {
+            Ok(()) => Some(vec![false; arena.chunks()]),
+            Err(e) => {
+                tracing::info!(error = %e, "no registered buffers: appends are written from unregistered memory");
+                None
+            }
+        }
+    }
+
+    /// The registered buffer all of `segments` lie in, registering its
+    /// chunk of the arena on first use; `None` when they are not all in one
+    /// chunk, or the ring writes from no registered buffers.
+    fn fixed_buffer(&self, segments: &[(*const u8, usize)]) -> Option<u16> {
+        let arena = crate::arena::installed()?;
+        let (first, rest) = segments.split_first()?;
+        let chunk = arena.chunk_of(first.0, first.1)?;
+        if rest
+            .iter()
+            .any(|&(p, len)| arena.chunk_of(p, len) != Some(chunk))
+        {
+            return None;
+        }
+        let index = u16::try_from(chunk).ok()?;
+        let mut table = self.registered.borrow_mut();
+        let done = table.as_mut()?.get_mut(chunk)?;
+        if !*done {
+            let iovec = arena.chunk_iovec(chunk);
+            // SAFETY: the chunk is part of the process's arena, which is
+            // never unmapped, so it stays valid while registered.
+            let r = unsafe {
+                self.ring.borrow().submitter().register_buffers_update(
+                    u32::from(index),
+                    &[iovec],
+                    None,
+                )
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, chunk, "the kernel would not pin arena memory: appends are written from unregistered memory");
+                *table = None;
+                return None;
+            }
+            *done = true;
+        }
+        Some(index)
+    }
+
+    /// A `WRITEV` of `iovecs` at `offset`, from a registered buffer when
+    /// they all lie in one ([`SideRing::fixed_buffer`]).
+    fn writev_entry(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        segments: &[(*const u8, usize)],
+        iovecs: &[libc::iovec],
+        count: u32,
+    ) -> io_uring::squeue::Entry {
+        match self.fixed_buffer(segments) {
+            Some(index) => {
+                stats::add_registered_writes(1);
+                opcode::WritevFixed::new(types::Fd(fd), iovecs.as_ptr(), count, index)
+                    .offset(offset)
+                    .build()
+            }
+            None => opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
+                .offset(offset)
+                .build(),
+        }
     }
 
     /// Reads `len` bytes at `offset` of an `O_DIRECT` file descriptor into a
@@ -412,9 +500,8 @@ impl SideRing {
     ) -> io::Result<usize> {
         let (iovecs, count) = iovecs_of(segments)?;
         let id = self.take_id();
-        let entry = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
-            .offset(offset)
-            .build()
+        let entry = self
+            .writev_entry(fd, offset, segments, &iovecs, count)
             .user_data(id);
         let keep: Box<dyn std::any::Any> = Box::new((keep, iovecs));
         let (res, _) = self.submit(id, entry, None, Some(keep)).await?;
@@ -436,9 +523,8 @@ impl SideRing {
     ) -> io::Result<(io::Result<usize>, LinkedSync)> {
         let (iovecs, count) = iovecs_of(segments)?;
         let (write_id, sync_id) = (self.take_id(), self.take_id());
-        let write = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
-            .offset(offset)
-            .build()
+        let write = self
+            .writev_entry(fd, offset, segments, &iovecs, count)
             .flags(io_uring::squeue::Flags::IO_LINK)
             .user_data(write_id);
         let sync = opcode::Fsync::new(types::Fd(fd))
@@ -636,6 +722,18 @@ impl SideRing {
             }
         }
     }
+}
+
+fn probe_writev_fixed(ring: &IoUring) -> bool {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::WritevFixed::CODE)
+}
+
+/// Whether this kernel writes from registered buffers with `WRITEV_FIXED`
+/// (Linux 6.15): without it, appends are written from unregistered memory.
+pub fn writev_fixed_supported() -> bool {
+    IoUring::new(2).is_ok_and(|ring| probe_writev_fixed(&ring))
 }
 
 fn gave_up() -> io::Error {
