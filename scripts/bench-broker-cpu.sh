@@ -9,8 +9,9 @@
 # The broker runs under `taskset -c 0-1` (SLUICE_CPUS) with the embedded
 # defaults, group_initial_rebalance_delay_ms = 0, and any extra [broker]
 # lines in $SLUICE_EXTRA (for example 'spin_before_park_us = 50'), so two
-# settings are compared on one binary (SLUICE_BIN names another build). 3 s of unmeasured load on another
-# topic, then 8 s measured (SLUICE_MEASURE_S). SLUICE_DATA puts the data
+# settings are compared on one binary (SLUICE_BIN names another build). 3 s
+# (SLUICE_WARM_S) of unmeasured load on another topic, then 8 s measured
+# (SLUICE_MEASURE_S). SLUICE_DATA puts the data
 # directory elsewhere (it is deleted afterwards). --perf records the broker
 # with `perf record -g` into the run directory. Needs a release build.
 set -euo pipefail
@@ -24,7 +25,7 @@ bench=target/release/sluice-bench
 dir=$(mktemp -d /tmp/sluice-cpu.XXXXXX)
 . scripts/sluice-broker.sh
 start_sluice "$dir" "${SLUICE_DATA:-$dir/data}"
-"$bench" "$@" --bootstrap "$boot" --topic warm --duration-s 3 >/dev/null
+"$bench" "$@" --bootstrap "$boot" --topic warm --duration-s "${SLUICE_WARM_S:-3}" >/dev/null
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 # Busy ticks of the whole machine (everything but idle and iowait): work the
 # kernel does for the broker outside its threads (kworkers, softirqs on other

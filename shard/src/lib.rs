@@ -25,8 +25,8 @@
 //!   that is written to the segment as it is (4 KiB aligned, zero-padded),
 //!   with one `writev` through the side ring per group of appends.
 //! - [`arena`]: the memory landings come from, registered with each side
-//!   ring chunk by chunk, so those writes go out from registered buffers
-//!   (`WRITEV_FIXED`) and the kernel does not pin their pages per write.
+//!   ring, so those writes go out from registered buffers (`WRITEV_FIXED`)
+//!   and the kernel does not pin their pages per write.
 //!
 //! Copies of record payloads in user space: none on the produce path for a
 //! batch that landed (the Kafka listener lands every batch of at least

@@ -316,10 +316,11 @@ pub struct SideRing {
     /// Set when the kernel could not be entered: the ring is never entered
     /// again, so entries pushed but not submitted never run.
     given_up: Cell<bool>,
-    /// Which chunks of the arena ([`crate::arena`]) this ring registered;
-    /// `None` when it writes from none (no arena, no `WRITEV_FIXED` in this
-    /// kernel, or the kernel refused to pin a chunk).
-    registered: RefCell<Option<Vec<bool>>>,
+    /// How many bytes from the start of each chunk of the arena
+    /// ([`crate::arena`]) this ring registered; `None` when it writes from
+    /// none (no arena, no `WRITEV_FIXED` in this kernel, or the kernel
+    /// refused to pin).
+    registered: RefCell<Option<Vec<usize>>>,
     /// Tests: the outcomes of the next kernel entries, in order, instead of
     /// entering (an errno, or 0 for an entry that submits nothing).
     #[cfg(test)]
@@ -386,7 +387,7 @@ impl SideRing {
     /// An empty table of registered buffers with a place for each chunk of
     /// the process's arena, when there is one and this kernel writes from
     /// registered buffers with `WRITEV_FIXED` (Linux 6.15).
-    fn arena_table(ring: &IoUring) -> Option<Vec<bool>> {
+    fn arena_table(ring: &IoUring) -> Option<Vec<usize>> {
         let arena = crate::arena::installed()?;
         if !probe_writev_fixed(ring) {
             tracing::info!(
@@ -396,7 +397,7 @@ impl SideRing {
         }
         let chunks = u32::try_from(arena.chunks()).ok()?;
         match ring.submitter().register_buffers_sparse(chunks) {
-            Ok(()) => Some(vec![false; arena.chunks()]),
+            Ok(()) => Some(vec![0; arena.chunks()]),
             Err(e) => {
                 tracing::info!(error = %e, "no registered buffers: appends are written from unregistered memory");
                 None
@@ -404,40 +405,53 @@ impl SideRing {
         }
     }
 
-    /// The registered buffer all of `segments` lie in, registering its
-    /// chunk of the arena on first use; `None` when they are not all in one
-    /// chunk, or the ring writes from no registered buffers.
+    /// The registered buffer all of `segments` lie in; `None` when they
+    /// are not all in the registered part of one chunk of the arena, or the
+    /// ring writes from no registered buffers. A chunk's registered part is
+    /// what landings had been given of it ([`crate::arena::Arena::touched`],
+    /// resident, so pinning it faults nothing in), registered again larger
+    /// once that has grown by a quarter (and 64 KiB): pinning costs in
+    /// proportion to the size pinned, so a chunk is pinned a few times over
+    /// at most, not once for every landing that reaches past it.
     fn fixed_buffer(&self, segments: &[(*const u8, usize)]) -> Option<u16> {
+        const GROWTH_MIN: usize = 64 << 10;
         let arena = crate::arena::installed()?;
         let (first, rest) = segments.split_first()?;
-        let chunk = arena.chunk_of(first.0, first.1)?;
-        if rest
-            .iter()
-            .any(|&(p, len)| arena.chunk_of(p, len) != Some(chunk))
-        {
-            return None;
+        let (chunk, mut end) = arena.chunk_of(first.0, first.1)?;
+        for &(p, len) in rest {
+            match arena.chunk_of(p, len) {
+                Some((c, e)) if c == chunk => end = end.max(e),
+                _ => return None,
+            }
         }
         let index = u16::try_from(chunk).ok()?;
         let mut table = self.registered.borrow_mut();
-        let done = table.as_mut()?.get_mut(chunk)?;
-        if !*done {
-            let iovec = arena.chunk_iovec(chunk);
-            // SAFETY: the chunk is part of the process's arena, which is
-            // never unmapped, so it stays valid while registered.
-            let r = unsafe {
-                self.ring.borrow().submitter().register_buffers_update(
-                    u32::from(index),
-                    &[iovec],
-                    None,
-                )
-            };
-            if let Err(e) = r {
-                tracing::warn!(error = %e, chunk, "the kernel would not pin arena memory: appends are written from unregistered memory");
-                *table = None;
-                return None;
-            }
-            *done = true;
+        let registered = table.as_mut()?.get_mut(chunk)?;
+        if end <= *registered {
+            return Some(index);
         }
+        let touched = arena.touched(chunk);
+        let grown = touched >= *registered + (*registered / 4).max(GROWTH_MIN)
+            || touched == arena.chunk_len(chunk);
+        if touched < end || !grown {
+            return None;
+        }
+        let iovec = arena.chunk_iovec(chunk, touched);
+        // SAFETY: the range is part of the process's arena, which is never
+        // unmapped, so it stays valid while registered. Replacing a
+        // registration leaves operations in flight with the old one intact.
+        let r = unsafe {
+            self.ring
+                .borrow()
+                .submitter()
+                .register_buffers_update(u32::from(index), &[iovec], None)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, chunk, "the kernel would not pin arena memory (RLIMIT_MEMLOCK?): appends are written from unregistered memory");
+            *table = None;
+            return None;
+        }
+        *registered = touched;
         Some(index)
     }
 

@@ -1,5 +1,6 @@
 //! Landings from the registered arena (`sluice_shard::arena`): appends are
-//! written from registered memory (`WRITEV_FIXED`), read back byte for byte
+//! written from registered memory
+//! (`WRITEV_FIXED`), read back byte for byte
 //! from the cache, the segment files and after a restart, and the arena's
 //! pages come back when the landings go. A full arena hands out heap
 //! landings, which write the same way without registration.
@@ -74,6 +75,19 @@ fn appends_from_the_arena_are_written_from_registered_memory_and_read_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     run(move || async move {
+        // A ring registers what landings were given of a chunk, again as
+        // that grows by a quarter: fill the whole arena once, as a broker's
+        // traffic soon does, so every write below is from registered memory.
+        let mut fill = Vec::new();
+        loop {
+            let l = landing::land(&vec![0u8; 1 << 20]).expect("landed");
+            if !landing::lookup(&l).is_some_and(|m| m.in_arena()) {
+                break;
+            }
+            fill.push(l);
+        }
+        assert!(fill.len() >= 30, "{} landings of 1 MiB", fill.len());
+        drop(fill);
         let (store, p) = open(&path, config(), 1 << 20).await;
         let before = sluice_shard::stats::snapshot();
         let mut end = 0u64;
