@@ -9,18 +9,19 @@
 //!
 //! The arena is one range of address space for the whole process, reserved
 //! when the broker starts (`MAP_NORESERVE`: no memory until touched, advised
-//! for transparent huge pages) and divided into chunks of [`CHUNK_BYTES`]. Landings ([`crate::landing`])
-//! are carved out of it first fit, in 4 KiB pages, so the memory in use
-//! stays packed at the low end, and its pages become resident as landings
-//! first fill them, as heap memory would. Each side ring ([`crate::uring`])
-//! registers of each chunk the part landings have been given so far (all
-//! resident: a landing writes every page it gets) with the kernel
+//! for transparent huge pages) and divided into chunks of [`CHUNK_BYTES`].
+//! Landings ([`crate::landing`]) are carved out of it first fit, in 4 KiB
+//! pages, so the memory in use stays packed at the low end, and its pages
+//! become resident as landings first fill them, as heap memory would. Each side ring ([`crate::uring`])
+//! registers of each chunk the part landings have been given so far
+//! (resident: a landing writes every page it gets, so at most the pages of
+//! landings still being received are faulted in by it) with the kernel
 //! (`IORING_REGISTER_BUFFERS_UPDATE`, which pins it), registers it again
 //! larger as that part grows by a quarter, and writes groups that lie within
 //! a registered part of one chunk with `WRITEV_FIXED`; other groups go out
 //! as plain `WRITEV`s. What is registered stays resident.
 //!
-//! Three ways of doing this were measured and dropped (2026-12-07, against
+//! Four ways of doing this were measured and dropped (2026-12-07, against
 //! the heap landings before, alternated pairs at 50 MB/s end to end):
 //! - The whole arena faulted in and registered at start: resident memory
 //!   counted the arena on top of the heap that native-protocol appends,
@@ -167,7 +168,8 @@ impl Arena {
 
     /// Bytes from the start of `chunk` that landings have been given: the
     /// pages below the highest ever handed out, resident (a landing writes
-    /// every page it is given), so registering them faults nothing in.
+    /// every page it is given), so registering them faults in at most the
+    /// pages of landings still being received.
     /// (Rounding this up to the end of a huge page, to register whole huge
     /// pages, measured 4% more CPU per GB at 100 B records, not less.)
     pub fn touched(&self, chunk: usize) -> usize {

@@ -67,9 +67,9 @@ enum Origin {
     Heap(NonNull<u8>),
 }
 
-// SAFETY: plain memory (heap or arena) with no thread affinity; once frozen it is only
-// written by the owning shard's writer, through `stamp_in_place`, before the
-// batch is published to any reader.
+// SAFETY: plain memory (heap or arena) with no thread affinity; once frozen
+// it is only written by the owning shard's writer, through `stamp_in_place`,
+// before the batch is published to any reader.
 unsafe impl Send for LandingMem {}
 // SAFETY: see `Send`.
 unsafe impl Sync for LandingMem {}

@@ -409,7 +409,7 @@ impl SideRing {
     /// are not all in the registered part of one chunk of the arena, or the
     /// ring writes from no registered buffers. A chunk's registered part is
     /// what landings had been given of it ([`crate::arena::Arena::touched`],
-    /// resident, so pinning it faults nothing in), registered again larger
+    /// resident, so pinning it faults little in), registered again larger
     /// once that has grown by a quarter (and 64 KiB): pinning costs in
     /// proportion to the size pinned, so a chunk is pinned a few times over
     /// at most, not once for every landing that reaches past it.
