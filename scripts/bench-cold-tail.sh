@@ -2,13 +2,14 @@
 # Broker CPU per GB for a consumer reading ~1 GB: cold (segments) vs tail (cache),
 # with the side ring on and off. Prints one line per case. Needs a release build
 # (cargo build --release -p sluice-broker) and curl; uses ports 29400-29644.
+# READ_AHEAD=false turns off the broker's read-ahead for cold consumers.
 set -u
 cd "$(dirname "$0")/.."
 S=target/release/sluice
 run_case() { # name cache_bytes side_ring
   local name=$1 cache=$2 ring=$3 dir; dir=$(mktemp -d /tmp/coldtail.XXXXXX)
   # The memory budget must hold the 768 MiB-per-shard tail cache of the tail case.
-  printf '[broker]\nmemory_budget_bytes = 2147483648\ntail_cache_bytes = %s\nio_memory_bytes = 10485760\nmetrics_addr = "127.0.0.1:29644"\n' "$cache" > $dir/c.toml
+  printf '[broker]\nmemory_budget_bytes = 2147483648\ntail_cache_bytes = %s\nio_memory_bytes = 10485760\nread_ahead = %s\nmetrics_addr = "127.0.0.1:29644"\n' "$cache" "${READ_AHEAD:-true}" > $dir/c.toml
   SLUICE_SIDE_RING=$ring $S serve --config $dir/c.toml --data-dir $dir/d --native-addr 127.0.0.1:29400 --kafka-addr 127.0.0.1:29490 > $dir/out 2> $dir/log &
   local pid=$!
   for _ in $(seq 50); do grep -q ready $dir/out 2>/dev/null && break; sleep 0.2; done
@@ -28,10 +29,11 @@ run_case() { # name cache_bytes side_ring
   read=$(curl -s $m | awk '/^sluice_bytes_read_total/{s+=$2} END{print s}')
   copies=$(curl -s $m | awk '/^sluice_payload_copies_total/{s+=$2} END{print s}')
   local cache_reads; cache_reads=$(curl -s $m | awk '/^sluice_cache_reads_total/{s+=$2} END{print s}')
+  local ahead; ahead=$(curl -s $m | awk '/^sluice_read_ahead_hits_total/{s+=$2} END{print s}')
   kill -TERM $pid; wait $pid
   python3 -c "
 ticks=$c1-$c0; secs=ticks/100; gb=$read/1e9
-print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads')"
+print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads, fetches served by read-ahead $ahead')"
   rm -rf $dir
 }
 [ -f ${INPUT:-/tmp/sluice-input-1g.txt} ] || python3 -c "

@@ -52,6 +52,7 @@ pub struct BrokerSection {
     pub zero_fill_bytes_per_s: u64,
     pub shared_flush: bool,
     pub registered_landings: bool,
+    pub read_ahead: bool,
     pub retention_check_interval_ms: u64,
     pub cleaner_interval_ms: u64,
     pub shutdown_timeout_ms: u64,

@@ -11,6 +11,9 @@
 //! sluice_anchored_flushes_total{shard="0"} shared flushes issued on the empty anchor file
 //! sluice_linked_flushes_total{shard="0"}   fdatasyncs linked behind their write
 //! sluice_registered_writes_total{shard="0"} segment writes from registered memory
+//! sluice_read_ahead_bytes_total{shard="0"} segment bytes read ahead of consumers
+//! sluice_read_ahead_hits_total{shard="0"}  fetches that found their read ahead
+//! sluice_read_ahead_dropped_total{..}      reads ahead dropped unused
 //! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
 //! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
@@ -20,6 +23,8 @@
 //! sluice_tail_cache_capacity_bytes{...}    the tail cache's share of the budget
 //! sluice_request_memory_bytes{shard="0"}   request memory reserved now
 //! sluice_request_memory_capacity_bytes{..} the shard's request memory pool
+//! sluice_read_ahead_held_bytes{shard="0"}  segment bytes read ahead, not yet taken
+//! sluice_read_ahead_capacity_bytes{..}     their bound: a quarter of request memory
 //! sluice_memory_budget_bytes               the whole process's memory budget
 //! ```
 
@@ -45,6 +50,8 @@ pub struct ShardMetrics {
     pub tail_cache_capacity_bytes: u64,
     pub request_memory_bytes: u64,
     pub request_memory_capacity_bytes: u64,
+    pub read_ahead_held_bytes: u64,
+    pub read_ahead_capacity_bytes: u64,
     pub memory_budget_bytes: u64,
 }
 
@@ -58,6 +65,8 @@ impl Shard {
             tail_cache_capacity_bytes: self.memory.tail_cache,
             request_memory_bytes: self.request_memory.in_use(),
             request_memory_capacity_bytes: self.request_memory.capacity(),
+            read_ahead_held_bytes: self.store.read_ahead().held_bytes() as u64,
+            read_ahead_capacity_bytes: self.store.read_ahead().budget() as u64,
             memory_budget_bytes: self.memory.budget,
         }
     }
@@ -113,7 +122,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 16] = [
+    let series: [Series; 21] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -144,6 +153,15 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         ("sluice_registered_writes_total", "counter", |m| {
             m.counters.registered_writes
         }),
+        ("sluice_read_ahead_bytes_total", "counter", |m| {
+            m.counters.read_ahead_bytes
+        }),
+        ("sluice_read_ahead_hits_total", "counter", |m| {
+            m.counters.read_ahead_hits
+        }),
+        ("sluice_read_ahead_dropped_total", "counter", |m| {
+            m.counters.read_ahead_dropped
+        }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),
         ("sluice_tail_cache_bytes", "gauge", |m| m.tail_cache_bytes),
@@ -155,6 +173,12 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_request_memory_capacity_bytes", "gauge", |m| {
             m.request_memory_capacity_bytes
+        }),
+        ("sluice_read_ahead_held_bytes", "gauge", |m| {
+            m.read_ahead_held_bytes
+        }),
+        ("sluice_read_ahead_capacity_bytes", "gauge", |m| {
+            m.read_ahead_capacity_bytes
         }),
     ];
     let mut text = String::new();

@@ -345,11 +345,19 @@ async fn start_shard(
     let log_defaults = config.log_defaults()?;
     let count = config.shard_count();
     let plan = config.memory_plan()?;
-    let store = Rc::new(ShardStore::new(
-        sluice_protocol::ShardId(id),
-        data_dir,
-        plan.tail_cache as usize,
-    ));
+    // Reads ahead of consumers take a quarter of the request memory.
+    let read_ahead = match config.broker.read_ahead {
+        true => plan.request_memory / 4,
+        false => 0,
+    };
+    let store = Rc::new(
+        ShardStore::new(
+            sluice_protocol::ShardId(id),
+            data_dir,
+            plan.tail_cache as usize,
+        )
+        .with_read_ahead(read_ahead as usize),
+    );
     let groups = group_coordinator(&config, &store);
     let shard = Rc::new(Shard {
         id,
@@ -367,7 +375,7 @@ async fn start_shard(
         producer_ids: Cell::new(0),
         stopping: Cell::new(false),
         memory: plan,
-        request_memory: RequestMemory::new(plan.request_memory),
+        request_memory: RequestMemory::new(plan.request_memory - read_ahead),
         config,
     });
     shard.open_owned_partitions().await?;

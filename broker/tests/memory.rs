@@ -52,7 +52,8 @@ fn resident_memory_stays_within_the_budget_under_large_produce_and_cold_fetch() 
     let metrics = b.kafka_port + 1;
     assert_eq!(scrape(metrics, "sluice_memory_budget_bytes"), BUDGET);
     let parts = scrape(metrics, "sluice_tail_cache_capacity_bytes")
-        + scrape(metrics, "sluice_request_memory_capacity_bytes");
+        + scrape(metrics, "sluice_request_memory_capacity_bytes")
+        + scrape(metrics, "sluice_read_ahead_capacity_bytes");
     assert!(
         parts > 0 && parts < BUDGET,
         "derived caches and pools ({parts}) must fit the budget"

@@ -128,6 +128,16 @@ impl TailCache {
         Some(out)
     }
 
+    /// Whether a read of `key` at `offset` would be served from the cache.
+    pub fn holds(&self, key: CacheKey, offset: i64) -> bool {
+        let inner = self.inner.borrow();
+        inner
+            .partitions
+            .get(&key)
+            .and_then(|q| q.front())
+            .is_some_and(|first| offset >= first.base_offset)
+    }
+
     /// Forgets every batch of `key` (partition deleted or truncated).
     pub fn remove(&self, key: CacheKey) {
         let mut inner = self.inner.borrow_mut();

@@ -142,6 +142,7 @@ pub mod landing;
 pub mod limits;
 pub mod partition;
 pub mod producer;
+pub mod readahead;
 mod recovery;
 mod snapshot;
 pub mod stats;

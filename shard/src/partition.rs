@@ -157,6 +157,24 @@ pub struct ReadBatches {
     pub bytes: usize,
 }
 
+/// The shard's memory a partition reads through: its tail cache (with the
+/// partition's key in it) and its reads ahead of consumers.
+pub struct Caches {
+    pub tail: Rc<TailCache>,
+    pub key: CacheKey,
+    pub read_ahead: Rc<crate::readahead::ReadAhead>,
+}
+
+/// Where the fetch after a read from segment files would start: the offset
+/// after its last batch, at `pos` of the segment based at `seg_base`.
+struct Resume {
+    offset: i64,
+    seg_base: i64,
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    pos: u64,
+}
+
 /// How durable an append must be before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -247,6 +265,8 @@ pub struct Partition {
     pub(crate) dir: PathBuf,
     pub(crate) cache_key: CacheKey,
     pub(crate) cache: Rc<TailCache>,
+    /// The shard's reads ahead of consumers (`readahead`).
+    pub(crate) read_ahead: Rc<crate::readahead::ReadAhead>,
     pub(crate) state: RefCell<State>,
     /// What the log cleaner knows of this partition (`compaction.rs`).
     pub(crate) cleaner: RefCell<crate::compaction::CleanerState>,
@@ -322,9 +342,13 @@ impl Partition {
         dir: PathBuf,
         config: LogConfig,
         leader_epoch: i32,
-        cache: Rc<TailCache>,
-        cache_key: CacheKey,
+        caches: Caches,
     ) -> Result<Rc<Partition>, StorageError> {
+        let Caches {
+            tail: cache,
+            key: cache_key,
+            read_ahead,
+        } = caches;
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create", &dir, e))?;
         let segments = crate::recovery::recover_segments(&dir).await?;
         let segments = match segments.is_empty() {
@@ -349,6 +373,7 @@ impl Partition {
             dir,
             cache_key,
             cache,
+            read_ahead,
             state: RefCell::new(State {
                 segments,
                 log_start,
@@ -519,29 +544,106 @@ impl Partition {
         max_bytes: usize,
         log_end: i64,
     ) -> Result<ReadBatches, ReadError> {
-        let (file, path, seg_base, seg_size, start_pos) = {
+        let want = max_bytes.max(FETCH_READ_BYTES_MIN);
+        let ahead = self.read_ahead.take(self.cache_key, offset);
+        let (out, resume) =
+            Box::pin(self.read_segments_from(offset, max_bytes, log_end, ahead)).await?;
+        if let Some(r) = resume {
+            self.read_ahead_from(r, want);
+        }
+        Ok(out)
+    }
+
+    /// Reads batches from the segment holding `offset` (or the one `ahead`
+    /// was read from, starting with its bytes); also says where the next
+    /// fetch in order would start.
+    async fn read_segments_from(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        log_end: i64,
+        ahead: Option<crate::readahead::Ahead>,
+    ) -> Result<(ReadBatches, Option<Resume>), ReadError> {
+        let (file, path, seg_base, seg_size, start_pos, mut ahead) = {
             let s = self.state.borrow();
-            let i = s
-                .segments
-                .partition_point(|seg| seg.base_offset <= offset)
-                .saturating_sub(1);
-            let seg = &s.segments[i];
-            let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
-            let (_, pos) = seg.index.lookup_offset(rel);
+            // A read ahead is used while its file is still the segment at
+            // its place; otherwise it is dropped and the index says where
+            // to start.
+            let ahead = ahead.filter(|a| {
+                let current = s.segments.iter().any(|seg| {
+                    seg.base_offset == a.seg_base
+                        && a.file.upgrade().is_some_and(|f| Rc::ptr_eq(&f, &seg.file))
+                });
+                if !current {
+                    stats::add_read_ahead_dropped(1);
+                }
+                current
+            });
+            let seg = match &ahead {
+                Some(a) => s.segments.iter().find(|seg| seg.base_offset == a.seg_base),
+                None => None,
+            };
+            let seg = match seg {
+                Some(seg) => seg,
+                None => {
+                    let i = s
+                        .segments
+                        .partition_point(|seg| seg.base_offset <= offset)
+                        .saturating_sub(1);
+                    &s.segments[i]
+                }
+            };
+            let pos = match &ahead {
+                Some(a) => a.pos,
+                None => {
+                    let rel = u32::try_from(offset - seg.base_offset).unwrap_or(u32::MAX);
+                    u64::from(seg.index.lookup_offset(rel).1)
+                }
+            };
             (
                 seg.file.clone(),
                 seg.path.clone(),
                 seg.base_offset,
                 seg.size,
-                u64::from(pos),
+                pos,
+                ahead,
             )
         };
         let mut out = ReadBatches::default();
         let mut pos = start_pos;
+        let mut next = offset;
         let want = max_bytes.max(FETCH_READ_BYTES_MIN);
+        let resume = |out: ReadBatches, next: i64, pos: u64| {
+            let resume = Resume {
+                offset: next,
+                seg_base,
+                file: file.clone(),
+                path: path.clone(),
+                pos,
+            };
+            Ok((out, Some(resume)))
+        };
         while pos < seg_size {
-            let len = (seg_size - pos).min(want as u64) as usize;
-            let data = read_region(&file, &path, pos, len).await?;
+            let mut len = (seg_size - pos).min(want as u64) as usize;
+            let taken = match ahead.take() {
+                Some(a) => match a.read.await {
+                    Ok(data) => {
+                        stats::add_read_ahead_hits(1);
+                        Some(data)
+                    }
+                    // Read again below: the error, if it lasts, is the
+                    // fetch's own.
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            let data = match taken {
+                Some(data) => {
+                    len = data.len();
+                    data
+                }
+                None => read_region(&file, &path, pos, len).await?,
+            };
             let buf: &[u8] = &data;
             let mut at = 0usize;
             let mut need_more = None;
@@ -572,7 +674,7 @@ impl Partition {
                 };
                 let total = header.total_bytes();
                 if header.base_offset >= log_end {
-                    return Ok(out);
+                    return Ok((out, None));
                 }
                 if header.last_offset() < offset {
                     // Skipped whole, even when it runs past this read.
@@ -580,7 +682,7 @@ impl Partition {
                     continue;
                 }
                 if !out.chunks.is_empty() && out.bytes + total > max_bytes {
-                    return Ok(out);
+                    return resume(out, next, pos + at as u64);
                 }
                 if buf.len() - at < total {
                     need_more = Some(total);
@@ -589,6 +691,7 @@ impl Partition {
                 // A slice of the read buffer: no copy.
                 out.chunks.push(data.slice(at..at + total));
                 out.bytes += total;
+                next = header.last_offset() + 1;
                 at += total;
             }
             pos += at as u64;
@@ -600,11 +703,14 @@ impl Partition {
                         let msg = format!("truncated batch at {pos} in {}", path.display());
                         return Err(ReadError::Storage(StorageError(msg)));
                     }
+                    if let Ok(header) = BatchHeader::parse(&data) {
+                        next = header.last_offset() + 1;
+                    }
                     out.chunks.push(data);
                     out.bytes += n;
                     pos += n as u64;
                     if out.bytes >= max_bytes {
-                        return Ok(out);
+                        return resume(out, next, pos);
                     }
                 }
                 _ if at == 0 && need_more.is_some() => {
@@ -614,7 +720,7 @@ impl Partition {
                 _ => {}
             }
             if out.bytes >= max_bytes {
-                return Ok(out);
+                return resume(out, next, pos);
             }
         }
         // The segment ended: continue in the next one if it exists.
@@ -627,11 +733,60 @@ impl Partition {
                     .map(|seg| seg.base_offset)
             };
             if let Some(next) = next_base {
-                return Box::pin(self.read_from_segments(next.max(offset), max_bytes, log_end))
-                    .await;
+                return Box::pin(self.read_segments_from(
+                    next.max(offset),
+                    max_bytes,
+                    log_end,
+                    None,
+                ))
+                .await;
             }
         }
-        Ok(out)
+        resume(out, next, pos)
+    }
+
+    /// Starts reading ahead for the fetch that would come next in order,
+    /// when it would read from a segment file: `want` bytes from where the
+    /// last one stopped, or from the start of the next segment.
+    fn read_ahead_from(&self, r: Resume, want: usize) {
+        if self.read_ahead.budget() == 0 || self.cache.holds(self.cache_key, r.offset) {
+            return;
+        }
+        let target = {
+            let s = self.state.borrow();
+            if s.closed || r.offset >= s.log_end {
+                return;
+            }
+            let Some(i) = s
+                .segments
+                .iter()
+                .position(|seg| seg.base_offset == r.seg_base)
+            else {
+                return;
+            };
+            let seg = &s.segments[i];
+            if !Rc::ptr_eq(&seg.file, &r.file) {
+                return;
+            }
+            match (r.pos < seg.size, s.segments.get(i + 1)) {
+                (true, _) => Some((seg.base_offset, r.file.clone(), r.path, r.pos, seg.size)),
+                (false, Some(n)) => {
+                    Some((n.base_offset, n.file.clone(), n.path.clone(), 0, n.size))
+                }
+                (false, None) => None,
+            }
+        };
+        let Some((base, file, path, pos, size)) = target else {
+            return;
+        };
+        let region = crate::readahead::Region {
+            seg_base: base,
+            file,
+            path,
+            pos,
+            len: (size - pos).min(want as u64) as usize,
+        };
+        self.read_ahead.start(self.cache_key, r.offset, region);
     }
 
     /// The offset of the first record whose timestamp is at least `timestamp`,
@@ -797,6 +952,7 @@ impl Partition {
         }
         self.snapshot_producers().await?;
         self.cache.remove(self.cache_key);
+        self.read_ahead.forget(self.cache_key);
         self.wake_waiters();
         Ok(())
     }
@@ -806,6 +962,7 @@ impl Partition {
         self.state.borrow_mut().closed = true;
         self.queue_slots.close();
         self.cache.remove(self.cache_key);
+        self.read_ahead.forget(self.cache_key);
         self.wake_waiters();
         let segments: Vec<Segment> = self.state.borrow_mut().segments.drain(..).collect();
         drop(segments);
@@ -885,7 +1042,7 @@ fn read_log_start(dir: &Path, first: i64, end: i64) -> i64 {
 /// the file). Through the shard's side ring the device writes straight into
 /// the returned buffer and nothing is copied; without one (the ring could
 /// not be set up), glommio's read is copied once and counted.
-async fn read_region(
+pub(crate) async fn read_region(
     file: &DmaFile,
     path: &Path,
     pos: u64,

@@ -74,6 +74,9 @@ thread_local! {
     static ANCHORED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static LINKED_FLUSHES: Cell<u64> = const { Cell::new(0) };
     static REGISTERED_WRITES: Cell<u64> = const { Cell::new(0) };
+    static READ_AHEAD_BYTES: Cell<u64> = const { Cell::new(0) };
+    static READ_AHEAD_HITS: Cell<u64> = const { Cell::new(0) };
+    static READ_AHEAD_DROPPED: Cell<u64> = const { Cell::new(0) };
     static WRITE_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
     static FLUSH_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
 }
@@ -102,6 +105,21 @@ pub fn add_linked_flushes(n: u64) {
 
 pub fn add_registered_writes(n: u64) {
     REGISTERED_WRITES.with(|c| c.set(c.get() + n));
+}
+
+/// A read ahead of `bytes` was started (`readahead`).
+pub fn add_read_ahead_started(bytes: u64) {
+    READ_AHEAD_BYTES.with(|c| c.set(c.get() + bytes));
+}
+
+/// A fetch found its read ahead (started by the fetch before it).
+pub fn add_read_ahead_hits(n: u64) {
+    READ_AHEAD_HITS.with(|c| c.set(c.get() + n));
+}
+
+/// Reads ahead dropped unused (budget full, partition closed, file gone).
+pub fn add_read_ahead_dropped(n: u64) {
+    READ_AHEAD_DROPPED.with(|c| c.set(c.get() + n));
 }
 
 pub fn add_anchored_flushes(n: u64) {
@@ -161,6 +179,12 @@ pub struct ShardCounters {
     /// Segment writes of appends from registered buffers (the arena's
     /// chunks, `WRITEV_FIXED`): no pages pinned per write.
     pub registered_writes: u64,
+    /// Bytes of segment files read ahead of consumers (`readahead`).
+    pub read_ahead_bytes: u64,
+    /// Fetches that found their read ahead.
+    pub read_ahead_hits: u64,
+    /// Reads ahead dropped before any fetch took them.
+    pub read_ahead_dropped: u64,
     /// Segment writes of appends, submission to completion.
     pub write_latency: LatencyHistogram,
     /// Flushes of appends (each `fdatasync` counted in `fdatasyncs`).
@@ -179,6 +203,9 @@ pub fn snapshot() -> ShardCounters {
         anchored_flushes: ANCHORED_FLUSHES.with(Cell::get),
         linked_flushes: LINKED_FLUSHES.with(Cell::get),
         registered_writes: REGISTERED_WRITES.with(Cell::get),
+        read_ahead_bytes: READ_AHEAD_BYTES.with(Cell::get),
+        read_ahead_hits: READ_AHEAD_HITS.with(Cell::get),
+        read_ahead_dropped: READ_AHEAD_DROPPED.with(Cell::get),
         write_latency: WRITE_LATENCY.with(Cell::get),
         flush_latency: FLUSH_LATENCY.with(Cell::get),
     }

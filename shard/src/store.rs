@@ -10,7 +10,8 @@ use sluice_protocol::ShardId;
 use crate::cache::TailCache;
 use crate::compaction::CleanOutcome;
 use crate::config::LogConfig;
-use crate::partition::{now_ms, Partition, StorageError};
+use crate::partition::{now_ms, Caches, Partition, StorageError};
+use crate::readahead::ReadAhead;
 
 /// The directory of a partition. It depends only on the topic and the
 /// partition, never on the shard count, so a restart with a different
@@ -39,6 +40,7 @@ pub struct ShardStore {
     pub shard: ShardId,
     data_dir: PathBuf,
     cache: Rc<TailCache>,
+    read_ahead: Rc<ReadAhead>,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     next_cache_key: Cell<u64>,
     /// Where the next [`ShardStore::clean`] starts among the partitions.
@@ -51,10 +53,23 @@ impl ShardStore {
             shard,
             data_dir,
             cache: Rc::new(TailCache::new(cache_bytes)),
+            read_ahead: Rc::new(ReadAhead::new(0)),
             partitions: RefCell::new(HashMap::new()),
             next_cache_key: Cell::new(0),
             clean_cursor: Cell::new(0),
         }
+    }
+
+    /// Reads ahead of consumers reading segment files in order, holding at
+    /// most `bytes` (`readahead`); 0 (the default) turns them off.
+    #[must_use]
+    pub fn with_read_ahead(mut self, bytes: usize) -> Self {
+        self.read_ahead = Rc::new(ReadAhead::new(bytes));
+        self
+    }
+
+    pub fn read_ahead(&self) -> &ReadAhead {
+        &self.read_ahead
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -86,8 +101,11 @@ impl ShardStore {
             dir,
             config,
             leader_epoch,
-            self.cache.clone(),
-            key,
+            Caches {
+                tail: self.cache.clone(),
+                key,
+                read_ahead: self.read_ahead.clone(),
+            },
         )
         .await?;
         self.partitions

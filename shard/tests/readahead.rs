@@ -1,0 +1,305 @@
+//! Read-ahead for consumers of cold segments (`sluice_shard::readahead`):
+//! every fetch in order after the first finds its bytes already read, the
+//! records are exactly those of the log, several consumers of one partition
+//! each keep their own read, the budget holds, and a read of a segment file
+//! that compaction replaced is never served.
+
+mod common;
+
+use common::run;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use sluice_protocol::batch::{self, BatchBuilder};
+use sluice_shard::config::{CleanupPolicy, LogConfig};
+use sluice_shard::partition::{now_ms, Durability, Partition};
+use sluice_shard::stats;
+use sluice_shard::store::ShardStore;
+
+/// Opens `t`/0 with no tail cache (every read goes to the segment files)
+/// and reads ahead holding at most `budget` bytes.
+async fn open(dir: &Path, config: LogConfig, budget: usize) -> (Rc<ShardStore>, Rc<Partition>) {
+    common::open_with(dir, config, 0, budget).await
+}
+
+fn unique(i: i64, j: i64) -> String {
+    format!("key-{i}-{j}")
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig {
+        segment_bytes: 16 * 1024,
+        index_interval_bytes: 256,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends `batches` batches of three records, record `j` of batch `i`
+/// keyed `key(i, j)`; returns the records.
+async fn fill(
+    p: &Partition,
+    batches: i64,
+    key: impl Fn(i64, i64) -> String,
+) -> Vec<(i64, String, String)> {
+    let mut written = Vec::new();
+    for i in 0..batches {
+        let mut b = BatchBuilder::new(now_ms() - 1000);
+        let recs: Vec<(String, String)> = (0..3)
+            .map(|j| (key(i, j), format!("value-{i}-{j}")))
+            .collect();
+        for (k, v) in &recs {
+            b.push(now_ms() - 1000, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        }
+        let at = p
+            .append(Bytes::from(b.finish()), Durability::Written)
+            .await
+            .expect("append");
+        for (j, (k, v)) in recs.into_iter().enumerate() {
+            written.push((at.base_offset + j as i64, k, v));
+        }
+    }
+    written
+}
+
+/// A consumer: fetches of `max_bytes` from its offset, as clients do.
+struct Consumer {
+    offset: i64,
+    seen: Vec<(i64, String, String)>,
+    fetches: u64,
+}
+
+impl Consumer {
+    fn at(offset: i64) -> Consumer {
+        Consumer {
+            offset,
+            seen: Vec::new(),
+            fetches: 0,
+        }
+    }
+
+    /// One fetch; false once the consumer is at the log end.
+    async fn fetch(&mut self, p: &Partition, max_bytes: usize) -> bool {
+        if self.offset >= p.offsets().log_end {
+            return false;
+        }
+        let got = p.read(self.offset, max_bytes).await.expect("read");
+        self.fetches += 1;
+        let joined: Vec<u8> = got.chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut next = self.offset;
+        for item in batch::split(&joined) {
+            let (range, header) = item.expect("whole batches");
+            batch::validate_stored(&joined[range.clone()]).expect("valid batches");
+            for r in batch::records_owned(&joined[range])
+                .expect("records")
+                .iter()
+            {
+                let r = r.expect("record");
+                if r.offset >= self.offset {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    self.seen.push((
+                        r.offset,
+                        text(r.key.expect("key")),
+                        text(r.value.expect("value")),
+                    ));
+                }
+            }
+            next = next.max(header.last_offset() + 1);
+        }
+        assert!(
+            next > self.offset,
+            "a fetch at {} makes progress",
+            self.offset
+        );
+        self.offset = next;
+        true
+    }
+}
+
+#[test]
+fn every_fetch_in_order_after_the_first_finds_its_read_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, p) = open(&path, small_segments(), 1 << 20).await;
+        let written = fill(&p, 1500, unique).await;
+        assert!(p.segment_count() > 8, "reads cross many segments");
+        let before = stats::snapshot();
+        let mut c = Consumer::at(0);
+        while c.fetch(&p, 3000).await {}
+        let after = stats::snapshot();
+        assert_eq!(c.seen, written, "every record, in order, exactly once");
+        assert_eq!(after.cache_reads, before.cache_reads, "all cold");
+        // The first fetch had nothing read ahead; every later one did,
+        // across segment ends too.
+        assert_eq!(
+            after.read_ahead_hits - before.read_ahead_hits,
+            c.fetches - 1
+        );
+        assert_eq!(after.read_ahead_dropped, before.read_ahead_dropped);
+        assert_eq!(after.payload_copies, before.payload_copies, "no copies");
+        // Caught up: nothing is left read ahead, and closing drops all.
+        assert!(store.read_ahead().held_bytes() <= store.read_ahead().budget());
+        store.close_all().await.expect("close");
+        assert_eq!(store.read_ahead().held_bytes(), 0);
+        assert!(store.read_ahead().is_empty());
+    });
+}
+
+#[test]
+fn consumers_at_different_places_keep_their_own_reads_within_the_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // Room for two reads of a 16 KiB segment's rest, not always for
+        // three.
+        let budget = 32 * 1024;
+        let (store, p) = open(&path, small_segments(), budget).await;
+        let written = fill(&p, 1500, unique).await;
+        let end = written.len() as i64;
+        let before = stats::snapshot();
+        let (mut a, mut b) = (Consumer::at(0), Consumer::at(end / 2));
+        loop {
+            let more_a = a.fetch(&p, 3000).await;
+            let more_b = b.fetch(&p, 3000).await;
+            assert!(store.read_ahead().held_bytes() <= budget);
+            if !more_a && !more_b {
+                break;
+            }
+        }
+        assert_eq!(a.seen, written);
+        assert_eq!(b.seen, written[(end / 2) as usize..]);
+        let mid = stats::snapshot();
+        let fetches = a.fetches + b.fetches;
+        assert_eq!(mid.read_ahead_hits - before.read_ahead_hits, fetches - 2);
+
+        // A third consumer: now the oldest reads are dropped to make room,
+        // and still every consumer gets exactly the log.
+        let (mut a, mut b, mut c) = (
+            Consumer::at(0),
+            Consumer::at(end / 3),
+            Consumer::at(end / 2),
+        );
+        loop {
+            let more = [
+                a.fetch(&p, 3000).await,
+                b.fetch(&p, 3000).await,
+                c.fetch(&p, 3000).await,
+            ];
+            assert!(store.read_ahead().held_bytes() <= budget);
+            if more.iter().all(|m| !m) {
+                break;
+            }
+        }
+        assert_eq!(a.seen, written);
+        assert_eq!(b.seen, written[(end / 3) as usize..]);
+        assert_eq!(c.seen, written[(end / 2) as usize..]);
+        let after = stats::snapshot();
+        assert!(
+            after.read_ahead_dropped > mid.read_ahead_dropped,
+            "the budget pushed some out"
+        );
+        store.close_all().await.expect("close");
+    });
+}
+
+#[test]
+fn a_read_ahead_of_a_segment_that_compaction_replaced_is_not_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            cleanup_policy: CleanupPolicy::Compact,
+            min_cleanable_dirty_ratio_ppm: 0,
+            ..small_segments()
+        };
+        let (store, p) = open(&path, config, 1 << 20).await;
+        // Each batch's first record has one of 5 keys, written over and
+        // over; the other two are unique. Compaction removes nearly every
+        // first record, so the survivors move to other file positions.
+        let written = fill(&p, 600, |i, j| match j {
+            0 => format!("dup-{}", i % 5),
+            _ => format!("key-{i}-{j}"),
+        })
+        .await;
+        // One fetch from the start: the next region is read ahead.
+        let mut c = Consumer::at(0);
+        c.fetch(&p, 3000).await;
+        assert!(!store.read_ahead().is_empty(), "a read ahead is held");
+        let resume = c.offset;
+        let dropped = stats::snapshot().read_ahead_dropped;
+
+        let outcome = store.clean().await.expect("clean");
+        assert!(outcome.segments_rewritten > 1, "{outcome:?}");
+
+        // What the log holds now from `resume`: the newest record of each
+        // key below the active segment, everything in it.
+        let active = p.offsets().log_end - 1;
+        let active_base = {
+            let mut bases: Vec<i64> =
+                std::fs::read_dir(sluice_shard::store::partition_dir(&path, "t", 0))
+                    .expect("dir")
+                    .filter_map(|e| {
+                        e.ok()?
+                            .file_name()
+                            .into_string()
+                            .ok()?
+                            .strip_suffix(".log")?
+                            .parse()
+                            .ok()
+                    })
+                    .collect();
+            bases.sort_unstable();
+            *bases.last().expect("a segment")
+        };
+        assert!(active_base <= active);
+        let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+        for (o, k, _) in written.iter().filter(|w| w.0 < active_base) {
+            newest.insert(k, *o);
+        }
+        let want: Vec<_> = written
+            .iter()
+            .filter(|(o, k, _)| {
+                *o >= resume && (*o >= active_base || newest.get(k.as_str()) == Some(o))
+            })
+            .cloned()
+            .collect();
+        assert!(want.len() < written.len() * 3 / 4);
+        while c.fetch(&p, 3000).await {}
+        assert_eq!(
+            c.seen[c
+                .seen
+                .iter()
+                .position(|s| s.0 >= resume)
+                .unwrap_or(c.seen.len())..],
+            want[..],
+            "the fetch after compaction reads the new file, not the old bytes"
+        );
+        assert!(
+            stats::snapshot().read_ahead_dropped > dropped,
+            "the stale read was dropped"
+        );
+        store.close_all().await.expect("close");
+    });
+}
+
+#[test]
+fn a_store_without_read_ahead_reads_nothing_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (store, p) = common::open(&path, small_segments(), 0).await;
+        let written = fill(&p, 300, unique).await;
+        let before = stats::snapshot();
+        let mut c = Consumer::at(0);
+        while c.fetch(&p, 3000).await {}
+        let after = stats::snapshot();
+        assert_eq!(c.seen, written);
+        assert!(c.fetches > 10);
+        assert_eq!(after.read_ahead_bytes, before.read_ahead_bytes);
+        assert_eq!(after.read_ahead_hits, before.read_ahead_hits);
+        assert!(store.read_ahead().is_empty());
+        store.close_all().await.expect("close");
+    });
+}
