@@ -241,8 +241,15 @@ pub(crate) async fn fetch_once(
 /// memory, as much of `max_bytes` as is free, and reads at most an equal
 /// share of that from each partition. The reservation comes back with the
 /// response and is held until it is written.
+///
+/// A fetch of no partitions is answered at once, as Kafka does: there is
+/// nothing whose appends it could wait for. (The Java consumer sends one to
+/// close its fetch session.)
 pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchResponse, Reservation) {
-    let wait = Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX)));
+    let wait = match req.partitions.is_empty() {
+        true => Duration::ZERO,
+        false => Duration::from_millis(u64::from(req.max_wait_ms.min(FETCH_MAX_WAIT_MS_MAX))),
+    };
     let deadline = Instant::now() + wait;
     loop {
         let mut memory = shard.request_memory.reserve_up_to(u64::from(req.max_bytes));
@@ -312,6 +319,12 @@ pub(crate) async fn wait_for_append(
     seen: Vec<(String, u32, i64)>,
     timeout: Duration,
 ) {
+    if seen.is_empty() {
+        // Nothing can wake this wait: sleep it out rather than return at
+        // once into a caller that would ask again (a busy loop).
+        glommio::timer::sleep(timeout).await;
+        return;
+    }
     let groups = by_owner(shard, &seen, |s| (s.0.as_str(), s.1));
     let (done, first) = glommio::channels::local_channel::new_bounded::<()>(groups.len().max(1));
     let done = Rc::new(done);

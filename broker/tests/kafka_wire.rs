@@ -321,6 +321,62 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
 }
 
 #[test]
+fn fetches_with_nothing_to_wait_for_are_answered_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_b, port) = kafka_broker(dir.path());
+    let mut c = Conn::open(port);
+    create(&mut c, "idle", 2);
+    // Each fetch asks to wait 30 s for a byte; the connection gives up
+    // after 20 s, so a broker that waits (or spins) fails the call.
+    let long_poll = |topics: Vec<fetch_request::FetchTopic>| {
+        FetchRequest::default()
+            .with_max_wait_ms(30_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(topics)
+            .with_session_epoch(-1)
+    };
+    // No partitions at all: what the Java consumer sends to close its
+    // fetch session. Kafka answers it at once.
+    for version in [4i16, 11, 12] {
+        let r: FetchResponse = c.call(ApiKey::Fetch, version, &long_poll(vec![]));
+        assert_eq!(r.error_code, 0, "v{version}");
+        assert!(r.responses.is_empty(), "v{version}");
+    }
+    // One partition fenced by a leader epoch from the future, one at its
+    // log end: the error is answered at once, with the other partition.
+    let part = |index: i32, epoch: i32| {
+        fetch_request::FetchPartition::default()
+            .with_partition(index)
+            .with_current_leader_epoch(epoch)
+            .with_fetch_offset(0)
+            .with_partition_max_bytes(1 << 20)
+    };
+    let topics = vec![fetch_request::FetchTopic::default()
+        .with_topic(name("idle"))
+        .with_partitions(vec![part(0, 1_000_000), part(1, -1)])];
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &long_poll(topics));
+    let codes: Vec<i16> = r.responses[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, [75, 0], "UNKNOWN_LEADER_EPOCH, then nothing yet");
+    // The connection still serves: a produce and a fetch that finds it.
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("idle", 0, batch(&["x"], None), -1),
+    );
+    assert_eq!(partition_result(&r), (0, 0));
+    let topics = vec![fetch_request::FetchTopic::default()
+        .with_topic(name("idle"))
+        .with_partitions(vec![part(0, -1)])];
+    let r: FetchResponse = c.call(ApiKey::Fetch, 12, &long_poll(topics));
+    assert!(r.responses[0].partitions[0].records.is_some());
+}
+
+#[test]
 fn malformed_kafka_requests_close_only_their_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_b, port) = kafka_broker(dir.path());

@@ -52,7 +52,12 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
         }
     }
     let request = native::FetchRequest {
-        max_wait_ms: r.max_wait_ms.max(0) as u32,
+        // A partition refused with an error is answered at once, as Kafka
+        // answers a fetch with any partition in error without waiting.
+        max_wait_ms: match refused.is_empty() {
+            true => r.max_wait_ms.max(0) as u32,
+            false => 0,
+        },
         min_bytes: r.min_bytes.max(0) as u32,
         max_bytes: if req.version >= 3 {
             r.max_bytes.max(0) as u32
