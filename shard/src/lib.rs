@@ -20,6 +20,10 @@
 //!   batches, so consumers at the tail are served from memory without a copy.
 //! - [`uring::SideRing`]: a second io_uring ring per shard for cold reads
 //!   that land, without a user-space copy, in buffers a response can carry.
+//! - [`readahead`]: for consumers reading segment files in order, the
+//!   region their next fetch will ask for is read while the last answer is
+//!   sent (direct I/O bypasses the page cache, so the kernel reads nothing
+//!   ahead).
 //!
 //! - [`landing`]: batches received from the socket straight into memory
 //!   that is written to the segment as it is (4 KiB aligned, zero-padded),
