@@ -211,8 +211,18 @@ struct ToolsRow {
     producer_p99_ms: Option<f64>,
     producer_p999_ms: Option<f64>,
     consumer_mb_s: Option<f64>,
+    /// Broker CPU while each tool ran, and the bytes each moved.
+    producer_cpu_s: f64,
+    consumer_cpu_s: f64,
+    tool_bytes: u64,
     broker_cpu_s: f64,
     error: Option<String>,
+}
+
+impl ToolsRow {
+    fn cpu_per_gb(&self, cpu_s: f64) -> Option<f64> {
+        (self.tool_bytes > 0 && cpu_s > 0.0).then(|| cpu_s / (self.tool_bytes as f64 / 1e9))
+    }
 }
 
 struct BrokerRun {
@@ -1079,6 +1089,7 @@ fn run_kafka_tools(script: &Path, running: &Running, setup: &Setup<'_>) -> Tools
         c.args(["-Xmx512m", "-cp", &classpath, class]);
         c
     };
+    row.tool_bytes = records * 1024;
     let cpu_before = proc_cpu(running.pid);
     let mut producer = java("org.apache.kafka.tools.ProducerPerformance");
     producer
@@ -1116,6 +1127,8 @@ fn run_kafka_tools(script: &Path, running: &Running, setup: &Setup<'_>) -> Tools
             return row;
         }
     }
+    let cpu_between = proc_cpu(running.pid);
+    row.producer_cpu_s = cpu_between.since(cpu_before).total_s();
     let mut consumer = java("org.apache.kafka.tools.ConsumerPerformance");
     consumer
         .args(["--bootstrap-server", &running.bootstrap, "--topic", topic])
@@ -1133,7 +1146,9 @@ fn run_kafka_tools(script: &Path, running: &Running, setup: &Setup<'_>) -> Tools
         }
         Err(e) => row.error = Some(format!("ConsumerPerformance: {e}")),
     }
-    row.broker_cpu_s = proc_cpu(running.pid).since(cpu_before).total_s();
+    let cpu_after = proc_cpu(running.pid);
+    row.consumer_cpu_s = cpu_after.since(cpu_between).total_s();
+    row.broker_cpu_s = cpu_after.since(cpu_before).total_s();
     row
 }
 
@@ -1342,17 +1357,19 @@ impl Summary<'_> {
             );
         }
         let _ = writeln!(md, "\n## Kafka's own perf tools (ProducerPerformance + ConsumerPerformance, 1 KiB, acks=all)\n");
-        let _ = writeln!(md, "| broker | producer MB/s | producer p99 ms | producer p99.9 ms | consumer fetch MB/s | broker CPU s | error |\n|---|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(md, "| broker | producer MB/s | producer p99 ms | producer p99.9 ms | broker CPU s/GB produced | consumer fetch MB/s | broker CPU s/GB consumed | broker CPU s | error |\n|---|---:|---:|---:|---:|---:|---:|---:|---|");
         for r in self.runs {
             if let Some(t) = &r.tools {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {:.1} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
                     r.broker.name(),
                     ms(t.producer_mb_s),
                     ms(t.producer_p99_ms),
                     ms(t.producer_p999_ms),
+                    ms(t.cpu_per_gb(t.producer_cpu_s)),
                     ms(t.consumer_mb_s),
+                    ms(t.cpu_per_gb(t.consumer_cpu_s)),
                     t.broker_cpu_s,
                     t.error.as_deref().unwrap_or("")
                 );
@@ -1425,10 +1442,13 @@ impl Summary<'_> {
                     || "null".to_owned(),
                     |t| {
                         format!(
-                        "{{\"producer\":{},\"consumer\":{},\"broker_cpu_s\":{:.3},\"error\":{}}}",
+                        "{{\"producer\":{},\"consumer\":{},\"broker_cpu_s\":{:.3},\"producer_broker_cpu_s\":{:.3},\"consumer_broker_cpu_s\":{:.3},\"bytes\":{},\"error\":{}}}",
                         json_str(&t.producer_line),
                         json_str(&t.consumer_line),
                         t.broker_cpu_s,
+                        t.producer_cpu_s,
+                        t.consumer_cpu_s,
+                        t.tool_bytes,
                         t.error.as_ref().map_or_else(|| "null".to_owned(), |e| json_str(e))
                     )
                     },
