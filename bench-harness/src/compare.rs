@@ -295,6 +295,19 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     };
     let started = Instant::now();
     let probe_dir = std::env::temp_dir();
+    // Each broker keeps one workload's topic at a time; flat out that is
+    // up to about 1 GB per second of the workload.
+    let need = (duration_s + setup.broker_warmup_s) * 1e9 + 2e9;
+    if let Ok(free) = free_bytes(&probe_dir) {
+        if (free as f64) < need {
+            eprintln!(
+                "compare: WARNING: {:.1} GB free under {}; a workload flat out may write {:.1} GB",
+                free as f64 / 1e9,
+                probe_dir.display(),
+                need / 1e9
+            );
+        }
+    }
     let balloon = balloon_features();
     let (hold, memory_warmed) = hold_memory(args, &balloon, &probe_dir);
     let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
@@ -633,6 +646,7 @@ impl Running {
                         "log.segment.bytes",
                         "default.replication.factor",
                         "min.insync.replicas",
+                        "file.delete.delay.ms",
                     ]
                     .iter()
                     .any(|k| l.starts_with(k))
