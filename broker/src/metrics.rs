@@ -14,6 +14,7 @@
 //! sluice_read_ahead_bytes_total{shard="0"} segment bytes read ahead of consumers
 //! sluice_read_ahead_hits_total{shard="0"}  fetches that found their read ahead
 //! sluice_read_ahead_dropped_total{..}      reads ahead dropped unused
+//! sluice_read_ahead_refused_total{..}      reads ahead not started: budget full
 //! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
 //! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
@@ -122,7 +123,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 21] = [
+    let series: [Series; 22] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -161,6 +162,9 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_read_ahead_dropped_total", "counter", |m| {
             m.counters.read_ahead_dropped
+        }),
+        ("sluice_read_ahead_refused_total", "counter", |m| {
+            m.counters.read_ahead_refused
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

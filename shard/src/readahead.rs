@@ -12,8 +12,13 @@
 //! Each read ahead is keyed by partition and the offset it serves: several
 //! consumers (groups, followers) reading one partition at different places
 //! each have their own. A shard holds at most its budget of bytes read
-//! ahead; the oldest reads are dropped first (a read still in flight is
-//! cancelled, and the side ring keeps its buffer until the kernel is done).
+//! ahead. When it is full, a new read is not started: the reads held are
+//! for fetches that come within milliseconds, and pushing them out for a
+//! newer one would waste the disk reads already made (a fetch of more
+//! partitions than the budget holds would push out its own). Only a read
+//! that no fetch took for [`STALE`] is dropped to make room (one still in
+//! flight is cancelled; the side ring keeps its buffer until the kernel is
+//! done).
 //! A read is only used while its segment file is still the one at that
 //! place in the log: compaction swaps files, and retention deletes them.
 //!
@@ -25,6 +30,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::io::DmaFile;
@@ -32,6 +38,10 @@ use glommio::io::DmaFile;
 use crate::cache::CacheKey;
 use crate::partition::ReadError;
 use crate::stats;
+
+/// A read ahead that no fetch took for this long is dropped to make room:
+/// its consumer stopped, moved, or fell behind.
+pub const STALE: Duration = Duration::from_secs(1);
 
 /// A shard's reads ahead.
 pub struct ReadAhead {
@@ -50,6 +60,7 @@ pub(crate) struct Ahead {
     pub(crate) pos: u64,
     pub(crate) len: usize,
     pub(crate) read: glommio::Task<Result<Bytes, ReadError>>,
+    started: Instant,
 }
 
 /// What to read ahead: `len` bytes from `pos` of the segment file based at
@@ -103,8 +114,8 @@ impl ReadAhead {
     }
 
     /// Starts reading `region` for the fetch of `key` at `offset`, unless
-    /// the budget cannot hold it (a read larger than half the budget is
-    /// never started: it would push out all others).
+    /// the budget cannot hold it next to the reads that are not stale (a
+    /// read larger than half the budget is never started).
     pub(crate) fn start(&self, key: CacheKey, offset: i64, region: Region) {
         let Region {
             seg_base,
@@ -127,11 +138,16 @@ impl ReadAhead {
             return;
         }
         while self.held.get() + len > self.budget {
-            let Some(old) = self.reads.borrow_mut().pop_front() else {
-                break;
-            };
-            self.held.set(self.held.get() - old.len);
-            stats::add_read_ahead_dropped(1);
+            let mut reads = self.reads.borrow_mut();
+            let stale = reads.front().is_some_and(|a| a.started.elapsed() >= STALE);
+            if !stale {
+                stats::add_read_ahead_refused(1);
+                return;
+            }
+            if let Some(old) = reads.pop_front() {
+                self.held.set(self.held.get() - old.len);
+                stats::add_read_ahead_dropped(1);
+            }
         }
         let reading = file.clone();
         let read = glommio::spawn_local(async move {
@@ -147,6 +163,7 @@ impl ReadAhead {
             pos,
             len,
             read,
+            started: Instant::now(),
         });
     }
 

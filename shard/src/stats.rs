@@ -77,6 +77,7 @@ thread_local! {
     static READ_AHEAD_BYTES: Cell<u64> = const { Cell::new(0) };
     static READ_AHEAD_HITS: Cell<u64> = const { Cell::new(0) };
     static READ_AHEAD_DROPPED: Cell<u64> = const { Cell::new(0) };
+    static READ_AHEAD_REFUSED: Cell<u64> = const { Cell::new(0) };
     static WRITE_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
     static FLUSH_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
 }
@@ -117,7 +118,12 @@ pub fn add_read_ahead_hits(n: u64) {
     READ_AHEAD_HITS.with(|c| c.set(c.get() + n));
 }
 
-/// Reads ahead dropped unused (budget full, partition closed, file gone).
+/// A read ahead was not started: the budget was full of fresh reads.
+pub fn add_read_ahead_refused(n: u64) {
+    READ_AHEAD_REFUSED.with(|c| c.set(c.get() + n));
+}
+
+/// Reads ahead dropped unused (stale, partition closed, file gone).
 pub fn add_read_ahead_dropped(n: u64) {
     READ_AHEAD_DROPPED.with(|c| c.set(c.get() + n));
 }
@@ -185,6 +191,8 @@ pub struct ShardCounters {
     pub read_ahead_hits: u64,
     /// Reads ahead dropped before any fetch took them.
     pub read_ahead_dropped: u64,
+    /// Reads ahead not started because the budget was full.
+    pub read_ahead_refused: u64,
     /// Segment writes of appends, submission to completion.
     pub write_latency: LatencyHistogram,
     /// Flushes of appends (each `fdatasync` counted in `fdatasyncs`).
@@ -206,6 +214,7 @@ pub fn snapshot() -> ShardCounters {
         read_ahead_bytes: READ_AHEAD_BYTES.with(Cell::get),
         read_ahead_hits: READ_AHEAD_HITS.with(Cell::get),
         read_ahead_dropped: READ_AHEAD_DROPPED.with(Cell::get),
+        read_ahead_refused: READ_AHEAD_REFUSED.with(Cell::get),
         write_latency: WRITE_LATENCY.with(Cell::get),
         flush_latency: FLUSH_LATENCY.with(Cell::get),
     }

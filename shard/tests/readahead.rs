@@ -10,13 +10,14 @@ use common::run;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_protocol::batch::{self, BatchBuilder};
 use sluice_shard::config::{CleanupPolicy, LogConfig};
 use sluice_shard::partition::{now_ms, Durability, Partition};
 use sluice_shard::stats;
-use sluice_shard::store::ShardStore;
+use sluice_shard::store::{partition_dir, ShardStore};
 
 /// Opens `t`/0 with no tail cache (every read goes to the segment files)
 /// and reads ahead holding at most `budget` bytes.
@@ -174,8 +175,9 @@ fn consumers_at_different_places_keep_their_own_reads_within_the_budget() {
         let fetches = a.fetches + b.fetches;
         assert_eq!(mid.read_ahead_hits - before.read_ahead_hits, fetches - 2);
 
-        // A third consumer: now the oldest reads are dropped to make room,
-        // and still every consumer gets exactly the log.
+        // A third consumer: now the budget is sometimes full and a new read
+        // is not started (the ones held are taken next), and still every
+        // consumer gets exactly the log.
         let (mut a, mut b, mut c) = (
             Consumer::at(0),
             Consumer::at(end / 3),
@@ -197,8 +199,12 @@ fn consumers_at_different_places_keep_their_own_reads_within_the_budget() {
         assert_eq!(c.seen, written[(end / 2) as usize..]);
         let after = stats::snapshot();
         assert!(
-            after.read_ahead_dropped > mid.read_ahead_dropped,
-            "the budget pushed some out"
+            after.read_ahead_refused > mid.read_ahead_refused,
+            "the budget refused some reads"
+        );
+        assert_eq!(
+            after.read_ahead_dropped, mid.read_ahead_dropped,
+            "fresh reads are never pushed out"
         );
         store.close_all().await.expect("close");
     });
@@ -300,6 +306,68 @@ fn a_store_without_read_ahead_reads_nothing_ahead() {
         assert_eq!(after.read_ahead_bytes, before.read_ahead_bytes);
         assert_eq!(after.read_ahead_hits, before.read_ahead_hits);
         assert!(store.read_ahead().is_empty());
+        store.close_all().await.expect("close");
+    });
+}
+
+#[test]
+fn a_full_budget_refuses_new_reads_until_one_goes_stale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // Two reads of the rest of a 16 KiB segment fit, three do not.
+        let budget = 28 * 1024;
+        let (store, p) = open(&path, small_segments(), budget).await;
+        let written = fill(&p, 1500, unique).await;
+        let mut bases: Vec<i64> = std::fs::read_dir(partition_dir(&path, "t", 0))
+            .expect("dir")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".log")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        assert!(bases.len() > 4);
+        let before = stats::snapshot();
+        // Each first fetch starts at a segment's base: its read ahead is
+        // the rest of that segment.
+        let mut a = Consumer::at(bases[1]);
+        let mut b = Consumer::at(bases[2]);
+        let mut c = Consumer::at(bases[3]);
+        a.fetch(&p, 3000).await;
+        b.fetch(&p, 3000).await;
+        assert_eq!(store.read_ahead().len(), 2);
+        c.fetch(&p, 3000).await;
+        let full = stats::snapshot();
+        assert_eq!(
+            store.read_ahead().len(),
+            2,
+            "the third read was not started"
+        );
+        assert_eq!(full.read_ahead_refused - before.read_ahead_refused, 1);
+        assert_eq!(full.read_ahead_dropped, before.read_ahead_dropped);
+        assert!(store.read_ahead().held_bytes() <= budget);
+
+        // A's read goes stale; C's next fetch (cold) pushes it out to make
+        // room for its own, and B's read is still there for B.
+        glommio::timer::sleep(sluice_shard::readahead::STALE + Duration::from_millis(100)).await;
+        c.fetch(&p, 3000).await;
+        let later = stats::snapshot();
+        assert_eq!(later.read_ahead_dropped - full.read_ahead_dropped, 1);
+        assert_eq!(later.read_ahead_hits, full.read_ahead_hits, "C had none");
+        b.fetch(&p, 3000).await;
+        a.fetch(&p, 3000).await;
+        c.fetch(&p, 3000).await;
+        let last = stats::snapshot();
+        assert_eq!(
+            last.read_ahead_hits - later.read_ahead_hits,
+            2,
+            "B and C found theirs, A's was dropped"
+        );
+        for (consumer, base) in [(&a, bases[1]), (&b, bases[2]), (&c, bases[3])] {
+            let from = written.iter().position(|w| w.0 == base).expect("base");
+            assert_eq!(consumer.seen, written[from..from + consumer.seen.len()]);
+        }
         store.close_all().await.expect("close");
     });
 }
