@@ -2,10 +2,12 @@
 # Broker CPU per GB for a consumer reading ~1 GB: cold (segments) vs tail (cache),
 # with the side ring on and off. Prints one line per case. Needs a release build
 # (cargo build --release -p sluice-broker) and curl; uses ports 29400-29644.
-# READ_AHEAD=false turns off the broker's read-ahead for cold consumers.
+# READ_AHEAD=false turns off the broker's read-ahead for cold consumers;
+# PARTITIONS (default 8) spreads the records over more partitions; SLUICE_BIN
+# picks another broker binary.
 set -u
 cd "$(dirname "$0")/.."
-S=target/release/sluice
+S=${SLUICE_BIN:-target/release/sluice}
 run_case() { # name cache_bytes side_ring
   local name=$1 cache=$2 ring=$3 dir; dir=$(mktemp -d /tmp/coldtail.XXXXXX)
   # The memory budget must hold the 768 MiB-per-shard tail cache of the tail case.
@@ -16,7 +18,7 @@ run_case() { # name cache_bytes side_ring
   if ! grep -q ready $dir/out 2>/dev/null; then
     echo "$name: the broker did not start:" >&2; tail -3 $dir/log >&2; rm -rf $dir; return 1
   fi
-  $S topic create t --partitions 8 --bootstrap 127.0.0.1:29400 >/dev/null
+  $S topic create t --partitions ${PARTITIONS:-8} --bootstrap 127.0.0.1:29400 >/dev/null
   $S produce t --acks 1 --bootstrap 127.0.0.1:29400 < ${INPUT:-/tmp/sluice-input-1g.txt} 2>/dev/null
   local m=127.0.0.1:29644/metrics
   local copies0; copies0=$(curl -s $m | awk '/^sluice_payload_copies_total/{s+=$2} END{print s}')
