@@ -65,24 +65,8 @@ async fn read_all(p: &Partition, from: i64) -> Vec<(i64, String, Option<String>)
     let end = p.offsets().log_end;
     while offset < end {
         let got = p.read(offset, 4096).await.expect("read");
-        let joined: Vec<u8> = got.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let mut next = offset;
-        for item in batch::split(&joined) {
-            let (range, header) = item.expect("whole batches");
-            batch::validate_stored(&joined[range.clone()]).expect("stored batches are valid");
-            for r in batch::records_owned(&joined[range])
-                .expect("records")
-                .iter()
-            {
-                let r = r.expect("record");
-                if r.offset >= offset {
-                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                    out.push((r.offset, text(r.key.expect("key")), r.value.map(text)));
-                }
-            }
-            // Consumers step over gaps: the next fetch starts after the batch.
-            next = next.max(header.last_offset() + 1);
-        }
+        let (records, next) = common::records_from(&got.chunks, offset);
+        out.extend(records);
         assert!(next > offset, "a read at {offset} makes progress");
         offset = next;
     }
@@ -127,16 +111,7 @@ fn expected(
 
 /// The first offset of the active segment: everything below was cleanable.
 fn active_base(dir: &Path) -> i64 {
-    let pdir = partition_dir(dir, "t", 0);
-    let mut bases: Vec<i64> = std::fs::read_dir(pdir)
-        .expect("dir")
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            name.strip_suffix(".log")?.parse().ok()
-        })
-        .collect();
-    bases.sort_unstable();
-    *bases.last().expect("a segment")
+    *common::segment_bases(dir).last().expect("a segment")
 }
 
 #[test]

@@ -13,11 +13,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_protocol::batch::{self, BatchBuilder};
+use sluice_protocol::batch::BatchBuilder;
 use sluice_shard::config::{CleanupPolicy, LogConfig};
 use sluice_shard::partition::{now_ms, Durability, Partition};
 use sluice_shard::stats;
-use sluice_shard::store::{partition_dir, ShardStore};
+use sluice_shard::store::ShardStore;
 
 /// Opens `t`/0 with no tail cache (every read goes to the segment files)
 /// and reads ahead holding at most `budget` bytes.
@@ -43,7 +43,7 @@ async fn fill(
     p: &Partition,
     batches: i64,
     key: impl Fn(i64, i64) -> String,
-) -> Vec<(i64, String, String)> {
+) -> Vec<(i64, String, Option<String>)> {
     let mut written = Vec::new();
     for i in 0..batches {
         let mut b = BatchBuilder::new(now_ms() - 1000);
@@ -58,7 +58,7 @@ async fn fill(
             .await
             .expect("append");
         for (j, (k, v)) in recs.into_iter().enumerate() {
-            written.push((at.base_offset + j as i64, k, v));
+            written.push((at.base_offset + j as i64, k, Some(v)));
         }
     }
     written
@@ -67,7 +67,7 @@ async fn fill(
 /// A consumer: fetches of `max_bytes` from its offset, as clients do.
 struct Consumer {
     offset: i64,
-    seen: Vec<(i64, String, String)>,
+    seen: Vec<(i64, String, Option<String>)>,
     fetches: u64,
 }
 
@@ -87,27 +87,8 @@ impl Consumer {
         }
         let got = p.read(self.offset, max_bytes).await.expect("read");
         self.fetches += 1;
-        let joined: Vec<u8> = got.chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        let mut next = self.offset;
-        for item in batch::split(&joined) {
-            let (range, header) = item.expect("whole batches");
-            batch::validate_stored(&joined[range.clone()]).expect("valid batches");
-            for r in batch::records_owned(&joined[range])
-                .expect("records")
-                .iter()
-            {
-                let r = r.expect("record");
-                if r.offset >= self.offset {
-                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                    self.seen.push((
-                        r.offset,
-                        text(r.key.expect("key")),
-                        text(r.value.expect("value")),
-                    ));
-                }
-            }
-            next = next.max(header.last_offset() + 1);
-        }
+        let (records, next) = common::records_from(&got.chunks, self.offset);
+        self.seen.extend(records);
         assert!(
             next > self.offset,
             "a fetch at {} makes progress",
@@ -242,23 +223,7 @@ fn a_read_ahead_of_a_segment_that_compaction_replaced_is_not_served() {
         // What the log holds now from `resume`: the newest record of each
         // key below the active segment, everything in it.
         let active = p.offsets().log_end - 1;
-        let active_base = {
-            let mut bases: Vec<i64> =
-                std::fs::read_dir(sluice_shard::store::partition_dir(&path, "t", 0))
-                    .expect("dir")
-                    .filter_map(|e| {
-                        e.ok()?
-                            .file_name()
-                            .into_string()
-                            .ok()?
-                            .strip_suffix(".log")?
-                            .parse()
-                            .ok()
-                    })
-                    .collect();
-            bases.sort_unstable();
-            *bases.last().expect("a segment")
-        };
+        let active_base = *common::segment_bases(&path).last().expect("a segment");
         assert!(active_base <= active);
         let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
         for (o, k, _) in written.iter().filter(|w| w.0 < active_base) {
@@ -319,14 +284,7 @@ fn a_full_budget_refuses_new_reads_until_one_goes_stale() {
         let budget = 28 * 1024;
         let (store, p) = open(&path, small_segments(), budget).await;
         let written = fill(&p, 1500, unique).await;
-        let mut bases: Vec<i64> = std::fs::read_dir(partition_dir(&path, "t", 0))
-            .expect("dir")
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".log")?.parse().ok()
-            })
-            .collect();
-        bases.sort_unstable();
+        let bases = common::segment_bases(&path);
         assert!(bases.len() > 4);
         let before = stats::snapshot();
         // Each first fetch starts at a segment's base: its read ahead is

@@ -46,3 +46,48 @@ pub async fn open_with(
     let p = store.open_partition("t", 0, config, 0).await.expect("open");
     (store, p)
 }
+
+/// The records of `chunks` (whole batches, as a read returns them) at or
+/// after `from`, as (offset, key, value), and the offset a consumer fetches
+/// next: after the last batch (consumers step over gaps that way).
+#[allow(dead_code)] // not every test binary reads records back
+pub fn records_from(
+    chunks: &[bytes::Bytes],
+    from: i64,
+) -> (Vec<(i64, String, Option<String>)>, i64) {
+    use sluice_protocol::batch;
+    let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let mut out = Vec::new();
+    let mut next = from;
+    for item in batch::split(&joined) {
+        let (range, header) = item.expect("whole batches");
+        batch::validate_stored(&joined[range.clone()]).expect("stored batches are valid");
+        for r in batch::records_owned(&joined[range])
+            .expect("records")
+            .iter()
+        {
+            let r = r.expect("record");
+            if r.offset >= from {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                out.push((r.offset, text(r.key.expect("key")), r.value.map(text)));
+            }
+        }
+        next = next.max(header.last_offset() + 1);
+    }
+    (out, next)
+}
+
+/// The base offsets of the segment files of `t`/0 under `dir`, in order.
+#[allow(dead_code)] // not every test binary looks at segment files
+pub fn segment_bases(dir: &std::path::Path) -> Vec<i64> {
+    let pdir = sluice_shard::store::partition_dir(dir, "t", 0);
+    let mut bases: Vec<i64> = std::fs::read_dir(pdir)
+        .expect("dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
