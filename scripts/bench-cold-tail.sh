@@ -33,10 +33,11 @@ run_case() { # name cache_bytes side_ring
   local cache_reads; cache_reads=$(curl -s $m | awk '/^sluice_cache_reads_total/{s+=$2} END{print s}')
   local ahead; ahead=$(curl -s $m | awk '/^sluice_read_ahead_hits_total/{s+=$2} END{print s}')
   local ahead_bytes; ahead_bytes=$(curl -s $m | awk '/^sluice_read_ahead_bytes_total/{s+=$2} END{print s}')
+  local disk; disk=$(curl -s $m | awk '/^sluice_segment_read_bytes_total/{s+=$2} END{print s+0}')
   kill -TERM $pid; wait $pid
   python3 -c "
 ticks=$c1-$c0; secs=ticks/100; gb=$read/1e9
-print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads, fetches served by read-ahead $ahead ({$ahead_bytes/1e9:.2f} GB read ahead)')"
+print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads, fetches served by read-ahead $ahead ({$ahead_bytes/1e9:.2f} GB read ahead), {$disk/1e9:.2f} GB read from segment files')"
   rm -rf $dir
 }
 [ -f ${INPUT:-/tmp/sluice-input-1g.txt} ] || python3 -c "

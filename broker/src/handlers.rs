@@ -22,7 +22,7 @@ use sluice_protocol::ErrorCode;
 use sluice_shard::partition::Durability;
 
 use crate::memory::Reservation;
-use crate::router::{ProducePart, ShardMsg};
+use crate::router::{FetchPart, FetchedPart, ProducePart, ShardMsg};
 use crate::shard::Shard;
 
 /// Longest long poll a fetch may ask for.
@@ -199,14 +199,15 @@ pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceRe
 }
 
 /// Fetches without waiting, from every owner at once.
-pub(crate) async fn fetch_once(
-    shard: &Rc<Shard>,
-    parts: &[FetchPartition],
-) -> Vec<FetchPartitionResponse> {
+async fn fetch_once(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchedPart> {
+    let keys: Vec<(String, u32)> = parts
+        .iter()
+        .map(|p| (p.part.topic.clone(), p.part.partition))
+        .collect();
     scatter_gather(
         shard,
-        parts.to_vec(),
-        |p| (p.topic.as_str(), p.partition),
+        parts,
+        |p| (p.part.topic.as_str(), p.part.partition),
         |shard, owner, group| async move {
             if owner == shard.id {
                 return Some(shard.local_fetch(group).await);
@@ -218,14 +219,17 @@ pub(crate) async fn fetch_once(
                 })
                 .await
         },
-        |i| FetchPartitionResponse {
-            topic: parts[i].topic.clone(),
-            partition: parts[i].partition,
-            error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
-            high_watermark: -1,
-            log_start_offset: -1,
-            log_end_offset: -1,
-            records: Vec::new(),
+        |i| FetchedPart {
+            response: FetchPartitionResponse {
+                topic: keys[i].0.clone(),
+                partition: keys[i].1,
+                error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
+                high_watermark: -1,
+                log_start_offset: -1,
+                log_end_offset: -1,
+                records: Vec::new(),
+            },
+            next_batch_bytes: None,
         },
     )
     .await
@@ -239,8 +243,15 @@ pub(crate) async fn fetch_once(
 ///
 /// Each read first reserves room for its response in the shard's request
 /// memory, as much of `max_bytes` as is free, and reads at most an equal
-/// share of that from each partition. The reservation comes back with the
-/// response and is held until it is written.
+/// share of that from each partition, all partitions at once. A partition
+/// whose next batch is larger than its share returns nothing but the
+/// batch's size (only the first partition asked for may go past its share
+/// in that read), and [`fill_past_shares`] then reads, in the request's
+/// order, those that the response still has room for. So no partition's
+/// batches are read only to be cut from the response (and read again by
+/// the next fetch), and a fetch of many partitions still fills up to
+/// `max_bytes`. The reservation comes back with the response and is held
+/// until it is written.
 ///
 /// A fetch of no partitions is answered at once, as Kafka does: there is
 /// nothing whose appends it could wait for. (The Java consumer sends one to
@@ -254,15 +265,22 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
     loop {
         let mut memory = shard.request_memory.reserve_up_to(u64::from(req.max_bytes));
         let share = memory.bytes() / (req.partitions.len().max(1) as u64);
-        let parts: Vec<FetchPartition> = req
+        let parts: Vec<FetchPart> = req
             .partitions
             .iter()
-            .map(|p| FetchPartition {
-                max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
-                ..p.clone()
+            .enumerate()
+            .map(|(i, p)| FetchPart {
+                part: FetchPartition {
+                    max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
+                    ..p.clone()
+                },
+                whole_first: i == 0,
             })
             .collect();
-        let results = fetch_once(shard, &parts).await;
+        let mut fetched = fetch_once(shard, parts).await;
+        fill_past_shares(shard, &req, &mut fetched).await;
+        let results: Vec<FetchPartitionResponse> =
+            fetched.into_iter().map(|f| f.response).collect();
         let bytes: usize = results.iter().map(|r| r.records_len()).sum();
         let failed = results.iter().any(|r| !r.error.is_ok());
         let now = Instant::now();
@@ -291,6 +309,44 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
             .map(|(r, p)| (p.topic.clone(), p.partition, r.log_end_offset.max(p.offset)))
             .collect();
         wait_for_append(shard, seen, deadline - now).await;
+    }
+}
+
+/// Reads the partitions whose next batch was larger than their share of a
+/// fetch, in the request's order, while the response has room: as Kafka
+/// fills a fetch one partition after another, the first non-empty
+/// partition whole, any later one when its batch fits both its own limit
+/// and what is left of the fetch's `max_bytes`. What the first read had of
+/// such a batch was kept by its shard, so it is not read twice.
+async fn fill_past_shares(shard: &Rc<Shard>, req: &FetchRequest, fetched: &mut [FetchedPart]) {
+    let mut total: usize = fetched.iter().map(|f| f.response.records_len()).sum();
+    let mut again = Vec::new();
+    let mut parts = Vec::new();
+    for (i, (f, p)) in fetched.iter().zip(&req.partitions).enumerate() {
+        let Some(n) = f.next_batch_bytes else {
+            continue;
+        };
+        let first = total == 0;
+        if !f.response.error.is_ok()
+            || !first && (n > p.max_bytes as usize || total + n > req.max_bytes as usize)
+        {
+            continue;
+        }
+        total += n;
+        again.push(i);
+        parts.push(FetchPart {
+            part: FetchPartition {
+                max_bytes: u32::try_from(n).unwrap_or(u32::MAX),
+                ..p.clone()
+            },
+            whole_first: true,
+        });
+    }
+    if parts.is_empty() {
+        return;
+    }
+    for (i, f) in again.into_iter().zip(fetch_once(shard, parts).await) {
+        fetched[i] = f;
     }
 }
 

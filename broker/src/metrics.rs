@@ -15,6 +15,8 @@
 //! sluice_read_ahead_hits_total{shard="0"}  fetches that found their read ahead
 //! sluice_read_ahead_dropped_total{..}      reads ahead dropped unused
 //! sluice_read_ahead_refused_total{..}      reads ahead not started: budget full
+//! sluice_read_ahead_kept_bytes_total{..}   bytes read but not sent, kept for the next fetch
+//! sluice_segment_read_bytes_total{..}      bytes read from segment files (fetches, reads ahead)
 //! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
 //! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
@@ -123,7 +125,7 @@ async fn gather(shard: &Rc<Shard>) -> Vec<(u32, ShardMetrics)> {
 
 fn render(shards: &[(u32, ShardMetrics)]) -> String {
     type Series = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
-    let series: [Series; 22] = [
+    let series: [Series; 24] = [
         ("sluice_payload_copies_total", "counter", |m| {
             m.counters.payload_copies
         }),
@@ -165,6 +167,12 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }),
         ("sluice_read_ahead_refused_total", "counter", |m| {
             m.counters.read_ahead_refused
+        }),
+        ("sluice_read_ahead_kept_bytes_total", "counter", |m| {
+            m.counters.read_ahead_kept
+        }),
+        ("sluice_segment_read_bytes_total", "counter", |m| {
+            m.counters.segment_bytes_read
         }),
         ("sluice_connections", "gauge", |m| m.connections),
         ("sluice_partitions", "gauge", |m| m.partitions),

@@ -182,6 +182,25 @@ pub struct ProducePart {
     pub records: Bytes,
 }
 
+/// One partition of a fetch, as its owner reads it.
+#[derive(Clone, Debug)]
+pub struct FetchPart {
+    pub part: FetchPartition,
+    /// Whether a first batch larger than `part.max_bytes` is returned whole.
+    /// Kafka lets only the first non-empty partition of a fetch go past its
+    /// limit; for the others the owner says the batch's size instead.
+    pub whole_first: bool,
+}
+
+/// One partition's answer to a [`FetchPart`].
+#[derive(Debug)]
+pub struct FetchedPart {
+    pub response: FetchPartitionResponse,
+    /// Nothing was read because the first batch is larger than the read
+    /// allowed (`whole_first` false): its size.
+    pub next_batch_bytes: Option<usize>,
+}
+
 /// A change to a topic, decided by the controller.
 #[derive(Clone, Debug)]
 pub enum TopicChange {
@@ -210,8 +229,8 @@ pub enum ShardMsg {
     },
     /// Read from partitions the receiver owns, without waiting. Retryable.
     Fetch {
-        parts: Vec<FetchPartition>,
-        reply: Reply<Vec<FetchPartitionResponse>>,
+        parts: Vec<FetchPart>,
+        reply: Reply<Vec<FetchedPart>>,
     },
     /// Answer when any of these partitions has grown past the given log end
     /// offset, or when `timeout` passes. Retryable.

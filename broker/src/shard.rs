@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::Senders;
 use sluice_protocol::native::{
-    FetchPartition, FetchPartitionResponse, ListOffsetsPartition, ListOffsetsPartitionResponse,
+    FetchPartitionResponse, ListOffsetsPartition, ListOffsetsPartitionResponse,
     ProducePartitionResponse, TopicResult,
 };
 use sluice_protocol::types::list_offsets_timestamp::{EARLIEST, LATEST};
@@ -36,7 +36,7 @@ use sluice_shard::store::{owner_shard, partition_dir, ShardStore};
 use crate::config::Config;
 use crate::kafka::group::{GroupCoordinator, OFFSETS_TOPIC};
 use crate::memory::{MemoryPlan, RequestMemory};
-use crate::router::{ProducePart, ShardMsg, TopicChange};
+use crate::router::{FetchPart, FetchedPart, ProducePart, ShardMsg, TopicChange};
 use crate::topics::{self, TopicMeta, TopicTable};
 
 /// A shard's state (`!Send`).
@@ -257,11 +257,13 @@ impl Shard {
     /// Reads every partition of `parts` at once: cold reads of several
     /// partitions are in flight together on the side ring instead of one
     /// after another.
-    pub async fn local_fetch(&self, parts: Vec<FetchPartition>) -> Vec<FetchPartitionResponse> {
+    pub async fn local_fetch(&self, parts: Vec<FetchPart>) -> Vec<FetchedPart> {
         join_all(parts.into_iter().map(|part| self.fetch_one(part)).collect()).await
     }
 
-    async fn fetch_one(&self, part: FetchPartition) -> FetchPartitionResponse {
+    async fn fetch_one(&self, read: FetchPart) -> FetchedPart {
+        let FetchPart { part, whole_first } = read;
+        let mut next_batch_bytes = None;
         let mut resp = FetchPartitionResponse {
             topic: part.topic,
             partition: part.partition,
@@ -273,17 +275,31 @@ impl Shard {
         };
         let Some(log) = self.store.get(&resp.topic, resp.partition) else {
             resp.error = ErrorCode::UNKNOWN_TOPIC_OR_PARTITION;
-            return resp;
+            return FetchedPart {
+                response: resp,
+                next_batch_bytes,
+            };
         };
         let offsets = log.offsets();
         resp.high_watermark = offsets.high_watermark;
         resp.log_start_offset = offsets.log_start;
         resp.log_end_offset = offsets.log_end;
-        match log.read(part.offset, part.max_bytes as usize).await {
-            Ok(read) => resp.records = read.chunks,
+        let (offset, max_bytes) = (part.offset, part.max_bytes as usize);
+        let read = match whole_first {
+            true => log.read(offset, max_bytes).await,
+            false => log.read_fitting(offset, max_bytes).await,
+        };
+        match read {
+            Ok(read) => {
+                resp.records = read.chunks;
+                next_batch_bytes = read.next_batch_bytes;
+            }
             Err(e) => resp.error = e.error_code(),
         }
-        resp
+        FetchedPart {
+            response: resp,
+            next_batch_bytes,
+        }
     }
 
     /// Completes when any partition grows past the given end, or at `timeout`.

@@ -380,6 +380,148 @@ fn fetch_max_bytes_returns_the_first_batch_whole() {
     );
 }
 
+/// Eight partitions of one 10,000-byte-value batch each, fetched with a
+/// `max_bytes` that holds three of them: the response has the first three
+/// partitions' batches (Kafka fills a fetch partition after partition), and
+/// the broker read those three and no other (a batch read only to be cut
+/// from the response would be read again by the next fetch). Fetching on
+/// from the offsets each answer gave reads every record exactly once.
+#[test]
+fn a_fetch_of_many_partitions_reads_only_the_batches_it_sends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("wide", 8);
+    let metrics_port = b.kafka_port + 1;
+    let mut c = b.client();
+    let mut lens = [0usize; 8];
+    for round in 0..2u8 {
+        for p in 0..8u32 {
+            let value = vec![b'a' + round; 10_000 + p as usize];
+            let records = batch_of(&[&value]);
+            lens[p as usize] = records.len();
+            let r = c
+                .produce(
+                    Acks::All,
+                    1000,
+                    vec![ProducePartition {
+                        topic: "wide".into(),
+                        partition: p,
+                        records,
+                    }],
+                )
+                .expect("produce");
+            assert_eq!(r[0].error, ErrorCode::NONE);
+        }
+    }
+    let fetch = |c: &mut sluice_protocol::client::Client, offsets: &[i64]| {
+        c.fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: (lens[0] + lens[1] + lens[2] + lens[3] / 2) as u32,
+            partitions: (0..8)
+                .map(|p| FetchPartition {
+                    topic: "wide".into(),
+                    partition: p,
+                    offset: offsets[p as usize],
+                    max_bytes: 1 << 20,
+                })
+                .collect(),
+        })
+        .expect("fetch")
+    };
+    let read_before = scrape(metrics_port, "sluice_bytes_read_total");
+    let r = fetch(&mut c, &[0; 8]);
+    let read = scrape(metrics_port, "sluice_bytes_read_total") - read_before;
+    let sent: Vec<usize> = r
+        .iter()
+        .map(|p| p.records.iter().map(|c| c.len()).sum())
+        .collect();
+    for (p, &n) in sent.iter().enumerate() {
+        assert_eq!(r[p].error, ErrorCode::NONE);
+        match p < 3 {
+            true => assert_eq!(n, lens[p], "partition {p}: its first batch"),
+            false => assert_eq!(n, 0, "partition {p}: past max_bytes"),
+        }
+    }
+    assert_eq!(
+        read,
+        sent.iter().sum::<usize>() as u64,
+        "the broker read what it sent and nothing more"
+    );
+    // Consume the rest, each fetch from where the last one left off.
+    let mut offsets = [0i64; 8];
+    let mut seen: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 8];
+    let mut r = r;
+    for _ in 0..20 {
+        for (p, part) in r.iter().enumerate() {
+            let values = decode_values(&part.records, offsets[p]);
+            if let Some(last) = values.last() {
+                offsets[p] = last.0 + 1;
+            }
+            seen[p].extend(values);
+        }
+        if offsets.iter().all(|&o| o == 2) {
+            break;
+        }
+        r = fetch(&mut c, &offsets);
+    }
+    for (p, values) in seen.iter().enumerate() {
+        let expected: Vec<(i64, Vec<u8>)> = (0..2u8)
+            .map(|round| (i64::from(round), vec![b'a' + round; 10_000 + p]))
+            .collect();
+        assert_eq!(
+            values, &expected,
+            "partition {p}: every record once, in order"
+        );
+    }
+}
+
+/// A fetch whose first partition is empty and whose second holds a batch
+/// larger than both its own limit and the fetch's: the batch comes back
+/// whole, as the first non-empty partition's (else the consumer could
+/// never get past it).
+#[test]
+fn a_large_batch_behind_an_empty_partition_is_returned_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("gap", 3);
+    let mut c = b.client();
+    let large = vec![b'z'; 50_000];
+    for p in [1u32, 2] {
+        c.produce(
+            Acks::All,
+            1000,
+            vec![ProducePartition {
+                topic: "gap".into(),
+                partition: p,
+                records: batch_of(&[&large]),
+            }],
+        )
+        .expect("produce");
+    }
+    let r = c
+        .fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 1000,
+            partitions: (0..3)
+                .map(|p| FetchPartition {
+                    topic: "gap".into(),
+                    partition: p,
+                    offset: 0,
+                    max_bytes: 1000,
+                })
+                .collect(),
+        })
+        .expect("fetch");
+    assert!(r[0].records.is_empty());
+    assert_eq!(decode_values(&r[1].records, 0), vec![(0, large.clone())]);
+    assert!(
+        r[2].records.is_empty(),
+        "the fetch is full after partition 1"
+    );
+}
+
 #[test]
 fn cli_produces_and_consumes_every_line_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -155,6 +155,9 @@ pub struct Appended {
 pub struct ReadBatches {
     pub chunks: Vec<Bytes>,
     pub bytes: usize,
+    /// Set by [`Partition::read_fitting`] when nothing was read because the
+    /// first batch at the offset is larger than the limit: its size.
+    pub next_batch_bytes: Option<usize>,
 }
 
 /// The shard's memory a partition reads through: its tail cache (with the
@@ -173,6 +176,9 @@ struct Resume {
     file: Rc<DmaFile>,
     path: PathBuf,
     pos: u64,
+    /// The segment's bytes from `pos` on that this read already holds and
+    /// did not return: kept for that fetch rather than read again.
+    rest: Option<Bytes>,
 }
 
 /// How durable an append must be before it is acknowledged.
@@ -508,6 +514,29 @@ impl Partition {
     /// Reads batches starting with the one that contains `offset`, up to
     /// `max_bytes` (the first batch is returned whole even when larger).
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadBatches, ReadError> {
+        self.read_limited(offset, max_bytes, true).await
+    }
+
+    /// Like [`Partition::read`], but a first batch larger than `max_bytes`
+    /// is not returned: the result is empty and says the batch's size in
+    /// `next_batch_bytes`. For a fetch of many partitions, where only the
+    /// first non-empty one may go past its share (Kafka's rule): a batch
+    /// read and then cut from the response would be read again by the next
+    /// fetch. What was read of it is kept for the next fetch at `offset`.
+    pub async fn read_fitting(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<ReadBatches, ReadError> {
+        self.read_limited(offset, max_bytes, false).await
+    }
+
+    async fn read_limited(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        whole_first: bool,
+    ) -> Result<ReadBatches, ReadError> {
         let max_bytes = max_bytes.min(FETCH_PARTITION_BYTES_MAX);
         let offsets = self.offsets();
         if offset < offsets.log_start || offset > offsets.log_end {
@@ -523,6 +552,13 @@ impl Partition {
         if let Some(cached) = self.cache.read(self.cache_key, offset, max_bytes) {
             stats::add_cache_reads(1);
             let mut out = ReadBatches::default();
+            match cached.first() {
+                Some(b) if !whole_first && b.len() > max_bytes => {
+                    out.next_batch_bytes = Some(b.len());
+                    return Ok(out);
+                }
+                _ => {}
+            }
             for b in cached {
                 out.bytes += b.len();
                 out.chunks.push(b.prefix);
@@ -532,7 +568,7 @@ impl Partition {
             return Ok(out);
         }
         let out = self
-            .read_from_segments(offset, max_bytes, offsets.log_end)
+            .read_from_segments(offset, max_bytes, offsets.log_end, whole_first)
             .await?;
         stats::add_bytes_read(out.bytes as u64);
         Ok(out)
@@ -543,12 +579,16 @@ impl Partition {
         offset: i64,
         max_bytes: usize,
         log_end: i64,
+        whole_first: bool,
     ) -> Result<ReadBatches, ReadError> {
         let want = max_bytes.max(FETCH_READ_BYTES_MIN);
         let ahead = self.read_ahead.take(self.cache_key, offset);
         let (out, resume) =
-            Box::pin(self.read_segments_from(offset, max_bytes, log_end, ahead)).await?;
+            Box::pin(self.read_segments_from(offset, max_bytes, log_end, ahead, whole_first))
+                .await?;
         if let Some(r) = resume {
+            // A refused batch: read ahead at least all of it.
+            let want = want.max(out.next_batch_bytes.unwrap_or(0));
             self.read_ahead_from(r, want);
         }
         Ok(out)
@@ -563,6 +603,7 @@ impl Partition {
         max_bytes: usize,
         log_end: i64,
         ahead: Option<crate::readahead::Ahead>,
+        whole_first: bool,
     ) -> Result<(ReadBatches, Option<Resume>), ReadError> {
         let (file, path, seg_base, seg_size, start_pos, mut ahead) = {
             let s = self.state.borrow();
@@ -613,13 +654,14 @@ impl Partition {
         let mut pos = start_pos;
         let mut next = offset;
         let want = max_bytes.max(FETCH_READ_BYTES_MIN);
-        let resume = |out: ReadBatches, next: i64, pos: u64| {
+        let resume = |out: ReadBatches, next: i64, pos: u64, rest: Option<Bytes>| {
             let resume = Resume {
                 offset: next,
                 seg_base,
                 file: file.clone(),
                 path: path.clone(),
                 pos,
+                rest,
             };
             Ok((out, Some(resume)))
         };
@@ -681,8 +723,21 @@ impl Partition {
                     at += total;
                     continue;
                 }
-                if !out.chunks.is_empty() && out.bytes + total > max_bytes {
-                    return resume(out, next, pos + at as u64);
+                if out.bytes + total > max_bytes {
+                    if out.chunks.is_empty() && whole_first {
+                        // Returned whole (below), even past the limit.
+                    } else {
+                        if out.chunks.is_empty() {
+                            out.next_batch_bytes = Some(total);
+                        }
+                        // Kept when it holds what the next fetch here
+                        // would take (this batch, or as much as this
+                        // fetch asked for): a fetch asking for less than
+                        // a read, or one this batch was refused to.
+                        let rest = data.slice(at..);
+                        let rest = (rest.len() >= max_bytes.max(total)).then_some(rest);
+                        return resume(out, next, pos + at as u64, rest);
+                    }
                 }
                 if buf.len() - at < total {
                     need_more = Some(total);
@@ -710,7 +765,7 @@ impl Partition {
                     out.bytes += n;
                     pos += n as u64;
                     if out.bytes >= max_bytes {
-                        return resume(out, next, pos);
+                        return resume(out, next, pos, None);
                     }
                 }
                 _ if at == 0 && need_more.is_some() => {
@@ -720,7 +775,7 @@ impl Partition {
                 _ => {}
             }
             if out.bytes >= max_bytes {
-                return resume(out, next, pos);
+                return resume(out, next, pos, None);
             }
         }
         // The segment ended: continue in the next one if it exists.
@@ -738,23 +793,32 @@ impl Partition {
                     max_bytes,
                     log_end,
                     None,
+                    whole_first,
                 ))
                 .await;
             }
         }
-        resume(out, next, pos)
+        resume(out, next, pos, None)
     }
 
     /// Starts reading ahead for the fetch that would come next in order,
     /// when it would read from a segment file: `want` bytes from where the
-    /// last one stopped, or from the start of the next segment.
-    fn read_ahead_from(&self, r: Resume, want: usize) {
+    /// last one stopped, or from the start of the next segment. When the
+    /// read already holds what that fetch would take (`rest`), those bytes
+    /// are kept instead.
+    fn read_ahead_from(&self, mut r: Resume, want: usize) {
         if self.read_ahead.budget() == 0 || self.cache.holds(self.cache_key, r.offset) {
             return;
         }
         let target = {
             let s = self.state.borrow();
             if s.closed || r.offset >= s.log_end {
+                return;
+            }
+            if let Some(rest) = r.rest.take() {
+                let (key, offset, base, pos) = (self.cache_key, r.offset, r.seg_base, r.pos);
+                drop(s);
+                self.read_ahead.keep(key, offset, base, &r.file, pos, rest);
                 return;
             }
             let Some(i) = s
@@ -1057,6 +1121,7 @@ pub(crate) async fn read_region(
             .read_direct(file.as_raw_fd(), start, skip + len)
             .await
             .map_err(storage)?;
+        stats::add_segment_bytes_read(data.len() as u64);
         let end = data.len().min(skip + len);
         return Ok(data.slice(skip.min(end)..end));
     }
@@ -1064,6 +1129,7 @@ pub(crate) async fn read_region(
         .read_at(pos, len)
         .await
         .map_err(|e| storage(e.into()))?;
+    stats::add_segment_bytes_read(data.len() as u64);
     stats::add_payload_copies(1);
     Ok(Bytes::copy_from_slice(&data[..len.min(data.len())]))
 }

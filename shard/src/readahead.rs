@@ -22,6 +22,13 @@
 //! A read is only used while its segment file is still the one at that
 //! place in the log: compaction swaps files, and retention deletes them.
 //!
+//! The same slots hold bytes a fetch already read and did not send
+//! ([`ReadAhead::keep`]): the rest of a region read for a fetch that asked
+//! for less than a read's size, or a batch a fetch of many partitions
+//! refused because it was larger than that partition's share (see
+//! `Partition::read_fitting`). The next fetch at that offset takes them
+//! like a read ahead instead of reading the disk again.
+//!
 //! Bytes read ahead lie below the segment's committed size when the read
 //! starts, and committed bytes of a segment never change, so a read taken
 //! later holds what a fresh read would.
@@ -124,38 +131,15 @@ impl ReadAhead {
             pos,
             len,
         } = region;
-        if len == 0 || len > self.budget / 2 {
+        if !self.admit(key, offset, len) {
             return;
-        }
-        // A second consumer at the same place: one read serves the next
-        // of them to ask.
-        if self
-            .reads
-            .borrow()
-            .iter()
-            .any(|a| a.key == key && a.offset == offset)
-        {
-            return;
-        }
-        while self.held.get() + len > self.budget {
-            let mut reads = self.reads.borrow_mut();
-            let stale = reads.front().is_some_and(|a| a.started.elapsed() >= STALE);
-            if !stale {
-                stats::add_read_ahead_refused(1);
-                return;
-            }
-            if let Some(old) = reads.pop_front() {
-                self.held.set(self.held.get() - old.len);
-                stats::add_read_ahead_dropped(1);
-            }
         }
         let reading = file.clone();
         let read = glommio::spawn_local(async move {
             crate::partition::read_region(&reading, &path, pos, len).await
         });
         stats::add_read_ahead_started(len as u64);
-        self.held.set(self.held.get() + len);
-        self.reads.borrow_mut().push_back(Ahead {
+        self.hold(Ahead {
             key,
             offset,
             seg_base,
@@ -165,6 +149,74 @@ impl ReadAhead {
             read,
             started: Instant::now(),
         });
+    }
+
+    /// Keeps `data`, the bytes of the segment based at `seg_base` from
+    /// `pos` on that a fetch read and did not send, for the fetch of `key`
+    /// at `offset`: taken like a read ahead, so they are not read again.
+    /// The same budget applies.
+    pub(crate) fn keep(
+        &self,
+        key: CacheKey,
+        offset: i64,
+        seg_base: i64,
+        file: &Rc<DmaFile>,
+        pos: u64,
+        data: Bytes,
+    ) {
+        let len = data.len();
+        if !self.admit(key, offset, len) {
+            return;
+        }
+        let read = glommio::spawn_local(async move { Ok(data) });
+        stats::add_read_ahead_kept(len as u64);
+        self.hold(Ahead {
+            key,
+            offset,
+            seg_base,
+            file: Rc::downgrade(file),
+            pos,
+            len,
+            read,
+            started: Instant::now(),
+        });
+    }
+
+    /// Whether a read of `len` bytes for `key` at `offset` may be held:
+    /// none is held for that place yet, and the budget has room once stale
+    /// reads are dropped.
+    fn admit(&self, key: CacheKey, offset: i64, len: usize) -> bool {
+        if len == 0 || len > self.budget / 2 {
+            return false;
+        }
+        // A second consumer at the same place: one read serves the next
+        // of them to ask.
+        if self
+            .reads
+            .borrow()
+            .iter()
+            .any(|a| a.key == key && a.offset == offset)
+        {
+            return false;
+        }
+        while self.held.get() + len > self.budget {
+            let mut reads = self.reads.borrow_mut();
+            let stale = reads.front().is_some_and(|a| a.started.elapsed() >= STALE);
+            if !stale {
+                stats::add_read_ahead_refused(1);
+                return false;
+            }
+            if let Some(old) = reads.pop_front() {
+                self.held.set(self.held.get() - old.len);
+                stats::add_read_ahead_dropped(1);
+            }
+        }
+        true
+    }
+
+    fn hold(&self, ahead: Ahead) {
+        self.held.set(self.held.get() + ahead.len);
+        self.reads.borrow_mut().push_back(ahead);
     }
 
     /// Drops every read ahead of `key` (its partition closed, was deleted,

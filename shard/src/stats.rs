@@ -78,6 +78,8 @@ thread_local! {
     static READ_AHEAD_HITS: Cell<u64> = const { Cell::new(0) };
     static READ_AHEAD_DROPPED: Cell<u64> = const { Cell::new(0) };
     static READ_AHEAD_REFUSED: Cell<u64> = const { Cell::new(0) };
+    static READ_AHEAD_KEPT: Cell<u64> = const { Cell::new(0) };
+    static SEGMENT_BYTES_READ: Cell<u64> = const { Cell::new(0) };
     static WRITE_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
     static FLUSH_LATENCY: Cell<LatencyHistogram> = const { Cell::new(LatencyHistogram { counts: [0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }) };
 }
@@ -121,6 +123,17 @@ pub fn add_read_ahead_hits(n: u64) {
 /// A read ahead was not started: the budget was full of fresh reads.
 pub fn add_read_ahead_refused(n: u64) {
     READ_AHEAD_REFUSED.with(|c| c.set(c.get() + n));
+}
+
+/// Bytes a fetch had read but did not send, kept for the fetch that comes
+/// next at that offset (`readahead`).
+pub fn add_read_ahead_kept(bytes: u64) {
+    READ_AHEAD_KEPT.with(|c| c.set(c.get() + bytes));
+}
+
+/// Bytes read from segment files (the disk, for reads and reads ahead).
+pub fn add_segment_bytes_read(bytes: u64) {
+    SEGMENT_BYTES_READ.with(|c| c.set(c.get() + bytes));
 }
 
 /// Reads ahead dropped unused (stale, partition closed, file gone).
@@ -193,6 +206,11 @@ pub struct ShardCounters {
     pub read_ahead_dropped: u64,
     /// Reads ahead not started because the budget was full.
     pub read_ahead_refused: u64,
+    /// Bytes already read that a fetch left unsent, kept in memory for the
+    /// next fetch at their offset instead of being read again.
+    pub read_ahead_kept: u64,
+    /// Bytes read from segment files, by fetches and reads ahead.
+    pub segment_bytes_read: u64,
     /// Segment writes of appends, submission to completion.
     pub write_latency: LatencyHistogram,
     /// Flushes of appends (each `fdatasync` counted in `fdatasyncs`).
@@ -215,6 +233,8 @@ pub fn snapshot() -> ShardCounters {
         read_ahead_hits: READ_AHEAD_HITS.with(Cell::get),
         read_ahead_dropped: READ_AHEAD_DROPPED.with(Cell::get),
         read_ahead_refused: READ_AHEAD_REFUSED.with(Cell::get),
+        read_ahead_kept: READ_AHEAD_KEPT.with(Cell::get),
+        segment_bytes_read: SEGMENT_BYTES_READ.with(Cell::get),
         write_latency: WRITE_LATENCY.with(Cell::get),
         flush_latency: FLUSH_LATENCY.with(Cell::get),
     }

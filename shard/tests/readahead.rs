@@ -105,13 +105,24 @@ fn every_fetch_in_order_after_the_first_finds_its_read_ahead() {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let (store, p) = open(&path, small_segments(), 1 << 20).await;
+        let empty = stats::snapshot();
         let written = fill(&p, 1500, unique).await;
         assert!(p.segment_count() > 8, "reads cross many segments");
         let before = stats::snapshot();
+        let log_bytes = before.bytes_appended - empty.bytes_appended;
         let mut c = Consumer::at(0);
         while c.fetch(&p, 3000).await {}
         let after = stats::snapshot();
         assert_eq!(c.seen, written, "every record, in order, exactly once");
+        // Each read takes the rest of a segment (up to 64 KiB), more than a
+        // fetch of 3000 bytes sends: what it does not send is kept for the
+        // fetches after it, not read again by each of them.
+        let from_disk = after.segment_bytes_read - before.segment_bytes_read;
+        assert!(
+            from_disk < log_bytes * 3 / 2,
+            "{from_disk} bytes read from segments for {log_bytes} of log"
+        );
+        assert!(after.read_ahead_kept > before.read_ahead_kept);
         assert_eq!(after.cache_reads, before.cache_reads, "all cold");
         // The first fetch had nothing read ahead; every later one did,
         // across segment ends too.
@@ -326,6 +337,81 @@ fn a_full_budget_refuses_new_reads_until_one_goes_stale() {
             let from = written.iter().position(|w| w.0 == base).expect("base");
             assert_eq!(consumer.seen, written[from..from + consumer.seen.len()]);
         }
+        store.close_all().await.expect("close");
+    });
+}
+
+/// Appends one batch holding one value of `len` bytes; returns its size.
+async fn append_value(p: &Partition, len: usize) -> usize {
+    let mut b = BatchBuilder::new(now_ms());
+    b.push(now_ms(), Some(b"k"), Some(&vec![b'v'; len]), &[]);
+    let batch = Bytes::from(b.finish());
+    let size = batch.len();
+    p.append(batch, Durability::Written).await.expect("append");
+    size
+}
+
+/// `read_fitting` (a fetch's read of a partition that may not go past its
+/// share) returns nothing for a first batch larger than its limit, and
+/// says the batch's size. From a segment file, what it read is kept: the
+/// fetch that then asks for the batch takes it without reading the disk.
+/// From the tail cache, it reads nothing.
+#[test]
+fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            index_interval_bytes: 256,
+            ..LogConfig::default()
+        };
+        let (store, p) = open(&path, config.clone(), 1 << 20).await;
+        let mut sizes = Vec::new();
+        for len in [20_000, 30_000, 5_000] {
+            sizes.push(append_value(&p, len).await);
+        }
+        let before = stats::snapshot();
+        let refused = p.read_fitting(0, 10_000).await.expect("read");
+        let after_refusal = stats::snapshot();
+        assert!(refused.chunks.is_empty() && refused.bytes == 0);
+        assert_eq!(refused.next_batch_bytes, Some(sizes[0]));
+        assert!(after_refusal.segment_bytes_read > before.segment_bytes_read);
+        assert!(after_refusal.read_ahead_kept > before.read_ahead_kept);
+
+        let got = p.read_fitting(0, sizes[0]).await.expect("read");
+        let after = stats::snapshot();
+        assert_eq!((got.bytes, got.next_batch_bytes), (sizes[0], None));
+        let (records, next) = common::records_from(&got.chunks, 0);
+        assert_eq!((records.len(), next), (1, 1));
+        assert_eq!(after.read_ahead_hits - after_refusal.read_ahead_hits, 1);
+        assert_eq!(
+            after.segment_bytes_read, after_refusal.segment_bytes_read,
+            "served from the bytes the refused read kept"
+        );
+        // Batches that fit are returned, up to the one that does not.
+        let two = p.read_fitting(1, sizes[1] + sizes[2]).await.expect("read");
+        assert_eq!(
+            (two.bytes, two.next_batch_bytes),
+            (sizes[1] + sizes[2], None)
+        );
+        let one = p.read_fitting(1, sizes[1] + 10).await.expect("read");
+        assert_eq!((one.bytes, one.next_batch_bytes), (sizes[1], None));
+        // `read` returns the first batch whole, past the limit.
+        assert_eq!(p.read(1, 10).await.expect("read").bytes, sizes[1]);
+        store.close_all().await.expect("close");
+
+        // The same from the tail cache.
+        let cached = path.join("cached");
+        std::fs::create_dir_all(&cached).expect("dir");
+        let (store, p) = common::open_with(&cached, config, 1 << 20, 1 << 20).await;
+        let size = append_value(&p, 20_000).await;
+        let before = stats::snapshot();
+        let refused = p.read_fitting(0, 10_000).await.expect("read");
+        let after = stats::snapshot();
+        assert_eq!((refused.bytes, refused.next_batch_bytes), (0, Some(size)));
+        assert_eq!(after.cache_reads - before.cache_reads, 1);
+        assert_eq!(after.segment_bytes_read, before.segment_bytes_read);
+        assert_eq!(p.read_fitting(0, size).await.expect("read").bytes, size);
         store.close_all().await.expect("close");
     });
 }
