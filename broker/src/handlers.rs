@@ -264,7 +264,12 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
     let deadline = Instant::now() + wait;
     loop {
         let mut memory = shard.request_memory.reserve_up_to(u64::from(req.max_bytes));
-        let share = memory.bytes() / (req.partitions.len().max(1) as u64);
+        let n = req.partitions.len().max(1) as u64;
+        let share = memory.bytes() / n;
+        // A first batch within an equal share of `max_bytes` cannot push
+        // the response past it: returned whole even past the share of the
+        // memory reserved, as the reservation grows to what is sent.
+        let whole_up_to = u32::try_from(u64::from(req.max_bytes) / n).unwrap_or(u32::MAX - 1);
         let parts: Vec<FetchPart> = req
             .partitions
             .iter()
@@ -274,7 +279,10 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
                     max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
                     ..p.clone()
                 },
-                whole_first: i == 0,
+                whole_up_to: match i {
+                    0 => u32::MAX,
+                    _ => whole_up_to.min(u32::MAX - 1),
+                },
             })
             .collect();
         let mut fetched = fetch_once(shard, parts).await;
@@ -339,7 +347,7 @@ async fn fill_past_shares(shard: &Rc<Shard>, req: &FetchRequest, fetched: &mut [
                 max_bytes: u32::try_from(n).unwrap_or(u32::MAX),
                 ..p.clone()
             },
-            whole_first: true,
+            whole_up_to: u32::MAX,
         });
     }
     if parts.is_empty() {

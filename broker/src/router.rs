@@ -186,10 +186,11 @@ pub struct ProducePart {
 #[derive(Clone, Debug)]
 pub struct FetchPart {
     pub part: FetchPartition,
-    /// Whether a first batch larger than `part.max_bytes` is returned whole.
-    /// Kafka lets only the first non-empty partition of a fetch go past its
-    /// limit; for the others the owner says the batch's size instead.
-    pub whole_first: bool,
+    /// Up to what size a first batch larger than `part.max_bytes` is still
+    /// returned whole (`u32::MAX`: any). Past it the owner says the batch's
+    /// size instead: Kafka lets only the first non-empty partition of a
+    /// fetch go past the fetch's limits.
+    pub whole_up_to: u32,
 }
 
 /// One partition's answer to a [`FetchPart`].
@@ -197,7 +198,7 @@ pub struct FetchPart {
 pub struct FetchedPart {
     pub response: FetchPartitionResponse,
     /// Nothing was read because the first batch is larger than the read
-    /// allowed (`whole_first` false): its size.
+    /// allowed (past `whole_up_to`): its size.
     pub next_batch_bytes: Option<usize>,
 }
 

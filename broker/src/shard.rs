@@ -262,7 +262,7 @@ impl Shard {
     }
 
     async fn fetch_one(&self, read: FetchPart) -> FetchedPart {
-        let FetchPart { part, whole_first } = read;
+        let FetchPart { part, whole_up_to } = read;
         let mut next_batch_bytes = None;
         let mut resp = FetchPartitionResponse {
             topic: part.topic,
@@ -285,9 +285,9 @@ impl Shard {
         resp.log_start_offset = offsets.log_start;
         resp.log_end_offset = offsets.log_end;
         let (offset, max_bytes) = (part.offset, part.max_bytes as usize);
-        let read = match whole_first {
-            true => log.read(offset, max_bytes).await,
-            false => log.read_fitting(offset, max_bytes).await,
+        let read = match whole_up_to {
+            u32::MAX => log.read(offset, max_bytes).await,
+            up_to => log.read_fitting(offset, max_bytes, up_to as usize).await,
         };
         match read {
             Ok(read) => {

@@ -514,28 +514,30 @@ impl Partition {
     /// Reads batches starting with the one that contains `offset`, up to
     /// `max_bytes` (the first batch is returned whole even when larger).
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadBatches, ReadError> {
-        self.read_limited(offset, max_bytes, true).await
+        self.read_limited(offset, max_bytes, usize::MAX).await
     }
 
-    /// Like [`Partition::read`], but a first batch larger than `max_bytes`
-    /// is not returned: the result is empty and says the batch's size in
-    /// `next_batch_bytes`. For a fetch of many partitions, where only the
-    /// first non-empty one may go past its share (Kafka's rule): a batch
-    /// read and then cut from the response would be read again by the next
-    /// fetch. What was read of it is kept for the next fetch at `offset`.
+    /// Like [`Partition::read`], but a first batch larger than both
+    /// `max_bytes` and `whole_up_to` is not returned: the result is empty
+    /// and says the batch's size in `next_batch_bytes`. For a fetch of many
+    /// partitions, where only the first non-empty one may go past its
+    /// share (Kafka's rule): a batch read and then cut from the response
+    /// would be read again by the next fetch. What was read of it is kept
+    /// for the next fetch at `offset`.
     pub async fn read_fitting(
         &self,
         offset: i64,
         max_bytes: usize,
+        whole_up_to: usize,
     ) -> Result<ReadBatches, ReadError> {
-        self.read_limited(offset, max_bytes, false).await
+        self.read_limited(offset, max_bytes, whole_up_to).await
     }
 
     async fn read_limited(
         &self,
         offset: i64,
         max_bytes: usize,
-        whole_first: bool,
+        whole_up_to: usize,
     ) -> Result<ReadBatches, ReadError> {
         let max_bytes = max_bytes.min(FETCH_PARTITION_BYTES_MAX);
         let offsets = self.offsets();
@@ -553,7 +555,7 @@ impl Partition {
             stats::add_cache_reads(1);
             let mut out = ReadBatches::default();
             match cached.first() {
-                Some(b) if !whole_first && b.len() > max_bytes => {
+                Some(b) if b.len() > max_bytes.max(whole_up_to) => {
                     out.next_batch_bytes = Some(b.len());
                     return Ok(out);
                 }
@@ -568,7 +570,7 @@ impl Partition {
             return Ok(out);
         }
         let out = self
-            .read_from_segments(offset, max_bytes, offsets.log_end, whole_first)
+            .read_from_segments(offset, max_bytes, offsets.log_end, whole_up_to)
             .await?;
         stats::add_bytes_read(out.bytes as u64);
         Ok(out)
@@ -579,12 +581,12 @@ impl Partition {
         offset: i64,
         max_bytes: usize,
         log_end: i64,
-        whole_first: bool,
+        whole_up_to: usize,
     ) -> Result<ReadBatches, ReadError> {
         let want = max_bytes.max(FETCH_READ_BYTES_MIN);
         let ahead = self.read_ahead.take(self.cache_key, offset);
         let (out, resume) =
-            Box::pin(self.read_segments_from(offset, max_bytes, log_end, ahead, whole_first))
+            Box::pin(self.read_segments_from(offset, max_bytes, log_end, ahead, whole_up_to))
                 .await?;
         if let Some(r) = resume {
             // A refused batch: read ahead at least all of it.
@@ -603,7 +605,7 @@ impl Partition {
         max_bytes: usize,
         log_end: i64,
         ahead: Option<crate::readahead::Ahead>,
-        whole_first: bool,
+        whole_up_to: usize,
     ) -> Result<(ReadBatches, Option<Resume>), ReadError> {
         let (file, path, seg_base, seg_size, start_pos, mut ahead) = {
             let s = self.state.borrow();
@@ -724,7 +726,7 @@ impl Partition {
                     continue;
                 }
                 if out.bytes + total > max_bytes {
-                    if out.chunks.is_empty() && whole_first {
+                    if out.chunks.is_empty() && total <= whole_up_to {
                         // Returned whole (below), even past the limit.
                     } else {
                         if out.chunks.is_empty() {
@@ -793,7 +795,7 @@ impl Partition {
                     max_bytes,
                     log_end,
                     None,
-                    whole_first,
+                    whole_up_to,
                 ))
                 .await;
             }

@@ -371,14 +371,14 @@ fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
             sizes.push(append_value(&p, len).await);
         }
         let before = stats::snapshot();
-        let refused = p.read_fitting(0, 10_000).await.expect("read");
+        let refused = p.read_fitting(0, 10_000, 0).await.expect("read");
         let after_refusal = stats::snapshot();
         assert!(refused.chunks.is_empty() && refused.bytes == 0);
         assert_eq!(refused.next_batch_bytes, Some(sizes[0]));
         assert!(after_refusal.segment_bytes_read > before.segment_bytes_read);
         assert!(after_refusal.read_ahead_kept > before.read_ahead_kept);
 
-        let got = p.read_fitting(0, sizes[0]).await.expect("read");
+        let got = p.read_fitting(0, sizes[0], 0).await.expect("read");
         let after = stats::snapshot();
         assert_eq!((got.bytes, got.next_batch_bytes), (sizes[0], None));
         let (records, next) = common::records_from(&got.chunks, 0);
@@ -389,13 +389,21 @@ fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
             "served from the bytes the refused read kept"
         );
         // Batches that fit are returned, up to the one that does not.
-        let two = p.read_fitting(1, sizes[1] + sizes[2]).await.expect("read");
+        let two = p
+            .read_fitting(1, sizes[1] + sizes[2], 0)
+            .await
+            .expect("read");
         assert_eq!(
             (two.bytes, two.next_batch_bytes),
             (sizes[1] + sizes[2], None)
         );
-        let one = p.read_fitting(1, sizes[1] + 10).await.expect("read");
+        let one = p.read_fitting(1, sizes[1] + 10, 0).await.expect("read");
         assert_eq!((one.bytes, one.next_batch_bytes), (sizes[1], None));
+        // Past the limit but within `whole_up_to`: whole.
+        let within = p.read_fitting(1, 10, sizes[1]).await.expect("read");
+        assert_eq!((within.bytes, within.next_batch_bytes), (sizes[1], None));
+        let past = p.read_fitting(1, 10, sizes[1] - 1).await.expect("read");
+        assert_eq!((past.bytes, past.next_batch_bytes), (0, Some(sizes[1])));
         // `read` returns the first batch whole, past the limit.
         assert_eq!(p.read(1, 10).await.expect("read").bytes, sizes[1]);
         store.close_all().await.expect("close");
@@ -406,12 +414,12 @@ fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
         let (store, p) = common::open_with(&cached, config, 1 << 20, 1 << 20).await;
         let size = append_value(&p, 20_000).await;
         let before = stats::snapshot();
-        let refused = p.read_fitting(0, 10_000).await.expect("read");
+        let refused = p.read_fitting(0, 10_000, 0).await.expect("read");
         let after = stats::snapshot();
         assert_eq!((refused.bytes, refused.next_batch_bytes), (0, Some(size)));
         assert_eq!(after.cache_reads - before.cache_reads, 1);
         assert_eq!(after.segment_bytes_read, before.segment_bytes_read);
-        assert_eq!(p.read_fitting(0, size).await.expect("read").bytes, size);
+        assert_eq!(p.read_fitting(0, size, 0).await.expect("read").bytes, size);
         store.close_all().await.expect("close");
     });
 }
