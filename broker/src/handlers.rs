@@ -269,7 +269,7 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
         // A first batch within an equal share of `max_bytes` cannot push
         // the response past it: returned whole even past the share of the
         // memory reserved, as the reservation grows to what is sent.
-        let whole_up_to = u32::try_from(u64::from(req.max_bytes) / n).unwrap_or(u32::MAX - 1);
+        let whole_up_to = u32::try_from(u64::from(req.max_bytes) / n).unwrap_or(u32::MAX);
         let parts: Vec<FetchPart> = req
             .partitions
             .iter()
@@ -279,10 +279,7 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
                     max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
                     ..p.clone()
                 },
-                whole_up_to: match i {
-                    0 => u32::MAX,
-                    _ => whole_up_to.min(u32::MAX - 1),
-                },
+                whole_up_to: if i == 0 { u32::MAX } else { whole_up_to },
             })
             .collect();
         let mut fetched = fetch_once(shard, parts).await;

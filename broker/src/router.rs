@@ -187,7 +187,7 @@ pub struct ProducePart {
 pub struct FetchPart {
     pub part: FetchPartition,
     /// Up to what size a first batch larger than `part.max_bytes` is still
-    /// returned whole (`u32::MAX`: any). Past it the owner says the batch's
+    /// returned whole (`u32::MAX`: any batch). Past it the owner says the batch's
     /// size instead: Kafka lets only the first non-empty partition of a
     /// fetch go past the fetch's limits.
     pub whole_up_to: u32,

@@ -284,12 +284,8 @@ impl Shard {
         resp.high_watermark = offsets.high_watermark;
         resp.log_start_offset = offsets.log_start;
         resp.log_end_offset = offsets.log_end;
-        let (offset, max_bytes) = (part.offset, part.max_bytes as usize);
-        let read = match whole_up_to {
-            u32::MAX => log.read(offset, max_bytes).await,
-            up_to => log.read_fitting(offset, max_bytes, up_to as usize).await,
-        };
-        match read {
+        let (max_bytes, up_to) = (part.max_bytes as usize, whole_up_to as usize);
+        match log.read_fitting(part.offset, max_bytes, up_to).await {
             Ok(read) => {
                 resp.records = read.chunks;
                 next_batch_bytes = read.next_batch_bytes;

@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{batch_of, decode_values, scrape, Broker};
+use sluice_protocol::client::Client;
 use sluice_protocol::native::{
     Acks, CreateTopic, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
 };
@@ -335,6 +336,47 @@ fn long_poll_fetch_is_woken_by_an_append_on_another_shard() {
     assert!(r[0].records.is_empty() && r[0].error == ErrorCode::NONE);
 }
 
+/// Appends `records` to `topic`/`partition` with acks=all.
+fn produce_to(c: &mut Client, topic: &str, partition: u32, records: bytes::Bytes) {
+    let r = c
+        .produce(
+            Acks::All,
+            1000,
+            vec![ProducePartition {
+                topic: topic.into(),
+                partition,
+                records,
+            }],
+        )
+        .expect("produce");
+    assert_eq!(r[0].error, ErrorCode::NONE);
+}
+
+/// One fetch without waiting of partitions 0.. of `topic`, partition `p`
+/// from `offsets[p]`, each asking for `partition_max` bytes.
+fn fetch_from(
+    c: &mut Client,
+    topic: &str,
+    offsets: &[i64],
+    max_bytes: usize,
+    partition_max: u32,
+) -> Vec<sluice_protocol::native::FetchPartitionResponse> {
+    c.fetch(FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 0,
+        max_bytes: max_bytes as u32,
+        partitions: (0..offsets.len() as u32)
+            .map(|p| FetchPartition {
+                topic: topic.into(),
+                partition: p,
+                offset: offsets[p as usize],
+                max_bytes: partition_max,
+            })
+            .collect(),
+    })
+    .expect("fetch")
+}
+
 #[test]
 fn fetch_max_bytes_returns_the_first_batch_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -343,32 +385,9 @@ fn fetch_max_bytes_returns_the_first_batch_whole() {
     let mut c = b.client();
     let large = vec![b'x'; 10_000];
     for p in 0..2 {
-        c.produce(
-            Acks::All,
-            1000,
-            vec![ProducePartition {
-                topic: "big".into(),
-                partition: p,
-                records: batch_of(&[&large]),
-            }],
-        )
-        .expect("produce");
+        produce_to(&mut c, "big", p, batch_of(&[&large]));
     }
-    let r = c
-        .fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 100,
-            partitions: (0..2)
-                .map(|p| FetchPartition {
-                    topic: "big".into(),
-                    partition: p,
-                    offset: 0,
-                    max_bytes: 100,
-                })
-                .collect(),
-        })
-        .expect("fetch");
+    let r = fetch_from(&mut c, "big", &[0, 0], 100, 100);
     assert_eq!(
         decode_values(&r[0].records, 0)[0].1.len(),
         10_000,
@@ -396,41 +415,14 @@ fn a_fetch_of_many_partitions_reads_only_the_batches_it_sends() {
     let mut lens = [0usize; 8];
     for round in 0..2u8 {
         for p in 0..8u32 {
-            let value = vec![b'a' + round; 10_000 + p as usize];
-            let records = batch_of(&[&value]);
+            let records = batch_of(&[&vec![b'a' + round; 10_000 + p as usize]]);
             lens[p as usize] = records.len();
-            let r = c
-                .produce(
-                    Acks::All,
-                    1000,
-                    vec![ProducePartition {
-                        topic: "wide".into(),
-                        partition: p,
-                        records,
-                    }],
-                )
-                .expect("produce");
-            assert_eq!(r[0].error, ErrorCode::NONE);
+            produce_to(&mut c, "wide", p, records);
         }
     }
-    let fetch = |c: &mut sluice_protocol::client::Client, offsets: &[i64]| {
-        c.fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: (lens[0] + lens[1] + lens[2] + lens[3] / 2) as u32,
-            partitions: (0..8)
-                .map(|p| FetchPartition {
-                    topic: "wide".into(),
-                    partition: p,
-                    offset: offsets[p as usize],
-                    max_bytes: 1 << 20,
-                })
-                .collect(),
-        })
-        .expect("fetch")
-    };
+    let max_bytes = lens[0] + lens[1] + lens[2] + lens[3] / 2;
     let read_before = scrape(metrics_port, "sluice_bytes_read_total");
-    let r = fetch(&mut c, &[0; 8]);
+    let mut r = fetch_from(&mut c, "wide", &[0; 8], max_bytes, 1 << 20);
     let read = scrape(metrics_port, "sluice_bytes_read_total") - read_before;
     let sent: Vec<usize> = r
         .iter()
@@ -451,7 +443,6 @@ fn a_fetch_of_many_partitions_reads_only_the_batches_it_sends() {
     // Consume the rest, each fetch from where the last one left off.
     let mut offsets = [0i64; 8];
     let mut seen: Vec<Vec<(i64, Vec<u8>)>> = vec![Vec::new(); 8];
-    let mut r = r;
     for _ in 0..20 {
         for (p, part) in r.iter().enumerate() {
             let values = decode_values(&part.records, offsets[p]);
@@ -463,7 +454,7 @@ fn a_fetch_of_many_partitions_reads_only_the_batches_it_sends() {
         if offsets.iter().all(|&o| o == 2) {
             break;
         }
-        r = fetch(&mut c, &offsets);
+        r = fetch_from(&mut c, "wide", &offsets, max_bytes, 1 << 20);
     }
     for (p, values) in seen.iter().enumerate() {
         let expected: Vec<(i64, Vec<u8>)> = (0..2u8)
@@ -488,32 +479,9 @@ fn a_large_batch_behind_an_empty_partition_is_returned_whole() {
     let mut c = b.client();
     let large = vec![b'z'; 50_000];
     for p in [1u32, 2] {
-        c.produce(
-            Acks::All,
-            1000,
-            vec![ProducePartition {
-                topic: "gap".into(),
-                partition: p,
-                records: batch_of(&[&large]),
-            }],
-        )
-        .expect("produce");
+        produce_to(&mut c, "gap", p, batch_of(&[&large]));
     }
-    let r = c
-        .fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 1,
-            max_bytes: 1000,
-            partitions: (0..3)
-                .map(|p| FetchPartition {
-                    topic: "gap".into(),
-                    partition: p,
-                    offset: 0,
-                    max_bytes: 1000,
-                })
-                .collect(),
-        })
-        .expect("fetch");
+    let r = fetch_from(&mut c, "gap", &[0, 0, 0], 1000, 1000);
     assert!(r[0].records.is_empty());
     assert_eq!(decode_values(&r[1].records, 0), vec![(0, large.clone())]);
     assert!(
