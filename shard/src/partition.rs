@@ -725,21 +725,20 @@ impl Partition {
                     at += total;
                     continue;
                 }
-                if out.bytes + total > max_bytes {
-                    if out.chunks.is_empty() && total <= whole_up_to {
-                        // Returned whole (below), even past the limit.
-                    } else {
-                        if out.chunks.is_empty() {
-                            out.next_batch_bytes = Some(total);
-                        }
-                        // Kept when it holds what the next fetch here
-                        // would take (this batch, or as much as this
-                        // fetch asked for): a fetch asking for less than
-                        // a read, or one this batch was refused to.
-                        let rest = data.slice(at..);
-                        let rest = (rest.len() >= max_bytes.max(total)).then_some(rest);
-                        return resume(out, next, pos + at as u64, rest);
+                // A first batch within `whole_up_to` is returned whole
+                // (below), even past the limit.
+                let whole_first = out.chunks.is_empty() && total <= whole_up_to;
+                if out.bytes + total > max_bytes && !whole_first {
+                    if out.chunks.is_empty() {
+                        out.next_batch_bytes = Some(total);
                     }
+                    // Kept when it holds what the next fetch here would
+                    // take (this batch, or as much as this fetch asked
+                    // for): a fetch asking for less than a read, or one
+                    // this batch was refused to.
+                    let rest = data.slice(at..);
+                    let rest = (rest.len() >= max_bytes.max(total)).then_some(rest);
+                    return resume(out, next, pos + at as u64, rest);
                 }
                 if buf.len() - at < total {
                     need_more = Some(total);

@@ -154,7 +154,10 @@ impl ReadAhead {
     /// Keeps `data`, the bytes of the segment based at `seg_base` from
     /// `pos` on that a fetch read and did not send, for the fetch of `key`
     /// at `offset`: taken like a read ahead, so they are not read again.
-    /// The same budget applies.
+    /// The same budget applies, counting `data`'s length only: the region
+    /// buffer `data` is a slice of stays alive with it, so the part before
+    /// it (what the fetch sent, at most one read's size) is held uncounted
+    /// until the kept bytes are taken or go stale.
     pub(crate) fn keep(
         &self,
         key: CacheKey,
