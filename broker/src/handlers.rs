@@ -244,13 +244,13 @@ async fn fetch_once(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchedPart
 /// Each read first reserves room for its response in the shard's request
 /// memory, as much of `max_bytes` as is free, and reads at most an equal
 /// share of that from each partition, all partitions at once. A partition
-/// whose next batch is larger than its share returns nothing but the
-/// batch's size (only the first partition asked for may go past its share
-/// in that read), and [`fill_past_shares`] then reads, in the request's
-/// order, those that the response still has room for. So no partition's
-/// batches are read only to be cut from the response (and read again by
-/// the next fetch), and a fetch of many partitions still fills up to
-/// `max_bytes`. The reservation comes back with the response and is held
+/// whose next batch is larger than its share, or than its own
+/// `partition_max_bytes`, returns nothing but the batch's size (only the
+/// first partition asked for may go past either in that read), and
+/// [`fill_past_shares`] then reads, in the request's order, those that the
+/// response has room for. So a partition's batches are rarely read only to
+/// be cut from the response (and read again by the next fetch), and a
+/// fetch of many partitions still fills up to `max_bytes`. The reservation comes back with the response and is held
 /// until it is written.
 ///
 /// A fetch of no partitions is answered at once, as Kafka does: there is
@@ -279,7 +279,13 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
                     max_bytes: p.max_bytes.min(share.min(u64::from(u32::MAX)) as u32),
                     ..p.clone()
                 },
-                whole_up_to: if i == 0 { u32::MAX } else { whole_up_to },
+                // Past the first, no batch larger than the partition's
+                // own limit (Kafka's `partition_max_bytes`).
+                whole_up_to: if i == 0 {
+                    u32::MAX
+                } else {
+                    whole_up_to.min(p.max_bytes)
+                },
             })
             .collect();
         let mut fetched = fetch_once(shard, parts).await;
@@ -318,26 +324,38 @@ pub(crate) async fn fetch(shard: &Rc<Shard>, req: FetchRequest) -> (FetchRespons
 }
 
 /// Reads the partitions whose next batch was larger than their share of a
-/// fetch, in the request's order, while the response has room: as Kafka
-/// fills a fetch one partition after another, the first non-empty
-/// partition whole, any later one when its batch fits both its own limit
-/// and what is left of the fetch's `max_bytes`. What the first read had of
-/// such a batch was kept by its shard, so it is not read twice.
+/// fetch, as Kafka fills a fetch: one partition after another in the
+/// request's order, the first with data whole, any later one when its
+/// batch fits both its own limit and what the partitions before it left of
+/// the fetch's `max_bytes`. A partition read in the first pass counts
+/// toward that only if [`limit_total`] will keep it. So a partition whose
+/// batch is larger than its share is not passed over for as long as later
+/// partitions have data (a client that sends its partitions in the same
+/// order each time would otherwise never get it). What the first read had
+/// of such a batch was kept by its shard, so it is not read twice.
 async fn fill_past_shares(shard: &Rc<Shard>, req: &FetchRequest, fetched: &mut [FetchedPart]) {
-    let mut total: usize = fetched.iter().map(|f| f.response.records_len()).sum();
+    let max_bytes = req.max_bytes as usize;
+    let mut before = 0usize;
     let mut again = Vec::new();
     let mut parts = Vec::new();
     for (i, (f, p)) in fetched.iter().zip(&req.partitions).enumerate() {
+        let first = before == 0;
+        let len = f.response.records_len();
+        if len > 0 {
+            if first || before + len <= max_bytes {
+                before += len;
+            }
+            continue;
+        }
         let Some(n) = f.next_batch_bytes else {
             continue;
         };
-        let first = total == 0;
         if !f.response.error.is_ok()
-            || !first && (n > p.max_bytes as usize || total + n > req.max_bytes as usize)
+            || !first && (n > p.max_bytes as usize || before + n > max_bytes)
         {
             continue;
         }
-        total += n;
+        before += n;
         again.push(i);
         parts.push(FetchPart {
             part: FetchPartition {

@@ -377,6 +377,15 @@ fn fetch_from(
     .expect("fetch")
 }
 
+/// Each record of `records` as (offset, length, first byte): what a test
+/// compares, short enough to print when it fails.
+fn summary(records: &[bytes::Bytes]) -> Vec<(i64, usize, u8)> {
+    decode_values(records, 0)
+        .into_iter()
+        .map(|(o, v)| (o, v.len(), v.first().copied().unwrap_or(0)))
+        .collect()
+}
+
 #[test]
 fn fetch_max_bytes_returns_the_first_batch_whole() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -487,6 +496,76 @@ fn a_large_batch_behind_an_empty_partition_is_returned_whole() {
     assert!(
         r[2].records.is_empty(),
         "the fetch is full after partition 1"
+    );
+}
+
+/// A fetch fills in the request's order, as Kafka's does: a partition whose
+/// batch is larger than its share of the fetch is not passed over for the
+/// smaller batches of the partitions after it. (Before, a client that sent
+/// its partitions in the same order each time got partition 1 only once
+/// every later partition had run dry.)
+#[test]
+fn a_large_batch_is_not_passed_over_for_later_partitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("order", 8);
+    let mut c = b.client();
+    let large = vec![b'L'; 20_000];
+    produce_to(&mut c, "order", 1, batch_of(&[&large]));
+    for p in 2..8u32 {
+        for i in 0..3u8 {
+            produce_to(&mut c, "order", p, batch_of(&[&vec![b'a' + i; 1_000]]));
+        }
+    }
+    let max_bytes = 24_000;
+    let r = fetch_from(&mut c, "order", &[0; 8], max_bytes, 1 << 20);
+    assert!(r[0].records.is_empty());
+    assert_eq!(
+        summary(&r[1].records),
+        vec![(0, large.len(), b'L')],
+        "partition 1 is the first with data: its batch whole"
+    );
+    let sizes: Vec<usize> = r
+        .iter()
+        .map(|p| p.records.iter().map(|c| c.len()).sum())
+        .collect();
+    assert!(sizes[2] > 0, "partition 2 fills what is left: {sizes:?}");
+    assert!(sizes.iter().sum::<usize>() <= max_bytes, "{sizes:?}");
+    // Whatever a later partition sent starts at its first record.
+    for part in r.iter().skip(2) {
+        for (i, (offset, value)) in decode_values(&part.records, 0).into_iter().enumerate() {
+            assert_eq!(offset, i as i64);
+            assert_eq!(value, vec![b'a' + i as u8; 1_000]);
+        }
+    }
+}
+
+/// Past the first partition with data, a batch larger than its partition's
+/// own limit (`partition_max_bytes`) is not sent, even when the fetch has
+/// room for it, as Kafka does; it comes back whole once its partition is
+/// the first with data.
+#[test]
+fn a_batch_past_its_partition_limit_waits_until_it_is_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = Broker::start(&dir.path().join("data"), 2);
+    b.create_topic("limit", 2);
+    let mut c = b.client();
+    let small = vec![b's'; 1_000];
+    let large = vec![b'L'; 5_000];
+    produce_to(&mut c, "limit", 0, batch_of(&[&small]));
+    produce_to(&mut c, "limit", 1, batch_of(&[&large]));
+    let r = fetch_from(&mut c, "limit", &[0, 0], 1 << 20, 4_000);
+    assert_eq!(summary(&r[0].records), vec![(0, small.len(), b's')]);
+    assert!(
+        r[1].records.is_empty(),
+        "5,000 bytes are past partition 1's limit of 4,000"
+    );
+    let r = fetch_from(&mut c, "limit", &[1, 0], 1 << 20, 4_000);
+    assert!(r[0].records.is_empty());
+    assert_eq!(
+        summary(&r[1].records),
+        vec![(0, large.len(), b'L')],
+        "the first partition with data: whole"
     );
 }
 
