@@ -103,9 +103,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, serve_fn: Serv
 }
 
 pub(crate) async fn wait_until_stopping(shard: &Shard) {
-    while !shard.stopping.get() {
-        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    shard.stopping.wait().await;
 }
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {

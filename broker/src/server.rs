@@ -95,7 +95,8 @@ pub fn serve(mut config: Config) -> Result<(), String> {
     let cluster_id = cluster_id(&data_dir)?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    install_signal_handlers(stop.clone())?;
+    let wakes = StopWakes::new(shards)?;
+    install_signal_handlers(stop.clone(), wakes.clone())?;
     let (events, ready) = mpsc::channel();
     let mesh = MeshBuilder::<ShardMsg, _>::full(shards as usize, SHARD_CHANNEL_DEPTH);
     let cpus = available_cpus();
@@ -104,17 +105,18 @@ pub fn serve(mut config: Config) -> Result<(), String> {
         let placement = shard_placement(i, shards, &cpus, config.broker.pin_shards);
         let (config, mesh, stop, events) =
             (config.clone(), mesh.clone(), stop.clone(), events.clone());
+        let wake = wakes.fds.get(i as usize).copied();
         let cluster_id = cluster_id.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(config.broker.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.broker.spin_before_park_us))
-            .spawn(move || run_shard(config, generation, cluster_id, mesh, stop, events))
+            .spawn(move || run_shard(config, generation, cluster_id, mesh, (stop, wake), events))
             .map_err(|e| format!("cannot start shard executor {i}: {e}"))?;
         handles.push(handle);
     }
     drop(events);
-    wait_ready(&ready, shards, &stop)?;
+    wait_ready(&ready, shards, &stop, &wakes)?;
     let shard_ports: Vec<u16> = (0..shards).map(|id| shard_port(&config, id)).collect();
     tracing::info!(%native, shards, ?shard_ports, data_dir = %data_dir.display(), generation, "sluice ready");
     // Not println!: it panics (and so aborts) when stdout cannot be written.
@@ -150,6 +152,7 @@ fn wait_ready(
     ready: &mpsc::Receiver<ShardEvent>,
     shards: u32,
     stop: &AtomicBool,
+    wakes: &StopWakes,
 ) -> Result<(), String> {
     let mut up = 0;
     while up < shards {
@@ -160,6 +163,7 @@ fn wait_ready(
             }
             Ok(ShardEvent::Failed { id, error }) => {
                 stop.store(true, Ordering::SeqCst);
+                wakes.wake_all();
                 return Err(match id {
                     Some(id) => format!("shard {id} could not start: {error}"),
                     None => format!("a shard could not start: {error}"),
@@ -231,12 +235,78 @@ fn available_cpus() -> Vec<usize> {
     }
 }
 
-fn install_signal_handlers(stop: Arc<AtomicBool>) -> Result<(), String> {
+/// One eventfd per shard, written to stop it: the shard awaits its own
+/// instead of polling the stop flag, so an idle shard has no timer to wake
+/// for. The fds stay open for the life of the process (a signal handler may
+/// write to them at any time).
+#[derive(Clone)]
+struct StopWakes {
+    fds: Arc<Vec<libc::c_int>>,
+}
+
+impl StopWakes {
+    fn new(shards: u32) -> Result<Self, String> {
+        let mut fds = Vec::with_capacity(shards as usize);
+        for _ in 0..shards {
+            // SAFETY: a plain eventfd; blocking, so a shard's read of it
+            // through glommio waits for a write.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(format!("cannot create a shard's stop eventfd: {e}"));
+            }
+            fds.push(fd);
+        }
+        Ok(Self { fds: Arc::new(fds) })
+    }
+
+    /// Wakes every shard. Async-signal-safe: only `write`s.
+    fn wake_all(&self) {
+        let one: u64 = 1;
+        for &fd in self.fds.iter() {
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we keep
+            // open; a failure leaves the shard to its fallback poll.
+            let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+fn install_signal_handlers(stop: Arc<AtomicBool>, wakes: StopWakes) -> Result<(), String> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())
+        let (stop, wakes) = (stop.clone(), wakes.clone());
+        // The flag first, then the wake-ups: a shard woken must see it set.
+        let action = move || {
+            stop.store(true, Ordering::SeqCst);
+            wakes.wake_all();
+        };
+        // SAFETY: the action only stores an atomic and calls `write`, both
+        // async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, action) }
             .map_err(|e| format!("cannot install a handler for signal {sig}: {e}"))?;
     }
     Ok(())
+}
+
+/// Waits until `stop` is set, woken by the shard's eventfd (`wake`, a
+/// descriptor of [`StopWakes`]). Should that fail, it polls the flag.
+async fn wait_for_stop(stop: &AtomicBool, wake: Option<libc::c_int>) {
+    // SAFETY: a duplicate of the eventfd, owned by the file from here on
+    // (the original stays open for the signal handler).
+    let file = wake
+        .map(|fd| unsafe { libc::dup(fd) })
+        .filter(|&fd| fd >= 0)
+        .map(|fd| unsafe {
+            <glommio::io::BufferedFile as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+    while !stop.load(Ordering::SeqCst) {
+        let woken = match &file {
+            Some(f) => f.read_at(0, 8).await.is_ok(),
+            None => false,
+        };
+        if !woken {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn run_shard(
@@ -244,7 +314,7 @@ async fn run_shard(
     generation: i32,
     cluster_id: String,
     mesh: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
-    stop: Arc<AtomicBool>,
+    (stop, wake): (Arc<AtomicBool>, Option<libc::c_int>),
     events: mpsc::Sender<ShardEvent>,
 ) {
     let data_dir = config.broker.data_dir.clone();
@@ -320,9 +390,7 @@ async fn run_shard(
     }
     glommio::spawn_local(retention_loop(shard.clone())).detach();
     let _ = events.send(ShardEvent::Ready { id });
-    while !stop.load(Ordering::SeqCst) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_stop(&stop, wake).await;
     if let Err(error) = shutdown(&shard).await {
         // The main thread reports it and exits non-zero: an operator must
         // know that the last flush did not happen (recovery will repair).
@@ -373,7 +441,7 @@ async fn start_shard(
         connections: Cell::new(0),
         in_flight: Cell::new(0),
         producer_ids: Cell::new(0),
-        stopping: Cell::new(false),
+        stopping: Default::default(),
         memory: plan,
         request_memory: RequestMemory::new(plan.request_memory - read_ahead),
         config,
@@ -430,13 +498,29 @@ fn start_listeners(shard: &Rc<Shard>) -> Result<(), String> {
 
 async fn retention_loop(shard: Rc<Shard>) {
     let every = Duration::from_millis(shard.config.broker.retention_check_interval_ms.max(100));
-    let mut last = Instant::now();
     let clean_every = Duration::from_millis(shard.config.broker.cleaner_interval_ms.max(10));
-    let mut last_clean = Instant::now();
-    while !shard.stopping.get() {
-        glommio::timer::sleep(Duration::from_millis(100)).await;
-        if last.elapsed() >= every {
-            last = Instant::now();
+    let mut next_retention = Instant::now() + every;
+    let mut next_clean = Instant::now() + clean_every;
+    loop {
+        // Asleep until the next of the two is due (no shorter tick).
+        let due = next_retention.min(next_clean);
+        let stopped = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
+                false
+            },
+            async {
+                shard.stopping.wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            return;
+        }
+        let now = Instant::now();
+        if now >= next_retention {
+            next_retention = now + every;
             let deleted = shard.store.enforce_retention().await;
             if deleted > 0 {
                 tracing::info!(shard = shard.id, deleted, "retention deleted segments");
@@ -444,8 +528,8 @@ async fn retention_loop(shard: Rc<Shard>) {
         }
         // Compaction: one partition's worth of cleaning per turn, so the
         // shard stays responsive.
-        if last_clean.elapsed() >= clean_every {
-            last_clean = Instant::now();
+        if now >= next_clean {
+            next_clean = Instant::now() + clean_every;
             if let Err(e) = shard.store.clean().await {
                 tracing::warn!(shard = shard.id, error = %e, "log cleaner");
             }
@@ -457,7 +541,7 @@ async fn retention_loop(shard: Rc<Shard>) {
 /// every partition and writes its indexes.
 async fn shutdown(shard: &Rc<Shard>) -> Result<(), String> {
     tracing::info!(shard = shard.id, "stopping");
-    shard.stopping.set(true);
+    shard.stopping.raise();
     let limit = Duration::from_millis(shard.config.broker.shutdown_timeout_ms);
     let started = Instant::now();
     while shard.in_flight.get() > 0 && started.elapsed() < limit {

@@ -59,11 +59,45 @@ pub struct Shard {
     pub in_flight: Cell<usize>,
     /// Producer ids handed out by this shard in this run.
     pub producer_ids: Cell<u64>,
-    pub stopping: Cell<bool>,
+    /// Raised when the shard begins to stop.
+    pub stopping: StopSignal,
     /// How the process's memory budget is split.
     pub memory: MemoryPlan,
     /// This shard's pool for request frames and fetch responses.
     pub request_memory: RequestMemory,
+}
+
+/// A flag raised once, that the shard's tasks can await instead of polling
+/// it (an idle shard then has no timer to wake for).
+#[derive(Default)]
+pub struct StopSignal {
+    raised: Cell<bool>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl StopSignal {
+    /// Raises the flag and wakes every task waiting on it.
+    pub fn raise(&self) {
+        self.raised.set(true);
+        for waker in self.waiters.take() {
+            waker.wake();
+        }
+    }
+
+    /// Completes once the flag is raised. A task that waits again (a fresh
+    /// future each time round its loop) is registered once.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.raised.get() {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
 }
 
 impl Shard {

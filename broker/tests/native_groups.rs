@@ -379,3 +379,56 @@ fn two_cli_members_print_every_record_exactly_once() {
     );
     assert_eq!(String::from_utf8_lossy(&again.stdout), "");
 }
+
+/// A member that stops heartbeating is expelled once its session times
+/// out, though the coordinator had nothing to watch before it joined (it
+/// then sleeps rather than ticking: the join wakes it).
+#[test]
+fn a_silent_member_is_expelled_when_its_session_times_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = format!("{GROUPS_TOML}group_min_session_timeout_ms = 1000\n");
+    let b = Broker::start_with(&dir.path().join("data"), 2, &toml);
+    b.create_topic("t", 4);
+    let mut c = b.client();
+    // Long enough for the coordinator to have gone idle.
+    committed(&mut c, "quiet");
+    std::thread::sleep(Duration::from_millis(1500));
+    let join = |c: &mut Client, member: &str| {
+        c.join_group(JoinGroupRequest {
+            session_timeout_ms: 1500,
+            ..join_request("brief", member)
+        })
+        .expect("join")
+    };
+    let first = join(&mut c, "");
+    assert_eq!(first.error, MEMBER_ID_REQUIRED);
+    let joined = join(&mut c, &first.member_id);
+    assert_eq!(joined.error, ErrorCode::NONE);
+    let me = joined.member_id.clone();
+    let synced = c
+        .sync_group(SyncGroupRequest {
+            group_id: "brief".into(),
+            generation_id: joined.generation_id,
+            member_id: me.clone(),
+            group_instance_id: None,
+            protocol_type: "consumer".into(),
+            protocol_name: "range".into(),
+            assignments: vec![],
+        })
+        .expect("sync");
+    assert_eq!(synced.error, ErrorCode::NONE);
+    let heartbeat = |c: &mut Client| {
+        c.heartbeat(HeartbeatRequest {
+            group_id: "brief".into(),
+            generation_id: joined.generation_id,
+            member_id: me.clone(),
+            group_instance_id: None,
+        })
+        .expect("heartbeat")
+        .error
+    };
+    assert_eq!(heartbeat(&mut c), ErrorCode::NONE);
+    // Silent for twice the session timeout.
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(heartbeat(&mut c), UNKNOWN_MEMBER_ID, "expelled");
+}

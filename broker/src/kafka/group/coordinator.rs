@@ -60,6 +60,40 @@ pub struct GroupCoordinator {
     waiter_next: Cell<WaiterId>,
     clock_start: Instant,
     ticking: Cell<bool>,
+    /// Tells the timer task that a request or load may have set a deadline.
+    kick: Rc<Kick>,
+}
+
+/// A wake-up for the timer task, which sleeps while no group has a deadline.
+#[derive(Default)]
+struct Kick {
+    kicked: Cell<bool>,
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Kick {
+    fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether it was kicked since last asked; clears it.
+    fn take(&self) -> bool {
+        self.kicked.replace(false)
+    }
+
+    /// Completes at the next kick (or at once if one is pending).
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| match self.take() {
+            true => std::task::Poll::Ready(()),
+            false => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 impl GroupCoordinator {
@@ -75,6 +109,7 @@ impl GroupCoordinator {
             waiter_next: Cell::new(0),
             clock_start: Instant::now(),
             ticking: Cell::new(false),
+            kick: Rc::default(),
         })
     }
 
@@ -89,13 +124,29 @@ impl GroupCoordinator {
         }
     }
 
-    /// Starts the timer task once; it ends when the coordinator is dropped.
+    /// Starts the timer task once (it ends when the coordinator is dropped),
+    /// and wakes it: what is under way may have set a deadline.
     fn ensure_ticking(self: &Rc<Self>) {
+        self.kick.kick();
         if self.ticking.replace(true) {
             return;
         }
         let weak = Rc::downgrade(self);
-        glommio::spawn_local(tick_loop(weak)).detach();
+        glommio::spawn_local(tick_loop(weak, self.kick.clone())).detach();
+    }
+
+    /// How long the timer task may sleep: `None` while a group has a
+    /// deadline (it ticks every [`TICK_MS`]), else until the next offsets
+    /// retention check.
+    fn idle_for(&self) -> Option<Duration> {
+        let core = self.core.borrow();
+        if core.has_timed_work() {
+            return None;
+        }
+        let now = self.now().ms;
+        Some(Duration::from_millis(
+            core.next_offsets_check_ms().saturating_sub(now),
+        ))
     }
 
     fn park(&self) -> (WaiterId, oneshot::Receiver<GroupResponse>) {
@@ -336,8 +387,20 @@ impl GroupCoordinator {
     }
 }
 
-async fn tick_loop(weak: Weak<GroupCoordinator>) {
+/// Ticks every [`TICK_MS`] while a group has a deadline; otherwise sleeps
+/// until the next offsets retention check or a kick, so an idle coordinator
+/// does not wake ten times a second. After a kick it ticks at least once.
+async fn tick_loop(weak: Weak<GroupCoordinator>, kick: Rc<Kick>) {
     loop {
+        let idle = match weak.upgrade() {
+            Some(this) => this.idle_for(),
+            None => return,
+        };
+        if let Some(idle) = idle {
+            if !kick.take() {
+                futures_lite::future::or(glommio::timer::sleep(idle), kick.wait()).await;
+            }
+        }
         glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         let Some(this) = weak.upgrade() else {
             return;

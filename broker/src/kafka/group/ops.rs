@@ -539,6 +539,24 @@ impl Core {
         (response, records)
     }
 
+    /// Whether any group has a deadline for [`Core::tick`] to watch: one that is not
+    /// Empty, has requests pending, or is Empty with no offsets (removed after
+    /// `empty_group_retention_ms`). Without one, only the offsets retention check
+    /// is due ([`Core::next_offsets_check_ms`]).
+    pub fn has_timed_work(&self) -> bool {
+        self.groups
+            .values()
+            .any(|g| g.state != GroupState::Empty || !g.pending.is_empty() || g.offsets.is_empty())
+    }
+
+    /// When (on the coordinator's clock) [`Core::tick`] next checks offsets
+    /// retention; 0 before its first tick.
+    pub fn next_offsets_check_ms(&self) -> u64 {
+        self.offsets_checked_ms.map_or(0, |last| {
+            last.saturating_add(self.config.offsets_retention_check_ms)
+        })
+    }
+
     /// Session, join and sync deadlines, and the removal of Empty groups that hold no
     /// offsets (after `empty_group_retention_ms`, with a tombstone).
     pub fn tick(&mut self, now: Now) -> Effects {
