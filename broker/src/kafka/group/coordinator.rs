@@ -136,8 +136,8 @@ impl GroupCoordinator {
     }
 
     /// How long the timer task may sleep: `None` while a group has a
-    /// deadline (it ticks every [`TICK_MS`]), else until the next offsets
-    /// retention check.
+    /// session, join or sync deadline (it ticks every [`TICK_MS`]), else until
+    /// the next offsets retention check or Empty group's removal.
     fn idle_for(&self) -> Option<Duration> {
         let core = self.core.borrow();
         if core.has_timed_work() {
@@ -145,7 +145,7 @@ impl GroupCoordinator {
         }
         let now = self.now().ms;
         Some(Duration::from_millis(
-            core.next_offsets_check_ms().saturating_sub(now),
+            core.next_idle_deadline_ms().saturating_sub(now),
         ))
     }
 

@@ -539,22 +539,32 @@ impl Core {
         (response, records)
     }
 
-    /// Whether any group has a deadline for [`Core::tick`] to watch: one that is not
-    /// Empty, has requests pending, or is Empty with no offsets (removed after
-    /// `empty_group_retention_ms`). Without one, only the offsets retention check
-    /// is due ([`Core::next_offsets_check_ms`]).
+    /// Whether any group has a deadline that [`Core::tick`] must watch closely (a
+    /// session, join or sync deadline): one that is not Empty, or has requests
+    /// pending. Without one, only [`Core::next_idle_deadline_ms`] is due.
     pub fn has_timed_work(&self) -> bool {
         self.groups
             .values()
-            .any(|g| g.state != GroupState::Empty || !g.pending.is_empty() || g.offsets.is_empty())
+            .any(|g| g.state != GroupState::Empty || !g.pending.is_empty())
     }
 
-    /// When (on the coordinator's clock) [`Core::tick`] next checks offsets
-    /// retention; 0 before its first tick.
-    pub fn next_offsets_check_ms(&self) -> u64 {
-        self.offsets_checked_ms.map_or(0, |last| {
-            last.saturating_add(self.config.offsets_retention_check_ms)
-        })
+    /// When (on the coordinator's clock) an idle coordinator next has work: the
+    /// offsets retention check, or the removal of an Empty group that holds no
+    /// offsets (`empty_group_retention_ms` after it became Empty); 0 before the
+    /// first tick.
+    pub fn next_idle_deadline_ms(&self) -> u64 {
+        let Some(last) = self.offsets_checked_ms else {
+            return 0;
+        };
+        let retention = self.config.empty_group_retention_ms;
+        let removal = self
+            .groups
+            .values()
+            .filter(|g| g.state == GroupState::Empty && g.size() == 0 && g.offsets.is_empty())
+            .map(|g| g.state_since_ms.saturating_add(retention))
+            .min();
+        let check = last.saturating_add(self.config.offsets_retention_check_ms);
+        removal.map_or(check, |r| r.min(check))
     }
 
     /// Session, join and sync deadlines, and the removal of Empty groups that hold no

@@ -1062,3 +1062,34 @@ fn an_offset_being_committed_does_not_expire_under_the_commit() {
     h.advance(RETENTION_MS + CHECK_MS);
     assert!(committed(&h).is_empty());
 }
+
+/// What lets the coordinator's timer sleep: a Stable group has deadlines to
+/// watch; once its last member leaves, the Empty group (no offsets) has only
+/// its removal, `empty_group_retention_ms` later, which is then when the idle
+/// coordinator must wake; after the removal only the offsets check is due.
+#[test]
+fn an_idle_coordinator_knows_its_next_deadline() {
+    let mut h = Harness::new(DELAY_MS);
+    h.core.config.empty_group_retention_ms = 5_000;
+    h.advance(0);
+    let check = h.now + h.core.config.offsets_retention_check_ms;
+    assert!(!h.core.has_timed_work());
+    assert_eq!(h.core.next_idle_deadline_ms(), check);
+    let ids = h.stable_group(1);
+    assert!(
+        h.core.has_timed_work(),
+        "a Stable group has sessions to watch"
+    );
+    let leave = LeaveGroupRequest::default()
+        .with_group_id(GroupId(s(GROUP)))
+        .with_members(vec![MemberIdentity::default().with_member_id(s(&ids[0]))]);
+    h.core.leave(&leave, 3, h.at());
+    assert_eq!(h.state(), Some(GroupState::Empty));
+    assert!(!h.core.has_timed_work());
+    let removal = h.now + h.core.config.empty_group_retention_ms;
+    assert!(removal < check);
+    assert_eq!(h.core.next_idle_deadline_ms(), removal);
+    h.now = removal;
+    h.advance(0);
+    assert_eq!(h.state(), None, "removed at its deadline");
+}
