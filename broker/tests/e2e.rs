@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use common::{batch_of, decode_values, scrape, Broker};
 use sluice_protocol::client::Client;
 use sluice_protocol::native::{
-    Acks, CreateTopic, FetchPartition, FetchRequest, GroupProtocol, JoinGroupRequest,
-    LeaveGroupRequest, LeavingMember, ListOffsetsPartition, ProducePartition, SyncGroupRequest,
+    Acks, CreateTopic, FetchPartition, FetchRequest, LeaveGroupRequest, LeavingMember,
+    ListOffsetsPartition, ProducePartition,
 };
 use sluice_protocol::ErrorCode;
 
@@ -883,40 +883,10 @@ fn voluntary_switches(pid: u32) -> std::collections::HashMap<String, u64> {
         .collect()
 }
 
-/// One member joins group `group` (KIP-394's two joins), syncs, and leaves:
-/// the group is left Empty, with no offsets.
+/// One member joins `group`, syncs and leaves: the group is left Empty,
+/// with no offsets.
 fn join_and_leave(c: &mut Client, group: &str) {
-    let join = |c: &mut Client, member: &str| {
-        c.join_group(JoinGroupRequest {
-            group_id: group.into(),
-            session_timeout_ms: 10_000,
-            rebalance_timeout_ms: 10_000,
-            member_id: member.into(),
-            group_instance_id: None,
-            protocol_type: "consumer".into(),
-            protocols: vec![GroupProtocol {
-                name: "range".into(),
-                metadata: bytes::Bytes::from_static(b"subscription"),
-            }],
-            client_id: "idle-test".into(),
-        })
-        .expect("join")
-    };
-    let first = join(c, "");
-    let joined = join(c, &first.member_id);
-    assert_eq!(joined.error, ErrorCode::NONE);
-    let synced = c
-        .sync_group(SyncGroupRequest {
-            group_id: group.into(),
-            generation_id: joined.generation_id,
-            member_id: joined.member_id.clone(),
-            group_instance_id: None,
-            protocol_type: "consumer".into(),
-            protocol_name: "range".into(),
-            assignments: vec![],
-        })
-        .expect("sync");
-    assert_eq!(synced.error, ErrorCode::NONE);
+    let joined = common::join_alone(c, group, 10_000);
     let left = c
         .leave_group(LeaveGroupRequest {
             group_id: group.into(),

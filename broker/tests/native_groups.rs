@@ -393,30 +393,8 @@ fn a_silent_member_is_expelled_when_its_session_times_out() {
     // Long enough for the coordinator to have gone idle.
     committed(&mut c, "quiet");
     std::thread::sleep(Duration::from_millis(1500));
-    let join = |c: &mut Client, member: &str| {
-        c.join_group(JoinGroupRequest {
-            session_timeout_ms: 1500,
-            ..join_request("brief", member)
-        })
-        .expect("join")
-    };
-    let first = join(&mut c, "");
-    assert_eq!(first.error, MEMBER_ID_REQUIRED);
-    let joined = join(&mut c, &first.member_id);
-    assert_eq!(joined.error, ErrorCode::NONE);
+    let joined = common::join_alone(&mut c, "brief", 1500);
     let me = joined.member_id.clone();
-    let synced = c
-        .sync_group(SyncGroupRequest {
-            group_id: "brief".into(),
-            generation_id: joined.generation_id,
-            member_id: me.clone(),
-            group_instance_id: None,
-            protocol_type: "consumer".into(),
-            protocol_name: "range".into(),
-            assignments: vec![],
-        })
-        .expect("sync");
-    assert_eq!(synced.error, ErrorCode::NONE);
     let heartbeat = |c: &mut Client| {
         c.heartbeat(HeartbeatRequest {
             group_id: "brief".into(),

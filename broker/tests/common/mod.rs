@@ -441,3 +441,47 @@ pub fn kafka_produce(
             .collect(),
     )
 }
+
+/// One member joins `group` over the native protocol (KIP-394: a first join
+/// without a member id, then one with the id it was given) with
+/// `session_timeout_ms`, and syncs as its leader with no assignments; returns
+/// its join answer (member id and generation).
+pub fn join_alone(
+    c: &mut Client,
+    group: &str,
+    session_timeout_ms: i32,
+) -> sluice_protocol::native::JoinGroupResponse {
+    use sluice_protocol::native::{GroupProtocol, JoinGroupRequest, SyncGroupRequest};
+    let join = |c: &mut Client, member: &str| {
+        c.join_group(JoinGroupRequest {
+            group_id: group.into(),
+            session_timeout_ms,
+            rebalance_timeout_ms: 10_000,
+            member_id: member.into(),
+            group_instance_id: None,
+            protocol_type: "consumer".into(),
+            protocols: vec![GroupProtocol {
+                name: "range".into(),
+                metadata: bytes::Bytes::from_static(b"subscription"),
+            }],
+            client_id: "join-alone".into(),
+        })
+        .expect("join")
+    };
+    let first = join(c, "");
+    let joined = join(c, &first.member_id);
+    assert_eq!(joined.error, ErrorCode::NONE);
+    let synced = c
+        .sync_group(SyncGroupRequest {
+            group_id: group.into(),
+            generation_id: joined.generation_id,
+            member_id: joined.member_id.clone(),
+            group_instance_id: None,
+            protocol_type: "consumer".into(),
+            protocol_name: "range".into(),
+            assignments: vec![],
+        })
+        .expect("sync");
+    assert_eq!(synced.error, ErrorCode::NONE);
+    joined
+}
