@@ -250,8 +250,8 @@ async fn fetch_once(shard: &Rc<Shard>, parts: Vec<FetchPart>) -> Vec<FetchedPart
 /// [`fill_past_shares`] then reads, in the request's order, those that the
 /// response has room for. So a partition's batches are rarely read only to
 /// be cut from the response (and read again by the next fetch), and a
-/// fetch of many partitions still fills up to `max_bytes`. The reservation comes back with the response and is held
-/// until it is written.
+/// fetch of many partitions still fills up to `max_bytes`. The reservation
+/// comes back with the response and is held until it is written.
 ///
 /// A fetch of no partitions is answered at once, as Kafka does: there is
 /// nothing whose appends it could wait for. (The Java consumer sends one to
