@@ -23,8 +23,13 @@ pub enum Cleanup {
     /// SIGTERM a broker process, wait up to 20 s for it to end, then delete
     /// its data directory.
     StopProcess { pid: u32, data_dir: PathBuf },
-    /// Write a setting's old value back.
-    Restore { path: PathBuf, value: String },
+    /// Write a setting's old value back, then delete `journal` (where the
+    /// old value was noted for a later run, should this one be killed).
+    Restore {
+        path: PathBuf,
+        value: String,
+        journal: Option<PathBuf>,
+    },
 }
 
 impl Cleanup {
@@ -51,18 +56,26 @@ impl Cleanup {
                 }
                 let _ = std::fs::remove_dir_all(&data_dir);
             }
-            Cleanup::Restore { path, value } => {
-                if let Err(e) = std::fs::write(&path, &value) {
-                    eprintln!("could not put {} back to {value}: {e}", path.display());
+            Cleanup::Restore {
+                path,
+                value,
+                journal,
+            } => match std::fs::write(&path, &value) {
+                Ok(()) => {
+                    if let Some(journal) = journal {
+                        let _ = std::fs::remove_file(journal);
+                    }
                 }
-            }
+                // The journal stays, so the next run puts it back.
+                Err(e) => eprintln!("could not put {} back to {value}: {e}", path.display()),
+            },
         }
     }
 }
 
 /// Whether `pid` still runs: it has a `/proc` entry that is not a zombie
 /// (an exited child nobody has waited for).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // The state follows the command name's closing parenthesis.
         let state = stat
@@ -171,6 +184,7 @@ mod tests {
         let restore = |path: &PathBuf, value: &str| Cleanup::Restore {
             path: path.clone(),
             value: value.to_owned(),
+            journal: None,
         };
         // Both restore the same setting: the older one must win, running last.
         let _older = Registered::new(&cleanups, restore(&setting, "original"));
