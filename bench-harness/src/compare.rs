@@ -247,6 +247,11 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     if !(duration_s.is_finite() && duration_s > 0.0 && duration_s <= 600.0) {
         return Err(BenchError::usage("--duration-s must be in (0, 600]"));
     }
+    // What a killed earlier run left behind goes first: a broker still
+    // running would share the CPUs with this run's, unseen.
+    for done in crate::interrupt::recover(&crate::interrupt::journal_dir()) {
+        eprintln!("compare: a killed earlier run left this undone: {done}");
+    }
     let repo = match &args.repo {
         Some(r) => r.clone(),
         None => find_repo()?,
@@ -590,26 +595,47 @@ impl Running {
         let port = free_ports(2)?;
         let dir = std::env::temp_dir().join(format!("sluice-bench-kafka-{}", std::process::id()));
         let heap = "-Xmx1g -Xms1g";
+        // Noted before the start, so a kill during it is undone too.
+        let on_interrupt = crate::interrupt::on_interrupt(crate::interrupt::Cleanup::StopKafka {
+            script: script.to_owned(),
+            port,
+            dir: dir.clone(),
+        });
         let inner = format!(
             "exec taskset -c {} {} start --port {port} --dir {}",
             setup.cpus,
             shell_quote(&script.display().to_string()),
             shell_quote(&dir.display().to_string())
         );
-        let status = in_cgroup(setup.cgroup, &inner)
-            .env("KAFKA_HEAP_OPTS", heap)
-            .stdin(Stdio::null())
-            .status()?;
-        if !status.success() {
-            return Err(BenchError::new(format!(
-                "scripts/kafka-peer.sh start failed ({status})"
-            )));
-        }
-        let pid_text = fs::read_to_string(dir.join("kafka.pid"))?;
-        let pid: u32 = pid_text
-            .trim()
-            .parse()
-            .map_err(|_| BenchError::new("kafka.pid holds no pid"))?;
+        let started = || -> Result<u32, BenchError> {
+            let status = in_cgroup(setup.cgroup, &inner)
+                .env("KAFKA_HEAP_OPTS", heap)
+                .stdin(Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(BenchError::new(format!(
+                    "scripts/kafka-peer.sh start failed ({status})"
+                )));
+            }
+            fs::read_to_string(dir.join("kafka.pid"))?
+                .trim()
+                .parse()
+                .map_err(|_| BenchError::new("kafka.pid holds no pid"))
+        };
+        let pid = match started() {
+            Ok(pid) => pid,
+            Err(e) => {
+                // Whatever of it did start is stopped.
+                drop(on_interrupt);
+                crate::interrupt::Cleanup::StopKafka {
+                    script: script.to_owned(),
+                    port,
+                    dir: dir.clone(),
+                }
+                .run();
+                return Err(e);
+            }
+        };
         let mut running = Running {
             broker: Broker::Kafka,
             bootstrap: format!("127.0.0.1:{port}"),
@@ -621,13 +647,7 @@ impl Running {
             stopped: false,
             metrics: None,
             exited: None,
-            on_interrupt: Some(crate::interrupt::on_interrupt(
-                crate::interrupt::Cleanup::StopKafka {
-                    script: script.to_owned(),
-                    port,
-                    dir: dir.clone(),
-                },
-            )),
+            on_interrupt: Some(on_interrupt),
         };
         running.settings = vec![
             format!("Apache Kafka (KAFKA_VERSION, default 4.3.1) from scripts/kafka-peer.sh, single-node KRaft, data in {}", dir.display()),
@@ -822,6 +842,8 @@ fn shell_quote(s: &str) -> String {
 struct MemoryCgroup {
     dir: PathBuf,
     v2: bool,
+    /// Removes the cgroup if the run is interrupted or killed first.
+    on_interrupt: std::cell::RefCell<Option<crate::interrupt::Registered<'static>>>,
 }
 
 impl MemoryCgroup {
@@ -857,6 +879,10 @@ impl MemoryCgroup {
                 }
             }
             let dir = root.join(&name);
+            let on_interrupt =
+                crate::interrupt::on_interrupt(crate::interrupt::Cleanup::RemoveEmptyDir {
+                    dir: dir.clone(),
+                });
             if fs::create_dir(&dir).is_err() {
                 continue;
             }
@@ -864,7 +890,11 @@ impl MemoryCgroup {
                 let _ = fs::remove_dir(&dir);
                 continue;
             }
-            return Ok(MemoryCgroup { dir, v2 });
+            return Ok(MemoryCgroup {
+                dir,
+                v2,
+                on_interrupt: std::cell::RefCell::new(Some(on_interrupt)),
+            });
         }
         Err("no writable memory cgroup (v2 memory.max or v1 memory.limit_in_bytes) under this process's cgroup".to_owned())
     }
@@ -888,6 +918,7 @@ impl MemoryCgroup {
     fn remove(&self) {
         // Empty once both brokers are gone; a failure leaves an empty dir.
         let _ = fs::remove_dir(&self.dir);
+        self.on_interrupt.borrow_mut().take();
     }
 }
 
@@ -1736,87 +1767,35 @@ const PAGE_REPORTING_ORDER: &str = "/sys/module/page_reporting/parameters/page_r
 /// takes.
 const PAGE_ORDER_MAX: u32 = 10;
 
-/// Where a hold notes the order to put back, with its process id, before
-/// it raises it: a run killed outright (SIGKILL, a session that ends) runs
-/// no cleanup, so the next run puts the order back from here. The
-/// parameter and this file both go at a reboot.
-fn page_reporting_journal() -> PathBuf {
-    std::env::temp_dir().join("sluice-bench-page-reporting-order")
-}
-
-/// Puts back an order that an earlier run raised and never restored (it
-/// was killed), as its journal says, and deletes the journal. `Ok(None)`
-/// when there is no journal; an error when the run that wrote it is still
-/// going (another `compare` holds the order now).
-fn recover_page_reporting(path: &Path, journal: &Path) -> std::io::Result<Option<String>> {
-    let text = match fs::read_to_string(journal) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut fields = text.split_whitespace();
-    let value = fields.next().filter(|v| v.parse::<u32>().is_ok());
-    let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
-    let Some(value) = value else {
-        // Not one this tool wrote: nothing to put back from it.
-        fs::remove_file(journal)?;
-        return Ok(None);
-    };
-    if let Some(pid) = pid.filter(|&p| p != std::process::id()) {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if crate::interrupt::alive(pid) && comm.trim() == "sluice-bench" {
-            return Err(std::io::Error::other(format!(
-                "another sluice-bench compare (pid {pid}) holds it"
-            )));
-        }
-    }
-    fs::write(path, value)?;
-    fs::remove_file(journal)?;
-    Ok(Some(value.to_owned()))
-}
-
 /// Free page reporting held off: `page_reporting_order` raised, and put back
 /// as it was when this is dropped or the run is interrupted, or by the next
-/// run when this one is killed (the journal). Only blocks of the raised
-/// order (4 MiB of free memory in one piece) are then handed to the host,
-/// so memory a broker frees stays warm in the guest.
+/// run when this one is killed (the cleanup journal, see `interrupt`). Only
+/// blocks of the raised order (4 MiB of free memory in one piece) are then
+/// handed to the host, so memory a broker frees stays warm in the guest.
 struct PageReportingHold {
     path: PathBuf,
-    journal: PathBuf,
     was: String,
     now: u32,
-    /// Puts the order back if the run is interrupted first.
+    /// Puts the order back if the run is interrupted or killed first.
     _on_interrupt: crate::interrupt::Registered<'static>,
 }
 
 impl PageReportingHold {
-    /// Raises the order at `path` to `to`, noting the old one in `journal`
-    /// first; `Ok(None)` when it is there already. An order an earlier,
-    /// killed run left raised is put back first.
-    fn start(path: &Path, to: u32, journal: &Path) -> std::io::Result<Option<Self>> {
-        if let Some(value) = recover_page_reporting(path, journal)? {
-            eprintln!(
-                "compare: put {} back to {value}, as a killed earlier run left it to do",
-                path.display()
-            );
-        }
+    /// Raises the order at `path` to `to`; `Ok(None)` when it is there
+    /// already.
+    fn start(path: &Path, to: u32) -> std::io::Result<Option<Self>> {
         let was = fs::read_to_string(path)?.trim().to_owned();
         if was.parse::<u32>().is_ok_and(|w| w >= to) {
             return Ok(None);
         }
-        fs::write(journal, format!("{was} {}\n", std::process::id()))?;
-        if let Err(e) = fs::write(path, to.to_string()) {
-            let _ = fs::remove_file(journal);
-            return Err(e);
-        }
+        // Noted before the change, so a kill in between leaves it undone.
         let on_interrupt = crate::interrupt::on_interrupt(crate::interrupt::Cleanup::Restore {
             path: path.to_path_buf(),
             value: was.clone(),
-            journal: Some(journal.to_path_buf()),
         });
+        fs::write(path, to.to_string())?;
         Ok(Some(Self {
             path: path.to_path_buf(),
-            journal: journal.to_path_buf(),
             was,
             now: to,
             _on_interrupt: on_interrupt,
@@ -1836,7 +1815,6 @@ impl Drop for PageReportingHold {
         crate::interrupt::Cleanup::Restore {
             path: self.path.clone(),
             value: self.was.clone(),
-            journal: Some(self.journal.clone()),
         }
         .run();
     }
@@ -1850,23 +1828,10 @@ fn hold_memory(
     balloon: &[String],
     dir: &Path,
 ) -> (Option<PageReportingHold>, Option<std::io::Result<f64>>) {
-    // An order a killed earlier run left raised goes back first, whatever
-    // this run then does with it.
-    match recover_page_reporting(Path::new(PAGE_REPORTING_ORDER), &page_reporting_journal()) {
-        Ok(Some(value)) => {
-            eprintln!("compare: page_reporting_order put back to {value}, as a killed earlier run left it to do");
-        }
-        Ok(None) => {}
-        Err(e) => eprintln!("compare: page_reporting_order not checked: {e}"),
-    }
     if args.keep_page_reporting || !balloon_reports(balloon) {
         return (None, None);
     }
-    let hold = match PageReportingHold::start(
-        Path::new(PAGE_REPORTING_ORDER),
-        PAGE_ORDER_MAX,
-        &page_reporting_journal(),
-    ) {
+    let hold = match PageReportingHold::start(Path::new(PAGE_REPORTING_ORDER), PAGE_ORDER_MAX) {
         Ok(hold) => hold,
         Err(e) => {
             eprintln!("compare: cannot hold free page reporting off ({e}); Kafka's page cache may run slow");
@@ -2164,93 +2129,26 @@ mod tests {
     fn a_page_reporting_hold_raises_the_order_and_puts_it_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("page_reporting_order");
-        let journal = dir.path().join("journal");
         fs::write(&path, "9\n").expect("write");
         {
-            let hold = PageReportingHold::start(&path, 10, &journal)
+            let hold = PageReportingHold::start(&path, 10)
                 .expect("start")
                 .expect("a hold");
             assert_eq!(fs::read_to_string(&path).expect("read"), "10");
-            // The old order is noted for a run that comes after a kill.
-            assert_eq!(
-                fs::read_to_string(&journal).expect("journal"),
-                format!("9 {}\n", std::process::id())
-            );
             assert_eq!(
                 hold.describe(),
                 "page_reporting_order 10 during the runs (it was 9)"
             );
         }
         assert_eq!(fs::read_to_string(&path).expect("read"), "9");
-        assert!(!journal.exists(), "put back: nothing left to recover");
         // Already at the order asked: nothing to hold, nothing written.
         fs::write(&path, "10\n").expect("write");
-        assert!(PageReportingHold::start(&path, 10, &journal)
+        assert!(PageReportingHold::start(&path, 10)
             .expect("start")
             .is_none());
         assert_eq!(fs::read_to_string(&path).expect("read"), "10\n");
-        assert!(!journal.exists());
         // No such parameter (a kernel without page reporting): an error.
-        assert!(PageReportingHold::start(&dir.path().join("absent"), 10, &journal).is_err());
-        assert!(!journal.exists());
-    }
-
-    #[test]
-    fn an_order_a_killed_run_left_raised_is_put_back_by_the_next() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("page_reporting_order");
-        let journal = dir.path().join("journal");
-        // A run that raised the order and was killed: its process is gone.
-        let mut gone = Command::new("true").spawn().expect("spawn");
-        gone.wait().expect("wait");
-        fs::write(&path, "10\n").expect("write");
-        fs::write(&journal, format!("9 {}\n", gone.id())).expect("journal");
-        assert_eq!(
-            recover_page_reporting(&path, &journal).expect("recover"),
-            Some("9".to_owned())
-        );
-        assert_eq!(fs::read_to_string(&path).expect("read"), "9");
-        assert!(!journal.exists());
-        assert_eq!(
-            recover_page_reporting(&path, &journal).expect("again"),
-            None
-        );
-
-        // The next hold does the same before it raises, and holds from the
-        // order the machine had before the killed run.
-        fs::write(&path, "10\n").expect("write");
-        fs::write(&journal, format!("9 {}\n", gone.id())).expect("journal");
-        let hold = PageReportingHold::start(&path, 10, &journal)
-            .expect("start")
-            .expect("a hold from 9");
-        assert_eq!(
-            hold.describe(),
-            "page_reporting_order 10 during the runs (it was 9)"
-        );
-        drop(hold);
-        assert_eq!(fs::read_to_string(&path).expect("read"), "9");
-
-        // A live process of another name with the pid (reused): the order
-        // is still put back.
-        let mut other = Command::new("sleep").arg("30").spawn().expect("sleep");
-        fs::write(&path, "10\n").expect("write");
-        fs::write(&journal, format!("7 {}\n", other.id())).expect("journal");
-        assert_eq!(
-            recover_page_reporting(&path, &journal).expect("recover"),
-            Some("7".to_owned())
-        );
-        let _ = other.kill();
-        let _ = other.wait();
-        assert_eq!(fs::read_to_string(&path).expect("read"), "7");
-
-        // A journal this tool did not write: dropped, the order left alone.
-        fs::write(&journal, "garbage").expect("journal");
-        assert_eq!(
-            recover_page_reporting(&path, &journal).expect("recover"),
-            None
-        );
-        assert_eq!(fs::read_to_string(&path).expect("read"), "7");
-        assert!(!journal.exists());
+        assert!(PageReportingHold::start(&dir.path().join("absent"), 10).is_err());
     }
 
     #[test]
