@@ -12,7 +12,8 @@
 # settings are compared on one binary (SLUICE_BIN names another build). 3 s
 # (SLUICE_WARM_S) of unmeasured load on another topic, then 8 s measured
 # (SLUICE_MEASURE_S). SLUICE_DATA puts the data
-# directory elsewhere (it is deleted afterwards). --perf records the broker
+# directory elsewhere (it is deleted afterwards); SLUICE_BENCH names another
+# sluice-bench (the generator). --perf records the broker
 # with `perf record -g` into the run directory. Needs a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ perf=0
 if [ "${1:-}" = "--perf" ]; then perf=1; shift; fi
 [ "${1:-}" = "--" ] && shift
 bin=${SLUICE_BIN:-target/release/sluice}
-bench=target/release/sluice-bench
+bench=${SLUICE_BENCH:-target/release/sluice-bench}
 [ -x "$bin" ] && [ -x "$bench" ] || { echo "build first: cargo build --release -p sluice-broker -p sluice-bench-harness" >&2; exit 1; }
 dir=$(mktemp -d /tmp/sluice-cpu.XXXXXX)
 . scripts/sluice-broker.sh

@@ -483,6 +483,7 @@ fn run_workload_for(w: &Workload, bootstrap: &str, pid: u32, duration_s: f64) ->
         protocol: Protocol::Kafka,
         json: None,
         results: None,
+        threads: 0,
     };
     let limit = Limit {
         records: None,
@@ -1353,7 +1354,7 @@ impl Summary<'_> {
         let _ = writeln!(
             md,
             "Run {} (took {:.0} s). {} s per workload{}, after {} s of unmeasured warm-up load per broker (JIT-compiled Kafka). Brokers on CPUs `{}` (taskset -c); memory limit: {}. \
-             The generator (this process, one thread per producer/consumer) is not pinned and shares those CPUs.\n",
+             The generator (this process, one thread per CPU, each running its share of the producers and consumers) is not pinned and shares those CPUs.\n",
             utc_now(),
             self.took.as_secs_f64(),
             self.setup.duration_s,

@@ -44,6 +44,13 @@ pub struct Conn {
     fd: RawFd,
 }
 
+impl Conn {
+    /// The socket, to wait on.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 /// One partition's part of a fetch response.
 pub struct Fetched {
     pub partition: u32,
@@ -375,23 +382,18 @@ fn kafka_acks(acks: Acks) -> i16 {
     }
 }
 
-/// Waits until any of `conns` selected by `watch` is readable, or
-/// `timeout` passes; returns the indexes of the readable ones (empty on
-/// timeout). With nothing to watch it just sleeps.
-pub fn wait_readable(
-    conns: &[Conn],
-    watch: impl Fn(usize) -> bool,
-    timeout: Duration,
-) -> Result<Vec<usize>, BenchError> {
-    let watched: Vec<usize> = (0..conns.len()).filter(|&i| watch(i)).collect();
-    if watched.is_empty() {
+/// Waits until any of `fds` is readable, or `timeout` passes; returns the
+/// indexes (into `fds`) of the readable ones, empty on timeout. With
+/// nothing to watch it just sleeps.
+pub fn wait_readable(fds: &[RawFd], timeout: Duration) -> Result<Vec<usize>, BenchError> {
+    if fds.is_empty() {
         std::thread::sleep(timeout);
         return Ok(Vec::new());
     }
-    let mut fds: Vec<libc::pollfd> = watched
+    let mut polled: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&i| libc::pollfd {
-            fd: conns[i].fd,
+        .map(|&fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
@@ -400,14 +402,14 @@ pub fn wait_readable(
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_nsec: timeout.subsec_nanos() as libc::c_long, // < 10^9: fits
     };
-    // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()`
-    // pollfds and `ts` a valid timespec; a null sigmask leaves the signal
-    // mask unchanged. The descriptors belong to clients in `conns`, which
-    // outlive the call.
+    // SAFETY: `polled` is a live, exclusively borrowed array of
+    // `polled.len()` pollfds and `ts` a valid timespec; a null sigmask
+    // leaves the signal mask unchanged. The descriptors belong to clients
+    // the caller holds, which outlive the call.
     let n = unsafe {
         libc::ppoll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
+            polled.as_mut_ptr(),
+            polled.len() as libc::nfds_t,
             &ts,
             std::ptr::null(),
         )
@@ -420,9 +422,9 @@ pub fn wait_readable(
         return Err(BenchError::new(format!("ppoll: {e}")));
     }
     // POLLHUP and POLLERR count as readable: the read then reports why.
-    Ok(watched
-        .into_iter()
-        .zip(&fds)
+    Ok(polled
+        .iter()
+        .enumerate()
         .filter(|(_, p)| p.revents != 0)
         .map(|(i, _)| i)
         .collect())

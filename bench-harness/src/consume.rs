@@ -1,7 +1,8 @@
-//! One consumer thread: keeps one fetch in flight on each of its
-//! connections (one per shard), reads whichever answers first, checks each
-//! batch's CRC, and counts records; in an e2e run it also reads each
-//! record's stamp and times its end-to-end latency.
+//! One consumer: keeps one fetch in flight on each of its connections (one
+//! per shard), reads whichever answers first, checks each batch's CRC, and
+//! counts records; in an e2e run it also reads each record's stamp and times
+//! its end-to-end latency. A generator thread runs several
+//! ([`crate::worker`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use sluice_protocol::batch::{self, BatchError};
 
-use crate::conn::{self, Conn, Fetched};
+use crate::conn::{Conn, Fetched};
 use crate::error::BenchError;
 use crate::group;
 use crate::payload;
@@ -19,7 +20,7 @@ use crate::run::{Clock, Progress};
 
 /// How long the broker may hold a fetch that finds nothing new.
 const FETCH_WAIT_MS: u32 = 100;
-/// How often a thread with nothing in flight looks at the stop conditions.
+/// How often a consumer looks at the stop conditions while it waits.
 const IDLE_CHECK: Duration = Duration::from_millis(20);
 
 /// One partition being read.
@@ -30,7 +31,7 @@ pub struct Cursor {
     pub next: i64,
 }
 
-/// What one consumer thread does.
+/// What one consumer does.
 pub struct Plan {
     /// Its connections, and the cursors each one reads.
     pub conns: Vec<(Conn, Vec<Cursor>)>,
@@ -72,83 +73,132 @@ pub struct Settings<'a> {
     pub stamped: bool,
 }
 
-pub fn run(
-    plan: Plan,
-    settings: &Settings<'_>,
-    clock: &Clock,
-    progress: &Progress,
-) -> Result<Outcome, BenchError> {
-    let mut member = plan.member;
-    let (mut conns, mut cursors): (Vec<Conn>, Vec<Vec<Cursor>>) = plan.conns.into_iter().unzip();
-    let positions = |cursors: &[Vec<Cursor>]| -> Vec<(u32, i64)> {
-        cursors
+/// One consumer, run by a generator thread beside others
+/// ([`crate::worker`]): [`Task::step`] keeps a fetch in flight on each of its
+/// connections, [`Task::readable`] takes an answer.
+pub struct Task<'a> {
+    settings: &'a Settings<'a>,
+    clock: &'a Clock,
+    progress: &'a Progress,
+    member: Option<group::Member>,
+    conns: Vec<Conn>,
+    cursors: Vec<Vec<Cursor>>,
+    waiting: Vec<bool>,
+    last_progress: Instant,
+    out: Outcome,
+}
+
+impl<'a> Task<'a> {
+    pub fn new(
+        plan: Plan,
+        settings: &'a Settings<'a>,
+        clock: &'a Clock,
+        progress: &'a Progress,
+    ) -> Task<'a> {
+        let (conns, cursors): (Vec<Conn>, Vec<Vec<Cursor>>) = plan.conns.into_iter().unzip();
+        Task {
+            settings,
+            clock,
+            progress,
+            member: plan.member,
+            waiting: vec![false; conns.len()],
+            conns,
+            cursors,
+            last_progress: Instant::now(),
+            out: Outcome {
+                e2e_us: settings.stamped.then(report::histogram),
+                e2e_per_s: report::PerSecond::default(),
+                measured_records: 0,
+                measured_bytes: 0,
+                total_bytes: 0,
+                last_record: None,
+                idled: false,
+            },
+        }
+    }
+
+    fn positions(&self) -> Vec<(u32, i64)> {
+        self.cursors
             .iter()
             .flatten()
             .map(|c| (c.partition, c.next))
             .collect()
-    };
-    let mut out = Outcome {
-        e2e_us: settings.stamped.then(report::histogram),
-        e2e_per_s: report::PerSecond::default(),
-        measured_records: 0,
-        measured_bytes: 0,
-        total_bytes: 0,
-        last_record: None,
-        idled: false,
-    };
-    let mut waiting = vec![false; conns.len()];
-    let mut last_progress = Instant::now();
-    loop {
-        if done(settings.until, clock, progress) {
-            break;
+    }
+
+    /// Stops when the run is over; otherwise heartbeats or commits when
+    /// due and sends a fetch on each connection without one.
+    pub fn step(&mut self) -> Result<crate::produce::Step, BenchError> {
+        use crate::produce::Step;
+        if done(self.settings.until, self.clock, self.progress) {
+            return Ok(Step::Done);
         }
-        if last_progress.elapsed() >= settings.idle_timeout {
-            out.idled = true;
-            break;
+        if self.last_progress.elapsed() >= self.settings.idle_timeout {
+            self.out.idled = true;
+            return Ok(Step::Done);
         }
         // Positions are gathered only when a heartbeat or commit is due.
-        if let Some(m) = member.as_mut().filter(|m| m.due()) {
-            m.tick(&positions(&cursors))?;
+        if self.member.as_ref().is_some_and(group::Member::due) {
+            let positions = self.positions();
+            if let Some(m) = self.member.as_mut() {
+                m.tick(&positions)?;
+            }
         }
-        for (c, conn) in conns.iter_mut().enumerate() {
-            if !waiting[c] {
+        for (c, conn) in self.conns.iter_mut().enumerate() {
+            if !self.waiting[c] {
                 conn.send_fetch(
-                    settings.topic,
-                    &cursors[c],
-                    settings.fetch_bytes,
+                    self.settings.topic,
+                    &self.cursors[c],
+                    self.settings.fetch_bytes,
                     FETCH_WAIT_MS,
                 )?;
-                waiting[c] = true;
+                self.waiting[c] = true;
             }
         }
-        let ready = conn::wait_readable(&conns, |c| waiting[c], IDLE_CHECK)?;
-        for c in ready {
-            let fetched = conns[c]
-                .recv_fetch()
-                .map_err(|e| e.context("reading a fetch response"))?;
-            let received_at = Instant::now();
-            waiting[c] = false;
-            let mut got = 0;
-            for partition in &fetched {
-                got += absorb(
-                    settings.topic,
-                    partition,
-                    &mut cursors[c],
-                    received_at,
-                    clock,
-                    &mut out,
-                )?;
-            }
-            if got > 0 {
-                progress.consumed.fetch_add(got, Ordering::Relaxed);
-                last_progress = received_at;
+        Ok(Step::Until(Instant::now() + IDLE_CHECK))
+    }
+
+    /// The connections with a fetch in flight, as (index, socket).
+    pub fn watched(&self, out: &mut Vec<(usize, std::os::fd::RawFd)>) {
+        for (c, conn) in self.conns.iter().enumerate() {
+            if self.waiting[c] {
+                out.push((c, conn.fd()));
             }
         }
     }
-    if let Some(m) = member {
-        m.leave(&positions(&cursors))?;
+
+    /// Connection `c` is readable: takes its fetch's answer.
+    pub fn readable(&mut self, c: usize) -> Result<(), BenchError> {
+        let fetched = self.conns[c]
+            .recv_fetch()
+            .map_err(|e| e.context("reading a fetch response"))?;
+        let received_at = Instant::now();
+        self.waiting[c] = false;
+        let mut got = 0;
+        for partition in &fetched {
+            got += absorb(
+                self.settings.topic,
+                partition,
+                &mut self.cursors[c],
+                received_at,
+                self.clock,
+                &mut self.out,
+            )?;
+        }
+        if got > 0 {
+            self.progress.consumed.fetch_add(got, Ordering::Relaxed);
+            self.last_progress = received_at;
+        }
+        Ok(())
     }
-    Ok(out)
+
+    /// Leaves its group (committing where it got to); its measurements.
+    pub fn finish(self) -> Result<Outcome, BenchError> {
+        let positions = self.positions();
+        if let Some(m) = self.member {
+            m.leave(&positions)?;
+        }
+        Ok(self.out)
+    }
 }
 
 fn done(until: Until, clock: &Clock, progress: &Progress) -> bool {

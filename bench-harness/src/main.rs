@@ -2,17 +2,19 @@
 //! for any Kafka-compatible broker over the Kafka protocol, and (`compare`)
 //! a side-by-side run of Apache Kafka and Sluice.
 //!
-//! - `produce`: producer threads write fixed-size records, flat out or on a
-//!   fixed-rate schedule, and time each batch's acknowledgement.
-//! - `consume`: consumer threads read a topic, each a disjoint set of
-//!   partitions.
+//! - `produce`: producers write records, flat out or on a fixed-rate
+//!   schedule, and time each batch's acknowledgement.
+//! - `consume`: consumers read a topic, each a disjoint set of partitions.
 //! - `e2e`: both at once; every record's value starts with its intended send
 //!   time, so the consumers measure end-to-end latency per record.
 //!
-//! Threads are plain `std::thread`s with blocking [`Client`]s, one connection
-//! per (thread, shard), each straight to the shard that owns the partitions
-//! it serves (from Metadata), so no request takes a cross-core hop.
-//! Every loop ends by a record count, a duration, or an idle timeout.
+//! The generator is thread-per-core too (`worker`): one plain `std::thread`
+//! per CPU (`--threads`), each running its share of the producers and
+//! consumers over their blocking [`Client`]s, waiting on all their
+//! connections at once. Each producer or consumer has one connection per
+//! shard, straight to the shard that owns the partitions it serves (from
+//! Metadata), so no request takes a cross-core hop. Every loop ends by a
+//! record count, a duration, or an idle timeout.
 //!
 //! [`Client`]: sluice_protocol::client::Client
 
@@ -36,6 +38,7 @@ mod report;
 mod run;
 mod schedule;
 mod sendpath;
+mod worker;
 
 use error::BenchError;
 
@@ -54,7 +57,7 @@ struct Cli {
 enum Command {
     /// Produce records and time each batch's acknowledgement.
     Produce(ProduceArgs),
-    /// Consume records (each consumer thread a disjoint set of partitions).
+    /// Consume records (each consumer a disjoint set of partitions).
     Consume(ConsumeArgs),
     /// Produce and consume together; measure end-to-end latency per record.
     E2e(E2eArgs),
@@ -95,13 +98,17 @@ pub struct Common {
     /// HdrHistogram interval log, one histogram per second) into this directory.
     #[arg(long)]
     pub results: Option<std::path::PathBuf>,
+    /// Generator threads; the producers and consumers are dealt out to
+    /// them in turn (0: one per CPU this process may run on).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
 }
 
 /// When a run ends. At most one of the two; with neither, each command has
 /// its own default.
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct Limit {
-    /// Records in all (over all threads), warm-up included.
+    /// Records in all (over all producers), warm-up included.
     #[arg(long, conflicts_with = "duration_s")]
     pub records: Option<u64>,
     /// Seconds, warm-up included.
@@ -135,7 +142,7 @@ pub struct ProduceOpts {
     /// The most bytes of one record batch (one produce request).
     #[arg(long, default_value_t = 262_144)]
     pub batch_bytes: usize,
-    /// Producer threads.
+    /// Producers, each with its own connections.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
     /// Records per second over all producers; 0 = as fast as acks allow.
@@ -155,10 +162,10 @@ pub struct ProduceOpts {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConsumeOpts {
-    /// Consumer threads per group.
+    /// Consumers per group, each with its own connections.
     #[arg(long, default_value_t = 1)]
     pub consumers: u32,
-    /// Consumer groups: each group is its own set of --consumers threads
+    /// Consumer groups: each group is its own set of --consumers consumers
     /// reading every partition. Simulated (offsets kept here, no group
     /// coordinator) unless --coordinated-groups.
     #[arg(long, default_value_t = 1)]

@@ -1,7 +1,8 @@
-//! One producer thread: builds batches of stamped records, sends each to
-//! the shard that owns its partition, keeps up to `--in-flight` requests
+//! One producer: builds batches of stamped records, sends each to the
+//! shard that owns its partition, keeps up to `--in-flight` requests
 //! outstanding per connection, and times each acknowledgement from the
-//! batch's intended send time.
+//! batch's intended send time. A generator thread runs several
+//! ([`crate::worker`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use hdrhistogram::Histogram;
 use sluice_protocol::batch::{BatchBuilder, BATCH_HEADER_BYTES};
 use sluice_protocol::native::Acks;
 
-use crate::conn::{self, Conn, RESPONSE_TIMEOUT};
+use crate::conn::{Conn, RESPONSE_TIMEOUT};
 use crate::error::BenchError;
 use crate::payload::{compress_batch, Codec, Payload};
 use crate::report;
@@ -41,7 +42,7 @@ pub fn read_stamp(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(head))
 }
 
-/// What one producer thread does.
+/// What one producer does.
 pub struct Plan {
     /// Its connections, and the partitions each one writes.
     pub conns: Vec<(Conn, Vec<u32>)>,
@@ -50,7 +51,7 @@ pub struct Plan {
     pub schedule: Schedule,
 }
 
-/// What one producer thread measured.
+/// What one producer measured.
 pub struct Outcome {
     pub ack_us: Histogram<u64>,
     /// The same latencies, second by second.
@@ -80,97 +81,171 @@ struct Producer<'a> {
     out: Outcome,
 }
 
-pub fn run(
-    plan: Plan,
-    topic: &str,
-    opts: &ProduceOpts,
-    clock: &Clock,
-    progress: &Progress,
-) -> Result<Outcome, BenchError> {
-    let Plan {
-        conns,
-        records,
-        schedule,
-    } = plan;
-    let (mut conns, partitions): (Vec<Conn>, Vec<Vec<u32>>) = conns.into_iter().unzip();
-    // Batches go round the partitions, each to its shard's connection.
-    let targets: Vec<(usize, u32)> = partitions
-        .iter()
-        .enumerate()
-        .flat_map(|(c, ps)| ps.iter().map(move |&p| (c, p)))
-        .collect();
-    let mut p = Producer {
-        topic,
-        opts,
-        clock,
-        progress,
-        in_flight: conns.iter().map(|_| VecDeque::new()).collect(),
-        out: Outcome {
-            ack_us: report::histogram(),
-            ack_per_s: report::PerSecond::default(),
-            measured_records: 0,
-            measured_bytes: 0,
-            total_bytes: 0,
-            last_ack: None,
-        },
-    };
-    let in_flight_max = opts.in_flight as usize;
-    // Each producer thread its own sizes and text (its partitions differ).
-    let seed = targets.first().map_or(1, |&(_, p)| u64::from(p) + 1);
-    let mut payload = Payload::new(
-        opts.record_bytes,
-        opts.key_bytes,
-        opts.key_space,
-        opts.partitions,
-        seed,
-    );
-    let (mut sent, mut batch_no) = (0u64, 0usize);
-    loop {
-        let now = Instant::now();
-        let due = schedule.due_after(sent).map_or(now, |d| clock.start + d);
-        let room = records.map_or(u64::MAX, |n| n.saturating_sub(sent));
-        let sending = room > 0 && clock.deadline.is_none_or(|d| due < d) && !targets.is_empty();
-        let next = targets.get(batch_no % targets.len().max(1)).copied();
-        if let (true, Some((c, partition))) = (sending, next) {
-            if due <= now && p.in_flight[c].len() < in_flight_max {
-                let n = schedule.batch_records(room, opts.linger_ms);
-                let batch = build_batch(
-                    &mut payload,
-                    partition,
-                    n,
-                    opts.batch_bytes,
-                    due - clock.start,
-                    clock.start_wall_ms,
-                    opts.compression,
-                )?;
-                let records = p.send(&mut conns[c], c, partition, due, batch)?;
-                sent += records;
-                batch_no += 1;
-                continue;
-            }
-        } else if p.in_flight.iter().all(VecDeque::is_empty) {
-            break;
-        }
-        // Wait for an answer, or until the next batch is due (when it has a
-        // free slot to go into).
-        let slot_free = next.is_some_and(|(c, _)| p.in_flight[c].len() < in_flight_max);
-        let timeout = if sending && slot_free {
-            due.saturating_duration_since(now)
-        } else {
-            RESPONSE_TIMEOUT
-        };
-        let ready = conn::wait_readable(&conns, |i| !p.in_flight[i].is_empty(), timeout)?;
-        if ready.is_empty() && timeout == RESPONSE_TIMEOUT {
-            return Err(BenchError::new(format!(
-                "no produce response within {}s",
-                RESPONSE_TIMEOUT.as_secs()
-            )));
-        }
-        for c in ready {
-            p.complete(&mut conns[c], c)?;
+/// One producer, run by a generator thread beside others ([`crate::worker`]):
+/// [`Task::step`] sends what is due, [`Task::readable`] takes an answer.
+pub struct Task<'a> {
+    p: Producer<'a>,
+    conns: Vec<Conn>,
+    /// Batches go round the partitions, each to its shard's connection.
+    targets: Vec<(usize, u32)>,
+    records: Option<u64>,
+    schedule: Schedule,
+    payload: Payload,
+    sent: u64,
+    batch_no: usize,
+    /// The last send or answer: no answer for [`RESPONSE_TIMEOUT`] while
+    /// requests are out fails the run.
+    last_activity: Instant,
+}
+
+/// What a task wants after a step.
+pub enum Step {
+    /// Finished: take its outcome.
+    Done,
+    /// Step it again by this time, or when one of its connections is
+    /// readable.
+    Until(Instant),
+}
+
+impl<'a> Task<'a> {
+    pub fn new(
+        plan: Plan,
+        topic: &'a str,
+        opts: &'a ProduceOpts,
+        clock: &'a Clock,
+        progress: &'a Progress,
+    ) -> Task<'a> {
+        let Plan {
+            conns,
+            records,
+            schedule,
+        } = plan;
+        let (conns, partitions): (Vec<Conn>, Vec<Vec<u32>>) = conns.into_iter().unzip();
+        let targets: Vec<(usize, u32)> = partitions
+            .iter()
+            .enumerate()
+            .flat_map(|(c, ps)| ps.iter().map(move |&p| (c, p)))
+            .collect();
+        // Each producer its own sizes and text (its partitions differ).
+        let seed = targets.first().map_or(1, |&(_, p)| u64::from(p) + 1);
+        let payload = Payload::new(
+            opts.record_bytes,
+            opts.key_bytes,
+            opts.key_space,
+            opts.partitions,
+            seed,
+        );
+        Task {
+            p: Producer {
+                topic,
+                opts,
+                clock,
+                progress,
+                in_flight: conns.iter().map(|_| VecDeque::new()).collect(),
+                out: Outcome {
+                    ack_us: report::histogram(),
+                    ack_per_s: report::PerSecond::default(),
+                    measured_records: 0,
+                    measured_bytes: 0,
+                    total_bytes: 0,
+                    last_ack: None,
+                },
+            },
+            conns,
+            targets,
+            records,
+            schedule,
+            payload,
+            sent: 0,
+            batch_no: 0,
+            last_activity: Instant::now(),
         }
     }
-    Ok(p.out)
+
+    /// Sends every batch that is due and has a free slot; says when to
+    /// come back.
+    pub fn step(&mut self) -> Result<Step, BenchError> {
+        let in_flight_max = self.p.opts.in_flight as usize;
+        let clock = self.p.clock;
+        loop {
+            let now = Instant::now();
+            let due = self
+                .schedule
+                .due_after(self.sent)
+                .map_or(now, |d| clock.start + d);
+            let room = self
+                .records
+                .map_or(u64::MAX, |n| n.saturating_sub(self.sent));
+            let sending =
+                room > 0 && clock.deadline.is_none_or(|d| due < d) && !self.targets.is_empty();
+            let next = self
+                .targets
+                .get(self.batch_no % self.targets.len().max(1))
+                .copied();
+            let out = self.p.in_flight.iter().any(|q| !q.is_empty());
+            if let (true, Some((c, partition))) = (sending, next) {
+                if due <= now && self.p.in_flight[c].len() < in_flight_max {
+                    let n = self.schedule.batch_records(room, self.p.opts.linger_ms);
+                    let batch = build_batch(
+                        &mut self.payload,
+                        partition,
+                        n,
+                        self.p.opts.batch_bytes,
+                        due - clock.start,
+                        clock.start_wall_ms,
+                        self.p.opts.compression,
+                    )?;
+                    let records = self.p.send(&mut self.conns[c], c, partition, due, batch)?;
+                    self.sent += records;
+                    self.batch_no += 1;
+                    self.last_activity = Instant::now();
+                    continue;
+                }
+            } else if !out {
+                return Ok(Step::Done);
+            }
+            if out && now.duration_since(self.last_activity) >= RESPONSE_TIMEOUT {
+                return Err(BenchError::new(format!(
+                    "no produce response within {}s",
+                    RESPONSE_TIMEOUT.as_secs()
+                )));
+            }
+            // Back when the next batch is due (if it has a free slot to go
+            // into), or when an answer arrives.
+            let slot_free = next.is_some_and(|(c, _)| self.p.in_flight[c].len() < in_flight_max);
+            let answer_by = self.last_activity + RESPONSE_TIMEOUT;
+            return Ok(Step::Until(if sending && slot_free {
+                due.min(answer_by)
+            } else {
+                answer_by
+            }));
+        }
+    }
+
+    /// The connections with answers to come, as (index, socket).
+    pub fn watched(&self, out: &mut Vec<(usize, std::os::fd::RawFd)>) {
+        for (c, conn) in self.conns.iter().enumerate() {
+            if !self.p.in_flight[c].is_empty() {
+                out.push((c, conn.fd()));
+            }
+        }
+    }
+
+    /// Connection `c` is readable: takes its oldest answer.
+    pub fn readable(&mut self, c: usize) -> Result<(), BenchError> {
+        self.p.complete(&mut self.conns[c], c)?;
+        self.last_activity = Instant::now();
+        Ok(())
+    }
+
+    /// Its measurements; the run learns one producer fewer is left.
+    pub fn finish(self) -> Outcome {
+        self.p
+            .progress
+            .producers_left
+            .fetch_sub(1, Ordering::AcqRel);
+        self.p.out
+    }
 }
 
 /// A batch of up to `records` records for `partition`, stamped `due`,

@@ -2,7 +2,7 @@
 //! threads, print progress each second, gather what they measured, report.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::thread::{self, Scope, ScopedJoinHandle};
+use std::thread::{self, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use sluice_protocol::native::Acks;
@@ -16,6 +16,7 @@ use crate::group;
 use crate::produce;
 use crate::report::{self, CpuTime, Report, Throughput};
 use crate::schedule::{self, Schedule};
+use crate::worker;
 use crate::{
     validate, Common, ConsumeArgs, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
     StartAt, DURATION_S_DEFAULT,
@@ -56,12 +57,24 @@ pub fn produce(args: &ProduceArgs) -> Result<Report, BenchError> {
     let progress = Progress::default();
     let cpu_before = CpuTime::now();
     let clock = clock(&args.limit, opts.warmup_s, true);
-    let outcomes = thread::scope(|s| {
-        let handles = spawn_producers(s, plans, &topic.name, opts, &clock, &progress);
-        watch(&handles, &clock, &progress);
-        join(handles)
-    })?;
+    progress
+        .producers_left
+        .store(plans.len() as u32, Ordering::Release);
+    let tasks = plans
+        .into_iter()
+        .map(|plan| {
+            worker::Task::Produce(produce::Task::new(
+                plan,
+                &topic.name,
+                opts,
+                &clock,
+                &progress,
+            ))
+        })
+        .collect();
+    let (outcomes, _, threads) = run_tasks(tasks, args.common.threads, &clock, &progress)?;
     let mut report = base_report("produce", &args.common, &topic, &clock, cpu_before);
+    report.settings.push(("threads", threads.to_string()));
     report.settings.extend(produce_settings(opts, &args.limit));
     report.produced = Some(produced(&outcomes, &clock));
     report.moved_bytes = outcomes.iter().map(|o| o.total_bytes).sum();
@@ -98,13 +111,14 @@ pub fn consume(args: &ConsumeArgs) -> Result<Report, BenchError> {
     let progress = Progress::default();
     let cpu_before = CpuTime::now();
     let clock = clock(&args.limit, 0.0, false);
-    let outcomes = thread::scope(|s| {
-        let handles = spawn_consumers(s, plans, &settings, &clock, &progress);
-        watch(&handles, &clock, &progress);
-        join(handles)
-    })?;
+    let tasks = plans
+        .into_iter()
+        .map(|plan| worker::Task::Consume(consume::Task::new(plan, &settings, &clock, &progress)))
+        .collect();
+    let (_, outcomes, threads) = run_tasks(tasks, args.common.threads, &clock, &progress)?;
     warn_if_idled(&outcomes, opts);
     let mut report = base_report("consume", &args.common, &topic, &clock, cpu_before);
+    report.settings.push(("threads", threads.to_string()));
     report
         .settings
         .push(("consumers", opts.consumers.to_string()));
@@ -146,15 +160,33 @@ pub fn e2e(args: &E2eArgs) -> Result<Report, BenchError> {
     progress
         .producers_left
         .store(producer_plans.len() as u32, Ordering::Release);
-    let (p_outcomes, c_outcomes) = thread::scope(|s| {
-        let consumers = spawn_consumers(s, consumer_plans, &settings, &consumer_clock, &progress);
-        let producers = spawn_producers(s, producer_plans, &topic.name, popts, &clock, &progress);
-        watch(&consumers, &clock, &progress);
-        (join(producers), join(consumers))
-    });
-    let (p_outcomes, c_outcomes) = (p_outcomes?, c_outcomes?);
+    // Producers first, then consumers, dealt out to the threads in turn: a
+    // thread per core runs its share of both.
+    let mut tasks: Vec<worker::Task<'_>> = producer_plans
+        .into_iter()
+        .map(|plan| {
+            worker::Task::Produce(produce::Task::new(
+                plan,
+                &topic.name,
+                popts,
+                &clock,
+                &progress,
+            ))
+        })
+        .collect();
+    tasks.extend(consumer_plans.into_iter().map(|plan| {
+        worker::Task::Consume(consume::Task::new(
+            plan,
+            &settings,
+            &consumer_clock,
+            &progress,
+        ))
+    }));
+    let (p_outcomes, c_outcomes, threads) =
+        run_tasks(tasks, args.common.threads, &clock, &progress)?;
     warn_if_idled(&c_outcomes, copts);
     let mut report = base_report("e2e", &args.common, &topic, &clock, cpu_before);
+    report.settings.push(("threads", threads.to_string()));
     report.settings.extend(produce_settings(popts, &args.limit));
     report
         .settings
@@ -354,40 +386,32 @@ fn consumer_plans(
     Ok((plans, available))
 }
 
-fn spawn_producers<'s, 'e: 's>(
-    s: &'s Scope<'s, 'e>,
-    plans: Vec<produce::Plan>,
-    topic: &'e str,
-    opts: &'e ProduceOpts,
-    clock: &'e Clock,
-    progress: &'e Progress,
-) -> Vec<ScopedJoinHandle<'s, Result<produce::Outcome, BenchError>>> {
-    progress
-        .producers_left
-        .store(plans.len() as u32, Ordering::Release);
-    plans
-        .into_iter()
-        .map(|plan| {
-            s.spawn(move || {
-                let result = produce::run(plan, topic, opts, clock, progress);
-                progress.producers_left.fetch_sub(1, Ordering::AcqRel);
-                result
-            })
-        })
-        .collect()
-}
-
-fn spawn_consumers<'s, 'e: 's>(
-    s: &'s Scope<'s, 'e>,
-    plans: Vec<consume::Plan>,
-    settings: &'e consume::Settings<'e>,
-    clock: &'e Clock,
-    progress: &'e Progress,
-) -> Vec<ScopedJoinHandle<'s, Result<consume::Outcome, BenchError>>> {
-    plans
-        .into_iter()
-        .map(|plan| s.spawn(move || consume::run(plan, settings, clock, progress)))
-        .collect()
+/// Runs `tasks` on `threads` generator threads ([`worker::thread_count`]),
+/// printing progress each second; the producers' and the consumers'
+/// outcomes.
+fn run_tasks(
+    tasks: Vec<worker::Task<'_>>,
+    threads: u32,
+    clock: &Clock,
+    progress: &Progress,
+) -> Result<(Vec<produce::Outcome>, Vec<consume::Outcome>, usize), BenchError> {
+    let n = worker::thread_count(threads, tasks.len());
+    let outcomes = thread::scope(|s| {
+        let handles: Vec<_> = worker::deal(tasks, n)
+            .into_iter()
+            .map(|share| s.spawn(move || worker::run(share)))
+            .collect();
+        watch(&handles, clock, progress);
+        join(handles)
+    })?;
+    let (mut produced, mut consumed) = (Vec::new(), Vec::new());
+    for outcome in outcomes.into_iter().flatten() {
+        match outcome {
+            worker::Outcome::Produce(o) => produced.push(o),
+            worker::Outcome::Consume(o) => consumed.push(o),
+        }
+    }
+    Ok((produced, consumed, n))
 }
 
 /// Prints a progress line to stderr each second until every thread in
