@@ -290,7 +290,29 @@ impl Report {
             self.cpu.system_s,
             100.0 * per_s(self.cpu.total_s(), self.wall)
         );
+        if let Some(busy) = self.generator_saturation() {
+            let _ = writeln!(
+                out,
+                "WARNING: the generator kept its threads {:.0}% busy: it may have been the bottleneck (give it more --threads or CPUs)",
+                100.0 * busy
+            );
+        }
         out
+    }
+
+    /// The generator's CPU as a share of what its threads could use, when
+    /// that is 75% or more (`None` below that, or with no thread count).
+    #[must_use]
+    pub fn generator_saturation(&self) -> Option<f64> {
+        let threads: f64 = self
+            .settings
+            .iter()
+            .find(|(k, _)| *k == "threads")?
+            .1
+            .parse()
+            .ok()?;
+        let busy = per_s(self.cpu.total_s(), self.wall) / threads;
+        (threads > 0.0 && busy >= 0.75).then_some(busy)
     }
 
     pub fn histograms(&self) -> Vec<(&'static str, &Histogram<u64>)> {
@@ -553,5 +575,37 @@ mod tests {
         let table = report.table();
         assert!(table.contains("produce_ack"));
         assert!(table.contains("100us"));
+        assert!(!table.contains("WARNING"), "no thread count: no verdict");
+    }
+
+    #[test]
+    fn a_generator_that_kept_its_threads_busy_is_flagged() {
+        let report = |threads: &str, cpu_s: f64| Report {
+            mode: "produce",
+            settings: vec![("threads", threads.to_owned())],
+            produced: None,
+            consumed: None,
+            produce_ack_us: None,
+            end_to_end_us: None,
+            started: std::time::SystemTime::UNIX_EPOCH,
+            intervals: Vec::new(),
+            moved_bytes: 0,
+            wall: Duration::from_secs(10),
+            cpu: CpuTime {
+                user_s: cpu_s / 2.0,
+                system_s: cpu_s / 2.0,
+            },
+        };
+        // Two threads over 10 s: 19 CPU-s is 95% of what they could use.
+        let busy = report("2", 19.0);
+        assert!(busy
+            .generator_saturation()
+            .is_some_and(|b| (b - 0.95).abs() < 1e-9));
+        assert!(busy
+            .table()
+            .contains("WARNING: the generator kept its threads 95% busy"));
+        assert_eq!(report("2", 12.0).generator_saturation(), None);
+        assert!(!report("2", 12.0).table().contains("WARNING"));
+        assert_eq!(report("4", 19.0).generator_saturation(), None);
     }
 }
