@@ -37,7 +37,7 @@ run_case() { # name cache_bytes side_ring
   kill -TERM $pid; wait $pid
   python3 -c "
 ticks=$c1-$c0; secs=ticks/100; gb=$read/1e9
-print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads, fetches served by read-ahead $ahead ({$ahead_bytes/1e9:.2f} GB read ahead), {$disk/1e9:.2f} GB read from segment files')"
+print(f'$name: read {gb:.2f} GB in {$t1-$t0:.2f} s ({gb/($t1-$t0):.2f} GB/s), broker CPU {secs:.2f} s = {secs/gb:.2f} CPU-s/GB, payload copies while consuming {$copies-$copies0}, cache reads $cache_reads, fetches served by read-ahead $ahead ({$ahead_bytes/1e9:.2f} GB read ahead), {$disk/1e9:.3f} GB read from segment files for {$read/1e9:.3f} GB sent')"
   rm -rf $dir
 }
 [ -f ${INPUT:-/tmp/sluice-input-1g.txt} ] || python3 -c "

@@ -174,7 +174,6 @@ struct Resume {
     offset: i64,
     seg_base: i64,
     file: Rc<DmaFile>,
-    path: PathBuf,
     pos: u64,
     /// The segment's bytes from `pos` on that this read already holds and
     /// did not return: kept for that fetch rather than read again.
@@ -661,7 +660,6 @@ impl Partition {
                 offset: next,
                 seg_base,
                 file: file.clone(),
-                path: path.clone(),
                 pos,
                 rest,
             };
@@ -669,6 +667,14 @@ impl Partition {
         };
         while pos < seg_size {
             let mut len = (seg_size - pos).min(want as u64) as usize;
+            {
+                let s = self.state.borrow();
+                let interval = u64::from(s.config.index_interval_bytes);
+                let i = s.segments.partition_point(|seg| seg.base_offset < seg_base);
+                if let Some(seg) = s.segments.get(i).filter(|seg| seg.base_offset == seg_base) {
+                    len = batch_aligned_len(seg, interval, pos, len);
+                }
+            }
             let taken = match ahead.take() {
                 Some(a) => match a.read.await {
                     Ok(data) => {
@@ -833,23 +839,29 @@ impl Partition {
             if !Rc::ptr_eq(&seg.file, &r.file) {
                 return;
             }
-            match (r.pos < seg.size, s.segments.get(i + 1)) {
-                (true, _) => Some((seg.base_offset, r.file.clone(), r.path, r.pos, seg.size)),
-                (false, Some(n)) => {
-                    Some((n.base_offset, n.file.clone(), n.path.clone(), 0, n.size))
-                }
-                (false, None) => None,
-            }
+            let interval = u64::from(s.config.index_interval_bytes);
+            let (seg, pos) = match (r.pos < seg.size, s.segments.get(i + 1)) {
+                (true, _) => (seg, r.pos),
+                (false, Some(n)) => (n, 0),
+                (false, None) => return,
+            };
+            let len = (seg.size - pos).min(want as u64) as usize;
+            let len = batch_aligned_len(seg, interval, pos, len);
+            (
+                seg.base_offset,
+                seg.file.clone(),
+                seg.path.clone(),
+                pos,
+                len,
+            )
         };
-        let Some((base, file, path, pos, size)) = target else {
-            return;
-        };
+        let (base, file, path, pos, len) = target;
         let region = crate::readahead::Region {
             seg_base: base,
             file,
             path,
             pos,
-            len: (size - pos).min(want as u64) as usize,
+            len,
         };
         self.read_ahead.start(self.cache_key, r.offset, region);
     }
@@ -1133,6 +1145,34 @@ pub(crate) async fn read_region(
     stats::add_segment_bytes_read(data.len() as u64);
     stats::add_payload_copies(1);
     Ok(Bytes::copy_from_slice(&data[..len.min(data.len())]))
+}
+
+/// How many bytes a segment read at `pos` that wants `len` (inside the
+/// segment) should take. A read that would end part-way into a batch reads
+/// those bytes again with the next read, which starts at that batch. So
+/// when the sparse index shows that the batch the read would cut begins
+/// well before the read's end, the read stops at that batch, taking only
+/// its header (enough for a fetch to see the batch does not fit, without a
+/// second read). Index entries lie at most `interval` bytes of batches
+/// apart, so with no entry in the last `interval` bytes before the end, the
+/// batch at the last entry runs past it. Where the index cannot show that
+/// (small batches, the segment's first one), `len` stands.
+fn batch_aligned_len(seg: &Segment, interval: u64, pos: u64, len: usize) -> usize {
+    let end = pos + len as u64;
+    if end >= seg.size {
+        return len;
+    }
+    let entries = &seg.index.entries;
+    let i = entries.partition_point(|e| u64::from(e.position) <= end);
+    let Some(last) = i.checked_sub(1).map(|i| u64::from(entries[i].position)) else {
+        return len;
+    };
+    let header = batch::BATCH_HEADER_BYTES as u64;
+    let worth = interval.max(2 * BLOCK_BYTES as u64);
+    if last <= pos || end - last < worth {
+        return len;
+    }
+    (last - pos + header) as usize
 }
 
 /// Validates a produce payload: one or more whole batches, each within `max`.

@@ -423,3 +423,77 @@ fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
         store.close_all().await.expect("close");
     });
 }
+
+/// Appends `batches` batches of `records` records of about 1 KiB each;
+/// returns their keys and values in order.
+async fn fill_large(
+    p: &Partition,
+    batches: i64,
+    records: i64,
+) -> Vec<(i64, String, Option<String>)> {
+    let mut written = Vec::new();
+    let pad = "x".repeat(1000);
+    for i in 0..batches {
+        let mut b = BatchBuilder::new(now_ms() - 1000);
+        let recs: Vec<(String, String)> = (0..records)
+            .map(|j| (unique(i, j), format!("{pad}-{i}-{j}")))
+            .collect();
+        for (k, v) in &recs {
+            b.push(now_ms() - 1000, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        }
+        let at = p
+            .append(Bytes::from(b.finish()), Durability::Written)
+            .await
+            .expect("append");
+        for (j, (k, v)) in recs.into_iter().enumerate() {
+            written.push((at.base_offset + j as i64, k, Some(v)));
+        }
+    }
+    written
+}
+
+/// A read that would end part-way into a large batch stops at that batch's
+/// header instead, so a consumer reading cold segments in order reads each
+/// byte of the log from the disk about once: before, the part of the batch
+/// each read cut was read again by the next one (up to a batch per fetch).
+#[test]
+fn cold_reads_in_order_do_not_read_the_batch_they_cut_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            ..LogConfig::default()
+        };
+        let (store, p) = open(&path, config, 4 << 20).await;
+        let empty = stats::snapshot();
+        // Batches of about 45 KiB: a 256 KiB fetch cuts one in most reads.
+        let written = fill_large(&p, 300, 44).await;
+        let before = stats::snapshot();
+        let log_bytes = before.bytes_appended - empty.bytes_appended;
+        let mut c = Consumer::at(0);
+        while c.fetch(&p, 256 << 10).await {}
+        let after = stats::snapshot();
+        assert_eq!(c.seen, written, "every record, in order, exactly once");
+        assert_eq!(after.payload_copies, before.payload_copies, "no copies");
+        assert_eq!(
+            after.read_ahead_hits - before.read_ahead_hits,
+            c.fetches - 1,
+            "every fetch after the first found its read ahead"
+        );
+        // Each read may take up to a block before its start and the header
+        // block of the batch it stops at again: 8 KiB a read at most.
+        let from_disk = after.segment_bytes_read - before.segment_bytes_read;
+        let slack = c.fetches * 8192;
+        eprintln!(
+            "{from_disk} bytes read from segments for {log_bytes} of log in {} fetches",
+            c.fetches
+        );
+        assert!(
+            from_disk <= log_bytes + slack,
+            "{from_disk} bytes read from segments for {log_bytes} of log in {} fetches",
+            c.fetches
+        );
+        store.close_all().await.expect("close");
+    });
+}
