@@ -1281,6 +1281,17 @@ impl Summary<'_> {
             .find(|r| r.workload == id)
     }
 
+    /// Sluice's peak RSS over all its workloads (0: none measured).
+    fn sluice_peak_rss(&self) -> u64 {
+        self.runs
+            .iter()
+            .filter(|r| r.broker == Broker::Sluice)
+            .flat_map(|r| &r.rows)
+            .map(|r| r.peak_rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Issue 4's targets, each with what this run measured and whether it
     /// met it (`None`: not measured, e.g. a workload left out by --only):
     /// (target, measured, met).
@@ -1343,14 +1354,7 @@ impl Summary<'_> {
             },
             p99.zip(p999).map(|((_, _, a), (_, _, b))| a <= 0.2 && b <= 0.2),
         ));
-        let peak = self
-            .runs
-            .iter()
-            .filter(|r| r.broker == Broker::Sluice)
-            .flat_map(|r| &r.rows)
-            .map(|r| r.peak_rss_bytes)
-            .max()
-            .filter(|&p| p > 0);
+        let peak = Some(self.sluice_peak_rss()).filter(|&p| p > 0);
         out.push((
             "Sluice's RSS within its memory budget, every workload".to_owned(),
             match (peak, self.budget) {
@@ -1488,14 +1492,7 @@ impl Summary<'_> {
             let _ = writeln!(md, "| {w} | {m} | {k} | {s} | {r} |");
         }
         if let Some(b) = self.budget {
-            let peak = self
-                .runs
-                .iter()
-                .filter(|r| r.broker == Broker::Sluice)
-                .flat_map(|r| &r.rows)
-                .map(|r| r.peak_rss_bytes)
-                .max()
-                .unwrap_or(0);
+            let peak = self.sluice_peak_rss();
             let _ = writeln!(
                 md,
                 "\nSluice peak RSS over all workloads: {:.0} MiB; its memory budget (`memory_budget_bytes`, whole process): {:.0} MiB: {}.",

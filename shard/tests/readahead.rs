@@ -44,12 +44,22 @@ async fn fill(
     batches: i64,
     key: impl Fn(i64, i64) -> String,
 ) -> Vec<(i64, String, Option<String>)> {
+    fill_with(p, batches, 3, key, |i, j| format!("value-{i}-{j}")).await
+}
+
+/// Appends `batches` batches of `records` records, record `j` of batch `i`
+/// keyed `key(i, j)` with value `value(i, j)`; returns the records.
+async fn fill_with(
+    p: &Partition,
+    batches: i64,
+    records: i64,
+    key: impl Fn(i64, i64) -> String,
+    value: impl Fn(i64, i64) -> String,
+) -> Vec<(i64, String, Option<String>)> {
     let mut written = Vec::new();
     for i in 0..batches {
         let mut b = BatchBuilder::new(now_ms() - 1000);
-        let recs: Vec<(String, String)> = (0..3)
-            .map(|j| (key(i, j), format!("value-{i}-{j}")))
-            .collect();
+        let recs: Vec<(String, String)> = (0..records).map(|j| (key(i, j), value(i, j))).collect();
         for (k, v) in &recs {
             b.push(now_ms() - 1000, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
         }
@@ -424,34 +434,6 @@ fn a_batch_refused_for_its_size_is_kept_for_the_read_that_asks_for_it() {
     });
 }
 
-/// Appends `batches` batches of `records` records of about 1 KiB each;
-/// returns their keys and values in order.
-async fn fill_large(
-    p: &Partition,
-    batches: i64,
-    records: i64,
-) -> Vec<(i64, String, Option<String>)> {
-    let mut written = Vec::new();
-    let pad = "x".repeat(1000);
-    for i in 0..batches {
-        let mut b = BatchBuilder::new(now_ms() - 1000);
-        let recs: Vec<(String, String)> = (0..records)
-            .map(|j| (unique(i, j), format!("{pad}-{i}-{j}")))
-            .collect();
-        for (k, v) in &recs {
-            b.push(now_ms() - 1000, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
-        }
-        let at = p
-            .append(Bytes::from(b.finish()), Durability::Written)
-            .await
-            .expect("append");
-        for (j, (k, v)) in recs.into_iter().enumerate() {
-            written.push((at.base_offset + j as i64, k, Some(v)));
-        }
-    }
-    written
-}
-
 /// A read that would end part-way into a large batch stops at that batch's
 /// header instead, so a consumer reading cold segments in order reads each
 /// byte of the log from the disk about once: before, the part of the batch
@@ -468,7 +450,8 @@ fn cold_reads_in_order_do_not_read_the_batch_they_cut_twice() {
         let (store, p) = open(&path, config, 4 << 20).await;
         let empty = stats::snapshot();
         // Batches of about 45 KiB: a 256 KiB fetch cuts one in most reads.
-        let written = fill_large(&p, 300, 44).await;
+        let pad = "x".repeat(1000);
+        let written = fill_with(&p, 300, 44, unique, |i, j| format!("{pad}-{i}-{j}")).await;
         let before = stats::snapshot();
         let log_bytes = before.bytes_appended - empty.bytes_appended;
         let mut c = Consumer::at(0);
