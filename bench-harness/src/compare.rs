@@ -1262,6 +1262,15 @@ fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
 }
 
+/// `met` or `missed` for a target's verdict, a dash where it was not measured.
+fn verdict<'a>(met: Option<bool>, yes: &'a str, no: &'a str) -> &'a str {
+    match met {
+        Some(true) => yes,
+        Some(false) => no,
+        None => "—",
+    }
+}
+
 fn ratio(s: Option<f64>, k: Option<f64>) -> String {
     match (s, k) {
         (Some(s), Some(k)) if k > 0.0 => format!("{:.2}", s / k),
@@ -1373,11 +1382,7 @@ impl Summary<'_> {
     fn targets_text(&self) -> String {
         let mut t = String::new();
         for (target, measured, met) in self.targets() {
-            let verdict = match met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "—",
-            };
+            let verdict = verdict(met, "met", "MISSED");
             let _ = writeln!(t, "{verdict:<7} {target}: {measured}");
         }
         t
@@ -1509,11 +1514,7 @@ impl Summary<'_> {
         );
         let _ = writeln!(md, "| target | this run | |\n|---|---|---|");
         for (target, measured, met) in self.targets() {
-            let verdict = match met {
-                Some(true) => "**met**",
-                Some(false) => "missed",
-                None => "—",
-            };
+            let verdict = verdict(met, "**met**", "missed");
             let _ = writeln!(md, "| {target} | {measured} | {verdict} |");
         }
         let _ = writeln!(md, "\n## Kafka's own perf tools (ProducerPerformance + ConsumerPerformance, 1 KiB, acks=all)\n");

@@ -17,6 +17,7 @@ use crate::payload;
 use crate::produce::read_stamp;
 use crate::report;
 use crate::run::{Clock, Progress};
+use crate::worker::Step;
 
 /// How long the broker may hold a fetch that finds nothing new.
 const FETCH_WAIT_MS: u32 = 100;
@@ -127,8 +128,7 @@ impl<'a> Task<'a> {
 
     /// Stops when the run is over; otherwise heartbeats or commits when
     /// due and sends a fetch on each connection without one.
-    pub fn step(&mut self) -> Result<crate::produce::Step, BenchError> {
-        use crate::produce::Step;
+    pub fn step(&mut self) -> Result<Step, BenchError> {
         if done(self.settings.until, self.clock, self.progress) {
             return Ok(Step::Done);
         }

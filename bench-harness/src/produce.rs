@@ -18,6 +18,7 @@ use crate::payload::{compress_batch, Codec, Payload};
 use crate::report;
 use crate::run::{Clock, Progress};
 use crate::schedule::Schedule;
+use crate::worker::Step;
 use crate::ProduceOpts;
 
 /// Bytes at the front of each value: its intended send time, nanoseconds
@@ -96,15 +97,6 @@ pub struct Task<'a> {
     /// The last send or answer: no answer for [`RESPONSE_TIMEOUT`] while
     /// requests are out fails the run.
     last_activity: Instant,
-}
-
-/// What a task wants after a step.
-pub enum Step {
-    /// Finished: take its outcome.
-    Done,
-    /// Step it again by this time, or when one of its connections is
-    /// readable.
-    Until(Instant),
 }
 
 impl<'a> Task<'a> {

@@ -14,10 +14,19 @@ use std::time::{Duration, Instant};
 
 use crate::consume;
 use crate::error::BenchError;
-use crate::produce::{self, Step};
+use crate::produce;
 
 /// The longest a thread waits before it steps its tasks again.
 const STEP_AT_LEAST_EVERY: Duration = Duration::from_millis(100);
+
+/// What a task wants after a step.
+pub enum Step {
+    /// Finished: take its outcome.
+    Done,
+    /// Step it again by this time, or when one of its connections is
+    /// readable.
+    Until(Instant),
+}
 
 /// A producer or a consumer.
 pub enum Task<'a> {

@@ -667,14 +667,6 @@ impl Partition {
         };
         while pos < seg_size {
             let mut len = (seg_size - pos).min(want as u64) as usize;
-            {
-                let s = self.state.borrow();
-                let interval = u64::from(s.config.index_interval_bytes);
-                let i = s.segments.partition_point(|seg| seg.base_offset < seg_base);
-                if let Some(seg) = s.segments.get(i).filter(|seg| seg.base_offset == seg_base) {
-                    len = batch_aligned_len(seg, interval, pos, len);
-                }
-            }
             let taken = match ahead.take() {
                 Some(a) => match a.read.await {
                     Ok(data) => {
@@ -692,7 +684,10 @@ impl Partition {
                     len = data.len();
                     data
                 }
-                None => read_region(&file, &path, pos, len).await?,
+                None => {
+                    len = self.batch_aligned_read(seg_base, pos, len);
+                    read_region(&file, &path, pos, len).await?
+                }
             };
             let buf: &[u8] = &data;
             let mut at = 0usize;
@@ -806,6 +801,17 @@ impl Partition {
             }
         }
         resume(out, next, pos, None)
+    }
+
+    /// [`batch_aligned_len`] for a read of the segment based at `seg_base`.
+    fn batch_aligned_read(&self, seg_base: i64, pos: u64, len: usize) -> usize {
+        let s = self.state.borrow();
+        let interval = u64::from(s.config.index_interval_bytes);
+        let i = s.segments.partition_point(|seg| seg.base_offset < seg_base);
+        match s.segments.get(i).filter(|seg| seg.base_offset == seg_base) {
+            Some(seg) => batch_aligned_len(seg, interval, pos, len),
+            None => len,
+        }
     }
 
     /// Starts reading ahead for the fetch that would come next in order,

@@ -468,10 +468,6 @@ fn cold_reads_in_order_do_not_read_the_batch_they_cut_twice() {
         // block of the batch it stops at again: 8 KiB a read at most.
         let from_disk = after.segment_bytes_read - before.segment_bytes_read;
         let slack = c.fetches * 8192;
-        eprintln!(
-            "{from_disk} bytes read from segments for {log_bytes} of log in {} fetches",
-            c.fetches
-        );
         assert!(
             from_disk <= log_bytes + slack,
             "{from_disk} bytes read from segments for {log_bytes} of log in {} fetches",
