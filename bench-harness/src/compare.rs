@@ -30,6 +30,7 @@ use crate::error::BenchError;
 use crate::kafka::KafkaClient;
 use crate::plot::{self, Series};
 use crate::report::{self, CpuTime, Report};
+use crate::rounds::{self, Metric, TargetRatios};
 use crate::{
     cluster, conn, run, Common, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
 };
@@ -80,6 +81,12 @@ pub struct CompareArgs {
     /// free page reporting is held off (0: none).
     #[arg(long, default_value_t = 6144)]
     pub warm_memory_mib: usize,
+    /// Run the whole matrix this many times (1 to 20), each time on freshly
+    /// started brokers, Kafka first in odd rounds and Sluice first in even
+    /// ones; each round's report goes to RESULTS/round-N, and RESULTS/report.md
+    /// judges the targets on the median of the rounds' ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
 }
 
 /// The workload matrix of issue 4, plus (a1): (a) at acks=1.
@@ -315,58 +322,123 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     }
     let balloon = balloon_features();
     let (hold, memory_warmed) = hold_memory(args, &balloon, &probe_dir);
-    let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
-    let mut timer_probes = vec![("before the runs", timer_probe(TIMER_PROBE_SLEEPS))];
-    let mut runs = Vec::new();
-    for broker in [Broker::Kafka, Broker::Sluice] {
-        eprintln!("compare: === {} ===", broker.name());
-        runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
-    }
-    probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
-    timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
-    let held = hold.as_ref().map(PageReportingHold::describe);
-    drop(hold);
-    let disk_note = format!(
-        "{}\n\n{} {}{}\n\n{}",
-        storage_note(&probe_dir),
-        disk_note(&probe_dir, &probes),
-        balloon_note(&balloon),
-        hold_note(held.as_deref(), memory_warmed.as_ref()),
-        timer_note(&timer_probes)
-    );
-    eprintln!("compare: {disk_note}");
-    if let Ok(c) = &cgroup {
-        c.remove();
-    }
     let memory_note = match &cgroup {
         Ok(c) => format!("{} MiB per broker via {}", args.memory_mib, c.describe()),
         Err(e) => format!("not enforced ({e})"),
     };
-    let report = Summary {
-        setup: &setup,
-        workloads: &workloads,
-        runs: &runs,
-        memory_note,
-        disk_note,
-        budget: runs.iter().find_map(|r| r.memory_budget),
-        took: started.elapsed(),
-    };
-    let table = report.ratio_table();
-    println!("\n{table}");
-    println!(
-        "Against the targets of issue 4 (one run):\n{}",
-        report.targets_text()
-    );
-    fs::write(args.results.join("report.md"), report.markdown())?;
-    fs::write(args.results.join("results.json"), report.json())?;
-    report.write_distributions()?;
-    eprintln!(
-        "compare: report in {}",
-        args.results.join("report.md").display()
-    );
+    let mut rounds = Vec::new();
+    for number in 1..=args.rounds {
+        // One round: the report of a single run. With several, each has its
+        // own directory, and the brokers' order swaps from round to round.
+        let dir = if args.rounds == 1 {
+            args.results.clone()
+        } else {
+            args.results.join(format!("round-{number}"))
+        };
+        fs::create_dir_all(&dir)?;
+        let setup = Setup {
+            results: dir.clone(),
+            ..setup.clone()
+        };
+        let order = if number % 2 == 1 {
+            [Broker::Kafka, Broker::Sluice]
+        } else {
+            [Broker::Sluice, Broker::Kafka]
+        };
+        let round_started = Instant::now();
+        let mut probes = vec![("before the runs", disk_probe(&probe_dir, PROBE_MIB))];
+        let mut timer_probes = vec![("before the runs", timer_probe(TIMER_PROBE_SLEEPS))];
+        let mut runs = Vec::new();
+        for broker in order {
+            if args.rounds > 1 {
+                eprintln!(
+                    "compare: === round {number} of {}: {} ===",
+                    args.rounds,
+                    broker.name()
+                );
+            } else {
+                eprintln!("compare: === {} ===", broker.name());
+            }
+            runs.push(run_broker(broker, &setup, &workloads, &script, &sluice_bin));
+        }
+        runs.sort_by_key(|r| r.broker != Broker::Kafka);
+        probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
+        timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
+        let disk_note = format!(
+            "{}\n\n{} {}{}\n\n{}",
+            storage_note(&probe_dir),
+            disk_note(&probe_dir, &probes),
+            balloon_note(&balloon),
+            hold_note(
+                hold.as_ref().map(PageReportingHold::describe).as_deref(),
+                memory_warmed.as_ref()
+            ),
+            timer_note(&timer_probes)
+        );
+        eprintln!("compare: {disk_note}");
+        let report = Summary {
+            setup: &setup,
+            workloads: &workloads,
+            runs: &runs,
+            memory_note: memory_note.clone(),
+            disk_note,
+            budget: runs.iter().find_map(|r| r.memory_budget),
+            took: round_started.elapsed(),
+        };
+        let table = report.ratio_table();
+        println!("\n{table}");
+        println!(
+            "Against the targets of issue 4 ({}):\n{}",
+            if args.rounds == 1 {
+                "one run".to_owned()
+            } else {
+                format!("round {number} of {}", args.rounds)
+            },
+            report.targets_text()
+        );
+        fs::write(dir.join("report.md"), report.markdown())?;
+        fs::write(dir.join("results.json"), report.json())?;
+        report.write_distributions()?;
+        eprintln!("compare: report in {}", dir.join("report.md").display());
+        rounds.push(rounds::Round {
+            number,
+            first: order[0].name(),
+            dir,
+            ratios: report.target_ratios(),
+            metrics: report.metrics(),
+        });
+    }
+    drop(hold);
+    if let Ok(c) = &cgroup {
+        c.remove();
+    }
+    if args.rounds > 1 {
+        let header = format!(
+            "Run {} (took {:.0} s). {} s per workload{}, after {} s of unmeasured warm-up load per broker and round. \
+             Brokers on CPUs `{}` (taskset -c); memory limit: {memory_note}.",
+            utc_now(),
+            started.elapsed().as_secs_f64(),
+            setup.duration_s,
+            if setup.quick { " (--quick)" } else { "" },
+            setup.broker_warmup_s,
+            setup.cpus,
+        );
+        println!("\n{}", rounds::text(&rounds));
+        fs::write(
+            args.results.join("report.md"),
+            rounds::markdown(&rounds, &header),
+        )?;
+        fs::write(args.results.join("rounds.json"), rounds::json(&rounds))?;
+        eprintln!(
+            "compare: {} rounds; their summary in {}",
+            rounds.len(),
+            args.results.join("report.md").display()
+        );
+    }
     Ok(())
 }
 
+#[derive(Clone)]
 struct Setup<'a> {
     duration_s: f64,
     broker_warmup_s: f64,
@@ -1280,6 +1352,9 @@ fn ratio(s: Option<f64>, k: Option<f64>) -> String {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// The peak-RSS metric's name: its figures are whole MiB.
+const RSS_METRIC: &str = "broker peak RSS MiB";
+
 impl Summary<'_> {
     fn row(&self, broker: Broker, id: &str) -> Option<&Row> {
         self.runs
@@ -1301,59 +1376,61 @@ impl Summary<'_> {
             .unwrap_or(0)
     }
 
+    /// Sluice's figure over Kafka's for one workload, with both: (Kafka,
+    /// Sluice, ratio); `None` where the workload was not run or either
+    /// broker has no figure.
+    fn pair(&self, id: &str, f: &dyn Fn(&Row) -> Option<f64>) -> Option<(f64, f64, f64)> {
+        self.workloads.iter().find(|w| w.id == id)?;
+        let k = self.row(Broker::Kafka, id).and_then(f)?;
+        let s = self.row(Broker::Sluice, id).and_then(f)?;
+        (k > 0.0).then_some((k, s, s / k))
+    }
+
+    /// The figures issue 4's targets are judged by.
+    fn target_ratios(&self) -> TargetRatios {
+        let ratio = |id: &str, f: &dyn Fn(&Row) -> Option<f64>| self.pair(id, f).map(|p| p.2);
+        TargetRatios {
+            throughput: ratio("a", &|r| r.throughput_mb_s(false)),
+            cpu: self
+                .workloads
+                .iter()
+                .map(|w| (w.id, ratio(w.id, &Row::cpu_s_per_gb)))
+                .collect(),
+            p99: ratio("b", &|r| r.percentile_ms(true, 99.0)),
+            p999: ratio("b", &|r| r.percentile_ms(true, 99.9)),
+            peak_rss: Some(self.sluice_peak_rss()).filter(|&p| p > 0),
+            budget: self.budget,
+        }
+    }
+
     /// Issue 4's targets, each with what this run measured and whether it
     /// met it (`None`: not measured, e.g. a workload left out by --only):
     /// (target, measured, met).
     fn targets(&self) -> Vec<(String, String, Option<bool>)> {
-        let pair = |id: &str, f: &dyn Fn(&Row) -> Option<f64>| {
-            self.workloads.iter().find(|w| w.id == id)?;
-            let k = self.row(Broker::Kafka, id).and_then(f)?;
-            let s = self.row(Broker::Sluice, id).and_then(f)?;
-            (k > 0.0).then_some((k, s, s / k))
-        };
+        let figures = self.target_ratios();
+        let [tp_met, cpu_met, tail_met, rss_met] = figures.verdicts();
         let mut out = Vec::new();
-        let tp = pair("a", &|r| r.throughput_mb_s(false));
+        let tp = self.pair("a", &|r| r.throughput_mb_s(false));
         out.push((
-            "(a) max throughput at least 2x Kafka's".to_owned(),
+            TargetRatios::NAMES[0].to_owned(),
             tp.map_or_else(
                 || "not run".to_owned(),
                 |(k, s, r)| format!("{r:.2}x ({s:.0} against {k:.0} MB/s)"),
             ),
-            tp.map(|(_, _, r)| r >= 2.0),
+            tp_met,
         ));
-        let cpu: Vec<(&str, Option<f64>)> = self
-            .workloads
-            .iter()
-            .map(|w| (w.id, pair(w.id, &Row::cpu_s_per_gb).map(|(_, _, r)| r)))
-            .collect();
-        let measured: Vec<f64> = cpu.iter().filter_map(|&(_, r)| r).collect();
-        let missed: Vec<&str> = cpu
-            .iter()
-            .filter(|&&(_, r)| r.is_some_and(|r| r > 1.0 / 3.0))
-            .map(|&(id, _)| id)
-            .collect();
         out.push((
-            "broker CPU s/GB at most 1/3 of Kafka's, every workload".to_owned(),
-            cpu.iter()
-                .map(|(id, r)| {
-                    format!("({id}) {}", r.map_or("—".to_owned(), |r| format!("{r:.2}")))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-                + &if missed.is_empty() {
-                    String::new()
-                } else {
-                    format!("; over 1/3 at {}", missed.join(", "))
-                },
-            (!measured.is_empty()).then_some(missed.is_empty()),
+            TargetRatios::NAMES[1].to_owned(),
+            figures.cpu_text(),
+            cpu_met,
         ));
-        let p99 = pair("b", &|r| r.percentile_ms(true, 99.0));
-        let p999 = pair("b", &|r| r.percentile_ms(true, 99.9));
+        let p99 = self.pair("b", &|r| r.percentile_ms(true, 99.0));
+        let p999 = self.pair("b", &|r| r.percentile_ms(true, 99.9));
         let kafka_p50 = self
             .row(Broker::Kafka, "b")
             .and_then(|r| r.percentile_ms(true, 50.0));
         out.push((
-            "(b) e2e p99 and p99.9 at most 1/5 of Kafka's".to_owned(),
+            TargetRatios::NAMES[2].to_owned(),
             match (p99, p999) {
                 (Some((k99, s99, r99)), Some((k999, s999, r999))) => format!(
                     "p99 {r99:.2} ({s99:.2} against {k99:.2} ms), p99.9 {r999:.2} ({s999:.2} against {k999:.2} ms); Kafka's own e2e p50 {}",
@@ -1361,20 +1438,12 @@ impl Summary<'_> {
                 ),
                 _ => "not run".to_owned(),
             },
-            p99.zip(p999).map(|((_, _, a), (_, _, b))| a <= 0.2 && b <= 0.2),
+            tail_met,
         ));
-        let peak = Some(self.sluice_peak_rss()).filter(|&p| p > 0);
         out.push((
-            "Sluice's RSS within its memory budget, every workload".to_owned(),
-            match (peak, self.budget) {
-                (Some(p), Some(b)) => format!(
-                    "peak {:.0} MiB of {:.0} MiB",
-                    p as f64 / MIB,
-                    b as f64 / MIB
-                ),
-                _ => "not measured".to_owned(),
-            },
-            peak.zip(self.budget).map(|(p, b)| p <= b),
+            TargetRatios::NAMES[3].to_owned(),
+            figures.rss_text(),
+            rss_met,
         ));
         out
     }
@@ -1388,62 +1457,89 @@ impl Summary<'_> {
         t
     }
 
-    /// `| workload | metric | Kafka | Sluice | Sluice/Kafka |` rows.
-    fn ratio_lines(&self) -> Vec<[String; 5]> {
+    /// Each workload's metrics on both brokers, in report order, then a
+    /// line for each error.
+    fn metrics(&self) -> Vec<Metric> {
         let mut out = Vec::new();
         for w in self.workloads {
             let k = self.row(Broker::Kafka, w.id);
             let s = self.row(Broker::Sluice, w.id);
             let fan_out = w.groups > 1;
-            let mut metric = |name: &str,
-                              f: &dyn Fn(&Row) -> Option<f64>,
-                              fmt: &dyn Fn(Option<f64>) -> String| {
-                let kv = k.and_then(f);
-                let sv = s.and_then(f);
-                out.push([
-                    w.id.to_owned(),
-                    name.to_owned(),
-                    fmt(kv),
-                    fmt(sv),
-                    ratio(sv, kv),
-                ]);
+            let mut metric = |name: &str, f: &dyn Fn(&Row) -> Option<f64>| {
+                out.push(Metric {
+                    workload: w.id,
+                    name: name.to_owned(),
+                    kafka: k.and_then(f),
+                    sluice: s.and_then(f),
+                    error: None,
+                });
             };
             let tp_name = if fan_out {
                 "consumed MB/s (all groups)"
             } else {
                 "produced MB/s"
             };
-            metric(tp_name, &|r| r.throughput_mb_s(fan_out), &ms);
+            metric(tp_name, &|r| r.throughput_mb_s(fan_out));
             if w.e2e && !fan_out {
-                metric("consumed MB/s", &|r| r.throughput_mb_s(true), &ms);
+                metric("consumed MB/s", &|r| r.throughput_mb_s(true));
             }
             if w.acks != Acks::None {
-                metric("produce p99 ms", &|r| r.percentile_ms(false, 99.0), &ms);
-                metric("produce p99.9 ms", &|r| r.percentile_ms(false, 99.9), &ms);
+                metric("produce p99 ms", &|r| r.percentile_ms(false, 99.0));
+                metric("produce p99.9 ms", &|r| r.percentile_ms(false, 99.9));
             }
             if w.e2e {
-                metric("e2e p99 ms", &|r| r.percentile_ms(true, 99.0), &ms);
-                metric("e2e p99.9 ms", &|r| r.percentile_ms(true, 99.9), &ms);
+                metric("e2e p99 ms", &|r| r.percentile_ms(true, 99.0));
+                metric("e2e p99.9 ms", &|r| r.percentile_ms(true, 99.9));
             }
-            metric("broker CPU s/GB", &Row::cpu_s_per_gb, &ms);
-            metric(
-                "broker peak RSS MiB",
-                &|r| (r.peak_rss_bytes > 0).then(|| r.peak_rss_bytes as f64 / MIB),
-                &|v| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}")),
-            );
+            metric("broker CPU s/GB", &Row::cpu_s_per_gb);
+            metric(RSS_METRIC, &|r| {
+                (r.peak_rss_bytes > 0).then(|| r.peak_rss_bytes as f64 / MIB)
+            });
             for (b, r) in [("kafka", k), ("sluice", s)] {
                 if let Some(e) = r.and_then(|r| r.error.as_ref()) {
-                    out.push([
-                        w.id.to_owned(),
-                        format!("{b} ERROR"),
-                        e.clone(),
-                        String::new(),
-                        String::new(),
-                    ]);
+                    out.push(Metric {
+                        workload: w.id,
+                        name: format!("{b} ERROR"),
+                        kafka: None,
+                        sluice: None,
+                        error: Some(e.clone()),
+                    });
                 }
             }
         }
         out
+    }
+
+    /// `| workload | metric | Kafka | Sluice | Sluice/Kafka |` rows.
+    fn ratio_lines(&self) -> Vec<[String; 5]> {
+        self.metrics()
+            .into_iter()
+            .map(|m| {
+                let Some(e) = m.error else {
+                    let fmt = |v: Option<f64>| {
+                        if m.name == RSS_METRIC {
+                            v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0}"))
+                        } else {
+                            ms(v)
+                        }
+                    };
+                    return [
+                        m.workload.to_owned(),
+                        m.name.clone(),
+                        fmt(m.kafka),
+                        fmt(m.sluice),
+                        ratio(m.sluice, m.kafka),
+                    ];
+                };
+                [
+                    m.workload.to_owned(),
+                    m.name,
+                    e,
+                    String::new(),
+                    String::new(),
+                ]
+            })
+            .collect()
     }
 
     fn ratio_table(&self) -> String {
@@ -1694,7 +1790,7 @@ impl Summary<'_> {
     }
 }
 
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -35,6 +35,7 @@ mod payload;
 mod plot;
 mod produce;
 mod report;
+mod rounds;
 mod run;
 mod schedule;
 mod sendpath;
