@@ -30,7 +30,7 @@ use crate::error::BenchError;
 use crate::kafka::KafkaClient;
 use crate::plot::{self, Series};
 use crate::report::{self, CpuTime, Report};
-use crate::rounds::{self, Metric, TargetRatios};
+use crate::rounds::{self, fixed2 as ms, verdict, Metric, TargetRatios};
 use crate::{
     cluster, conn, run, Common, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
 };
@@ -1328,19 +1328,6 @@ struct Summary<'a> {
     disk_note: String,
     budget: Option<u64>,
     took: Duration,
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
-}
-
-/// `met` or `missed` for a target's verdict, a dash where it was not measured.
-fn verdict<'a>(met: Option<bool>, yes: &'a str, no: &'a str) -> &'a str {
-    match met {
-        Some(true) => yes,
-        Some(false) => no,
-        None => "—",
-    }
 }
 
 fn ratio(s: Option<f64>, k: Option<f64>) -> String {

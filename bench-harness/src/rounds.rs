@@ -134,7 +134,8 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-fn fixed2(v: Option<f64>) -> String {
+/// A figure to two decimals, a dash where there is none.
+pub fn fixed2(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}"))
 }
 
@@ -227,7 +228,8 @@ fn target_lines(rounds: &[Round]) -> Vec<(&'static str, String, Option<bool>, us
     ]
 }
 
-fn verdict(met: Option<bool>, yes: &'static str, no: &'static str) -> &'static str {
+/// `yes` or `no` for a target's verdict, a dash where it was not measured.
+pub fn verdict<'a>(met: Option<bool>, yes: &'a str, no: &'a str) -> &'a str {
     match met {
         Some(true) => yes,
         Some(false) => no,
