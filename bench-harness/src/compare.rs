@@ -403,6 +403,10 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         rounds.push(rounds::Round {
             number,
             first: order[0].name(),
+            not_started: runs
+                .iter()
+                .filter_map(|r| Some(format!("{}: {}", r.broker.name(), r.start_error.as_ref()?)))
+                .collect(),
             dir,
             ratios: report.target_ratios(),
             metrics: report.metrics(),

@@ -167,6 +167,8 @@ pub struct Round {
     pub number: u32,
     /// The broker that ran first in this round.
     pub first: &'static str,
+    /// Each broker that did not start in this round, with why.
+    pub not_started: Vec<String>,
     /// Where its own report, JSON, distributions and plots are.
     pub dir: PathBuf,
     pub ratios: TargetRatios,
@@ -367,6 +369,9 @@ pub fn markdown(rounds: &[Round], header: &str) -> String {
         );
     }
     for r in rounds {
+        for why in &r.not_started {
+            let _ = writeln!(md, "\nRound {}: did not start: {why}", r.number);
+        }
         for m in r.metrics.iter().filter(|m| m.error.is_some()) {
             let _ = writeln!(
                 md,
@@ -472,6 +477,11 @@ mod tests {
         let round = |number, r: &TargetRatios| Round {
             number,
             first: if number % 2 == 1 { "kafka" } else { "sluice" },
+            not_started: if number == 2 {
+                vec!["kafka: port in use".to_owned()]
+            } else {
+                Vec::new()
+            },
             dir: PathBuf::from(format!("/r/round-{number}")),
             ratios: r.clone(),
             metrics: vec![Metric {
@@ -507,6 +517,10 @@ mod tests {
         );
         assert!(
             md.contains("- round 2: `/r/round-2` (sluice first)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Round 2: did not start: kafka: port in use"),
             "{md}"
         );
         let j = json(&rs);
