@@ -7,7 +7,11 @@
 #       --partitions 8 --record-bytes 1024 --acks all --coordinated-groups
 #
 # Each run is one scripts/bench-broker-cpu.sh (a fresh broker, 3 s of
-# unmeasured load, SLUICE_MEASURE_S measured), A then B, PAIRS times. Prints
+# unmeasured load, SLUICE_MEASURE_S measured), PAIRS pairs: A then B in odd
+# pairs, B then A in even ones, so neither side always runs first (in one
+# A/A test of 8 pairs with A always first, the first run of each pair cost
+# 3.7% more, standard error 1.4%: drift that a fixed order would book to
+# one side; docs/benchmarks.md, "A/B runs alternate their order"). Prints
 # a row per run (MB/s produced, broker CPU-s per GB moved, produce-ack p50,
 # end-to-end p99/p99.9, broker peak RSS in MiB), then the means and the paired MB/s and CPU ratios
 # A/B with their standard errors. Rows also go to a TSV in /tmp. Needs a
@@ -18,12 +22,14 @@
 # SLUICE_EXTRA_B='pin_shards = false'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,19p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n '2,22p' "$0" >&2; exit 2; }
 pairs=$1 a=$2 b=$3
 shift 4
 out=$(mktemp /tmp/sluice-ab.XXXXXX.tsv)
 for i in $(seq 1 "$pairs"); do
-  for side in A B; do
+  order="A B"
+  [ $((i % 2)) = 0 ] && order="B A"
+  for side in $order; do
     if [ $side = A ]; then bin=$a extra=${SLUICE_EXTRA_A:-}; else bin=$b extra=${SLUICE_EXTRA_B:-}; fi
     r=$(SLUICE_BIN=$bin SLUICE_EXTRA=$extra scripts/bench-broker-cpu.sh -- "$@" 2>&1) || { echo "run $i of $side ($bin) failed:" >&2; echo "$r" | tail -5 >&2; continue; }
     mbs=$(echo "$r" | awk '/^produced/ {print $4; exit}')
