@@ -30,7 +30,7 @@ use crate::error::BenchError;
 use crate::kafka::KafkaClient;
 use crate::plot::{self, Series};
 use crate::report::{self, CpuTime, Report};
-use crate::rounds::{self, fixed2 as ms, verdict, Metric, TargetRatios};
+use crate::rounds::{self, fixed2 as ms, verdict, Metric, TargetRatios, MIB};
 use crate::{
     cluster, conn, run, Common, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
 };
@@ -1334,15 +1334,6 @@ struct Summary<'a> {
     took: Duration,
 }
 
-fn ratio(s: Option<f64>, k: Option<f64>) -> String {
-    match (s, k) {
-        (Some(s), Some(k)) if k > 0.0 => format!("{:.2}", s / k),
-        _ => "—".to_owned(),
-    }
-}
-
-const MIB: f64 = 1024.0 * 1024.0;
-
 /// The peak-RSS metric's name: its figures are whole MiB.
 const RSS_METRIC: &str = "broker peak RSS MiB";
 
@@ -1519,7 +1510,7 @@ impl Summary<'_> {
                         m.name.clone(),
                         fmt(m.kafka),
                         fmt(m.sluice),
-                        ratio(m.sluice, m.kafka),
+                        ms(m.ratio()),
                     ];
                 };
                 [
@@ -2431,6 +2422,16 @@ mod tests {
         assert!(summary
             .markdown()
             .contains("| (a) max throughput at least 2x Kafka's | 2.50x"));
+        // Figures to two decimals, peak RSS in whole MiB, ratios beside them.
+        let md = summary.markdown();
+        assert!(
+            md.contains("| a | produced MB/s | 400.00 | 1000.00 | 2.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| b | broker peak RSS MiB | 900 | 210 | 0.23 |"),
+            "{md}"
+        );
         // Over budget, and a workload left out: said so.
         let over = Summary {
             budget: Some(100 << 20),
@@ -2583,7 +2584,5 @@ mod tests {
         assert!(m.iter().any(|w| w.groups == 4));
         let b = &m[2];
         assert!((b.rate * 1024.0 - 50e6).abs() < 1.0);
-        assert_eq!(ratio(Some(2.0), Some(4.0)), "0.50");
-        assert_eq!(ratio(Some(2.0), None), "—");
     }
 }

@@ -17,7 +17,8 @@ pub const CPU_AT_MOST: f64 = 1.0 / 3.0;
 /// End-to-end p99 and p99.9 at (b): Sluice's at most this share of Kafka's.
 pub const TAIL_AT_MOST: f64 = 0.2;
 
-const MIB: f64 = 1024.0 * 1024.0;
+/// Bytes in a MiB, for the figures given in MiB.
+pub const MIB: f64 = 1024.0 * 1024.0;
 
 /// What one run (or the median of several) measured against the targets:
 /// Sluice's figure over Kafka's, `None` where not measured.
@@ -441,6 +442,22 @@ mod tests {
             peak_rss: Some(peak_mib << 20),
             budget: Some(320 << 20),
         }
+    }
+
+    #[test]
+    fn a_ratio_needs_both_figures_and_a_kafka_above_zero() {
+        let m = |kafka, sluice| Metric {
+            workload: "a",
+            name: "produced MB/s".to_owned(),
+            kafka,
+            sluice,
+            error: None,
+        };
+        assert_eq!(m(Some(4.0), Some(2.0)).ratio(), Some(0.5));
+        assert_eq!(m(None, Some(2.0)).ratio(), None);
+        assert_eq!(m(Some(0.0), Some(2.0)).ratio(), None);
+        assert_eq!(fixed2(m(Some(3.0), Some(1.0)).ratio()), "0.33");
+        assert_eq!(fixed2(None), "—");
     }
 
     #[test]
