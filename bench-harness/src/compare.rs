@@ -304,6 +304,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         cgroup: cgroup.as_ref().ok(),
         results: args.results.clone(),
         tools: !args.no_kafka_tools,
+        round: None,
     };
     let started = Instant::now();
     let probe_dir = std::env::temp_dir();
@@ -338,6 +339,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         fs::create_dir_all(&dir)?;
         let setup = Setup {
             results: dir.clone(),
+            round: (args.rounds > 1).then_some((number, args.rounds)),
             ..setup.clone()
         };
         let order = if number % 2 == 1 {
@@ -451,6 +453,8 @@ struct Setup<'a> {
     cgroup: Option<&'a MemoryCgroup>,
     results: PathBuf,
     tools: bool,
+    /// This run's place in a `--rounds` run: (round, rounds). `None` alone.
+    round: Option<(u32, u32)>,
 }
 
 fn run_broker(
@@ -1585,9 +1589,15 @@ impl Summary<'_> {
             );
         }
         let _ = writeln!(md, "\n## Against the targets of issue 4\n");
+        let run = match self.setup.round {
+            Some((k, n)) => format!(
+                "Round {k} of {n}, one run, on this machine; ../report.md judges the targets on the medians of the rounds."
+            ),
+            None => "One run, on this machine.".to_string(),
+        };
         let _ = writeln!(
             md,
-            "One run, on this machine. Kafka's tail latency swings widely from run to run here \
+            "{run} Kafka's tail latency swings widely from run to run here \
              (compare its own e2e p50 with its p99 at (b)), so read the (b) ratios with it.\n"
         );
         let _ = writeln!(md, "| target | this run | |\n|---|---|---|");
@@ -2362,6 +2372,7 @@ mod tests {
             cgroup: None,
             results: PathBuf::from("/nonexistent"),
             tools: false,
+            round: None,
         };
         let workloads: Vec<Workload> = matrix(true)
             .into_iter()
@@ -2441,6 +2452,19 @@ mod tests {
         let t = over.targets();
         assert_eq!(t[2].2, None, "(b) not run: no verdict");
         assert_eq!(t[3].2, Some(false));
+        // Alone, a run says so; in --rounds, it names its round.
+        assert!(md.contains("\nOne run, on this machine."), "{md}");
+        let second = Setup {
+            round: Some((2, 3)),
+            ..setup.clone()
+        };
+        let in_rounds = Summary {
+            setup: &second,
+            ..over
+        };
+        assert!(in_rounds
+            .markdown()
+            .contains("\nRound 2 of 3, one run, on this machine; ../report.md judges"));
     }
 
     #[test]
