@@ -29,7 +29,7 @@ use sluice_protocol::native::Acks;
 use crate::error::BenchError;
 use crate::kafka::KafkaClient;
 use crate::plot::{self, Series};
-use crate::report::{self, CpuTime, Report};
+use crate::report::{self, json_str, CpuTime, Report};
 use crate::rounds::{self, fixed2 as ms, verdict, Metric, TargetRatios, MIB};
 use crate::{
     cluster, conn, run, Common, ConsumeOpts, E2eArgs, Limit, ProduceArgs, ProduceOpts, Protocol,
@@ -1780,22 +1780,6 @@ impl Summary<'_> {
         }
         Ok(())
     }
-}
-
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 fn utc_now() -> String {

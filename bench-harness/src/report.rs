@@ -328,11 +328,11 @@ impl Report {
     /// One JSON object, hand-written: the shape is small and fixed.
     #[must_use]
     pub fn json(&self) -> String {
-        let mut fields = vec![format!("\"mode\":{}", json_string(self.mode))];
+        let mut fields = vec![format!("\"mode\":{}", json_str(self.mode))];
         let settings: Vec<String> = self
             .settings
             .iter()
-            .map(|(k, v)| format!("{}:{}", json_string(k), json_string(v)))
+            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
             .collect();
         fields.push(format!("\"settings\":{{{}}}", settings.join(",")));
         for (name, t) in [("produced", &self.produced), ("consumed", &self.consumed)] {
@@ -380,7 +380,8 @@ fn json_number(x: f64) -> String {
     }
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal.
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -546,7 +547,7 @@ mod tests {
 
     #[test]
     fn json_is_escaped_and_shaped() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
         assert_eq!(json_number(f64::NAN), "null");
         let mut h = histogram();
         h.record(100).expect("in range");

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use crate::compare::json_str;
+use crate::report::json_str;
 
 /// The throughput of (a): Sluice at least this many times Kafka's.
 pub const THROUGHPUT_AT_LEAST: f64 = 2.0;
