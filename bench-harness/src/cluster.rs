@@ -129,7 +129,12 @@ fn kafka_topic(
                 continue;
             }
             (_, UNKNOWN_TOPIC_OR_PARTITION | LEADER_NOT_AVAILABLE) => {}
-            (_, code) => return Err(BenchError::new(format!("topic {name}: Kafka error {code}"))),
+            (_, code) => {
+                return Err(BenchError::new(format!(
+                    "topic {name}: {}",
+                    crate::error::kafka_error(code)
+                )))
+            }
         }
         thread::sleep(METADATA_RETRY_WAIT);
     }

@@ -308,19 +308,22 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
     };
     let started = Instant::now();
     let probe_dir = std::env::temp_dir();
-    // Each broker keeps one workload's topic at a time; flat out that is
-    // up to about 1 GB per second of the workload.
-    let need = (duration_s + setup.broker_warmup_s) * 1e9 + 2e9;
-    if let Ok(free) = free_bytes(&probe_dir) {
-        if (free as f64) < need {
-            eprintln!(
-                "compare: WARNING: {:.1} GB free under {}; a workload flat out may write {:.1} GB",
+    let need = disk_needed(duration_s, setup.broker_warmup_s);
+    // Said in every round's report too: a workload that fills the disk fails
+    // with a storage error (Kafka error 56) that reads like a broker fault.
+    let space_warning = match free_bytes(&probe_dir) {
+        Ok(free) if (free as f64) < need => {
+            let w = format!(
+                "WARNING: {:.1} GB free under {} at the start; a workload flat out may write {:.1} GB, and one that fills the disk fails.",
                 free as f64 / 1e9,
                 probe_dir.display(),
                 need / 1e9
             );
+            eprintln!("compare: {w}");
+            format!("{w}\n\n")
         }
-    }
+        _ => String::new(),
+    };
     let balloon = balloon_features();
     let (hold, memory_warmed) = hold_memory(args, &balloon, &probe_dir);
     let memory_note = match &cgroup {
@@ -367,7 +370,7 @@ pub fn run(args: &CompareArgs) -> Result<(), BenchError> {
         probes.push(("after the runs", disk_probe(&probe_dir, PROBE_MIB)));
         timer_probes.push(("after the runs", timer_probe(TIMER_PROBE_SLEEPS)));
         let disk_note = format!(
-            "{}\n\n{} {}{}\n\n{}",
+            "{space_warning}{}\n\n{} {}{}\n\n{}",
             storage_note(&probe_dir),
             disk_note(&probe_dir, &probes),
             balloon_note(&balloon),
@@ -1044,6 +1047,14 @@ pub fn cpu_count(list: &str) -> u32 {
         })
         .sum::<u32>()
         .max(1)
+}
+
+/// Bytes of free disk a run may need. Each topic (the warm-up's, then each
+/// workload's) is deleted before the next starts, so one is on the disk at a
+/// time: flat out at acks=1 Sluice has taken 1.7 GB/s on this 2-core
+/// machine, so allow 2 GB per second of the longest, plus 2 GB.
+fn disk_needed(duration_s: f64, warmup_s: f64) -> f64 {
+    duration_s.max(warmup_s) * 2e9 + 2e9
 }
 
 fn delete_topic(bootstrap: &str, topic: &str) -> Result<(), BenchError> {
@@ -2344,6 +2355,15 @@ mod tests {
             peak_rss_bytes: rss_mib << 20,
             wall_s: 1.0,
         }
+    }
+
+    #[test]
+    fn the_disk_needed_covers_the_longest_topic_at_two_gb_a_second() {
+        // One topic at a time, at 2 GB/s: (a1) flat out wrote 26 GB in its
+        // 15 s here (2026-12-07), and a disk with 27.8 GB free ran out.
+        assert_eq!(disk_needed(15.0, 15.0), 32e9);
+        assert_eq!(disk_needed(30.0, 15.0), 62e9);
+        assert_eq!(disk_needed(3.0, 0.0), 8e9);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use sluice_protocol::native::{
 };
 
 use crate::consume::Cursor;
-use crate::error::BenchError;
+use crate::error::{kafka_error, BenchError};
 use crate::kafka::{self, KafkaClient};
 use crate::Protocol;
 
@@ -163,10 +163,10 @@ impl Conn {
                     for p in &t.partition_responses {
                         if p.error_code != 0 {
                             return Err(BenchError::new(format!(
-                                "produce to {} partition {}: Kafka error {}{}",
+                                "produce to {} partition {}: {}{}",
                                 t.name.0.as_str(),
                                 p.index,
-                                p.error_code,
+                                kafka_error(p.error_code),
                                 p.error_message
                                     .as_ref()
                                     .map(|m| format!(" ({})", m.as_str()))
@@ -276,8 +276,8 @@ impl Conn {
                 };
                 if body.error_code != 0 {
                     return Err(BenchError::new(format!(
-                        "fetch failed: Kafka error {}",
-                        body.error_code
+                        "fetch failed: {}",
+                        kafka_error(body.error_code)
                     )));
                 }
                 let mut out = Vec::new();
@@ -287,8 +287,7 @@ impl Conn {
                             partition: u32::try_from(p.partition_index).map_err(|_| {
                                 BenchError::new("a fetch answer for a negative partition")
                             })?,
-                            error: (p.error_code != 0)
-                                .then(|| format!("Kafka error {}", p.error_code)),
+                            error: (p.error_code != 0).then(|| kafka_error(p.error_code)),
                             chunks: p.records.into_iter().collect(),
                         });
                     }
@@ -354,7 +353,7 @@ impl Conn {
                         let r = if p.error_code == 0 {
                             Ok(p.offset)
                         } else {
-                            Err(format!("Kafka error {}", p.error_code))
+                            Err(kafka_error(p.error_code))
                         };
                         (u32::try_from(p.partition_index).unwrap_or(u32::MAX), r)
                     })

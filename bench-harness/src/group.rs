@@ -81,7 +81,10 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 fn failed(what: &str, group: &str, code: i16) -> BenchError {
-    BenchError::new(format!("{what} for group {group}: Kafka error {code}"))
+    BenchError::new(format!(
+        "{what} for group {group}: {}",
+        crate::error::kafka_error(code)
+    ))
 }
 
 /// A member's generation and partitions once synced (`None`: joining).
