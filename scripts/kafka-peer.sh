@@ -180,11 +180,16 @@ log.retention.check.interval.ms=300000
 
 # Topic deletion is allowed (the admin tests delete their topics). A deleted
 # topic's files go after 1 s instead of Kafka's default 60 s, as Sluice's go
-# at once: sluice-bench compare deletes each workload's topic before the
-# next, and with 60 s the workloads' data piled up (about 7 GB each flat out)
-# until the disk filled and Kafka stopped with KAFKA_STORAGE_ERROR.
+# at once: sluice-bench compare deletes each workload's topic, waits until its
+# files are gone, and only then starts the next. The broker setting is
+# log.segment.delete.delay.ms (file.delete.delay.ms is its per-topic name,
+# and in this file it did nothing: deleted files stayed 60 s and were
+# unlinked, with their page cache, during a later workload). Kafka's first
+# pass over deleted logs waits log.initial.task.delay.ms (30 s by default)
+# after the start, so that is 1 s too.
 delete.topic.enable=true
-file.delete.delay.ms=1000
+log.segment.delete.delay.ms=1000
+log.initial.task.delay.ms=1000
 auto.create.topics.enable=true
 EOF
 }

@@ -521,9 +521,7 @@ fn run_broker(
                 running.ended()
             );
         }
-        if let Err(e) = delete_topic(&running.bootstrap, "bench-warmup") {
-            eprintln!("compare: deleting bench-warmup: {e}");
-        }
+        running.delete_topic("bench-warmup");
     }
     out.memory_budget = running.metrics.as_deref().and_then(scrape_memory_budget);
     if let Some(b) = out.memory_budget {
@@ -548,9 +546,7 @@ fn run_broker(
         }
         // Each workload's data goes with it, so a full run fits on the disk
         // and no workload reads or pays for another's files.
-        if let Err(e) = delete_topic(&running.bootstrap, &format!("bench-{}", w.id)) {
-            eprintln!("compare: deleting bench-{}: {e}", w.id);
-        }
+        running.delete_topic(&format!("bench-{}", w.id));
     }
     if setup.tools && running.alive() {
         out.tools = Some(run_kafka_tools(script, &running, setup));
@@ -754,7 +750,8 @@ impl Running {
                         "log.segment.bytes",
                         "default.replication.factor",
                         "min.insync.replicas",
-                        "file.delete.delay.ms",
+                        "log.segment.delete.delay.ms",
+                        "log.initial.task.delay.ms",
                     ]
                     .iter()
                     .any(|k| l.starts_with(k))
@@ -820,6 +817,44 @@ impl Running {
         };
         running.wait_ready()?;
         Ok(running)
+    }
+
+    /// Deletes a finished workload's topic and waits (up to 60 s) until its
+    /// files are gone from the data directory. Kafka deletes them in the
+    /// background, `log.segment.delete.delay.ms` after the request (1 s in
+    /// scripts/kafka-peer.sh). Unwaited, the unlinking of gigabytes, and
+    /// those files' page cache filling the memory cgroup until then, landed
+    /// in a later workload's measurement. Sluice removes them before it
+    /// answers.
+    fn delete_topic(&mut self, topic: &str) {
+        if let Err(e) = delete_topic(&self.bootstrap, topic) {
+            eprintln!("compare: deleting {topic}: {e}");
+            return;
+        }
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let left = topic_files_left(&self.data_dir, topic);
+            if left == 0 {
+                break;
+            }
+            if Instant::now() >= deadline || !self.alive() {
+                eprintln!(
+                    "compare: {} still holds {left} entries of {topic} {:.0} s after deleting it; going on",
+                    self.broker.name(),
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        if started.elapsed() > Duration::from_millis(500) {
+            eprintln!(
+                "compare: {}'s files of {topic} were gone {:.1} s after the delete",
+                self.broker.name(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// Waits (up to 60 s) until the Kafka listener answers ApiVersions.
@@ -1055,6 +1090,29 @@ pub fn cpu_count(list: &str) -> u32 {
 /// machine, so allow 2 GB per second of the longest, plus 2 GB.
 fn disk_needed(duration_s: f64, warmup_s: f64) -> f64 {
     duration_s.max(warmup_s) * 2e9 + 2e9
+}
+
+/// Entries under `root` (three levels down) that belong to `topic`: Kafka's
+/// partition directories (`topic-0`, and `topic-0.<id>-delete` once deleted)
+/// and Sluice's topic directory (`topic`).
+fn topic_files_left(root: &Path, topic: &str) -> usize {
+    fn walk(dir: &Path, topic: &str, prefix: &str, depth: u32) -> usize {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name == topic || name.starts_with(prefix) {
+                n += 1;
+            } else if depth > 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                n += walk(&e.path(), topic, prefix, depth - 1);
+            }
+        }
+        n
+    }
+    walk(root, topic, &format!("{topic}-"), 3)
 }
 
 fn delete_topic(bootstrap: &str, topic: &str) -> Result<(), BenchError> {
@@ -2355,6 +2413,29 @@ mod tests {
             peak_rss_bytes: rss_mib << 20,
             wall_s: 1.0,
         }
+    }
+
+    #[test]
+    fn a_deleted_topic_is_gone_when_none_of_its_entries_is_left() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let mk = |p: &str| fs::create_dir_all(root.join(p)).expect("mkdir");
+        // Kafka: partition directories, one already renamed for deletion.
+        mk("logs/bench-a-0");
+        mk("logs/bench-a-1.0123abcd-delete");
+        mk("logs/bench-a1-0");
+        mk("logs/__consumer_offsets-0");
+        // Sluice: one directory per topic.
+        mk("data/topics/bench-a");
+        mk("data/topics/bench-ab");
+        assert_eq!(topic_files_left(root, "bench-a"), 3);
+        assert_eq!(topic_files_left(root, "bench-a1"), 1);
+        assert_eq!(topic_files_left(root, "bench-b"), 0);
+        fs::remove_dir_all(root.join("logs/bench-a-0")).expect("rm");
+        fs::remove_dir_all(root.join("logs/bench-a-1.0123abcd-delete")).expect("rm");
+        fs::remove_dir_all(root.join("data/topics/bench-a")).expect("rm");
+        assert_eq!(topic_files_left(root, "bench-a"), 0);
+        assert_eq!(topic_files_left(root, "bench-ab"), 1);
     }
 
     #[test]
