@@ -1666,8 +1666,8 @@ impl Summary<'_> {
         };
         let _ = writeln!(
             md,
-            "{run} Kafka's tail latency swings widely from run to run here \
-             (compare its own e2e p50 with its p99 at (b)), so read the (b) ratios with it.\n"
+            "{run} Either broker's tail at (b) moves with stalls of the machine (see the timer probe) \
+             and of the broker (compare each one's e2e p50 with its p99), so read the (b) ratios with them.\n"
         );
         let _ = writeln!(md, "| target | this run | |\n|---|---|---|");
         for (target, measured, met) in self.targets() {
