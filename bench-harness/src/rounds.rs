@@ -186,49 +186,35 @@ fn target_lines(rounds: &[Round]) -> Vec<(&'static str, String, Option<bool>, us
     let each =
         |f: &dyn Fn(&TargetRatios) -> String| all.iter().map(f).collect::<Vec<_>>().join("; ");
     let x = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.2}x"));
-    vec![
-        (
-            TargetRatios::NAMES[0],
-            format!(
-                "median {} (rounds: {})",
-                x(med.throughput),
-                each(&|r| x(r.throughput))
-            ),
-            verdicts[0],
-            met_in(0),
+    // The figures of each target, in TargetRatios::NAMES order.
+    let figures = [
+        format!(
+            "median {} (rounds: {})",
+            x(med.throughput),
+            each(&|r| x(r.throughput))
         ),
-        (
-            TargetRatios::NAMES[1],
-            format!(
-                "median {} (rounds: {})",
-                med.cpu_text(),
-                each(&|r| r.cpu_text())
-            ),
-            verdicts[1],
-            met_in(1),
+        format!(
+            "median {} (rounds: {})",
+            med.cpu_text(),
+            each(&|r| r.cpu_text())
         ),
-        (
-            TargetRatios::NAMES[2],
-            format!(
-                "median p99 {}, p99.9 {} (rounds: {})",
-                fixed2(med.p99),
-                fixed2(med.p999),
-                each(&|r| format!("{} / {}", fixed2(r.p99), fixed2(r.p999)))
-            ),
-            verdicts[2],
-            met_in(2),
+        format!(
+            "median p99 {}, p99.9 {} (rounds: {})",
+            fixed2(med.p99),
+            fixed2(med.p999),
+            each(&|r| format!("{} / {}", fixed2(r.p99), fixed2(r.p999)))
         ),
-        (
-            TargetRatios::NAMES[3],
-            format!(
-                "highest {} (rounds: {})",
-                med.rss_text(),
-                each(&|r| r.rss_text())
-            ),
-            verdicts[3],
-            met_in(3),
+        format!(
+            "highest {} (rounds: {})",
+            med.rss_text(),
+            each(&|r| r.rss_text())
         ),
-    ]
+    ];
+    figures
+        .into_iter()
+        .enumerate()
+        .map(|(i, text)| (TargetRatios::NAMES[i], text, verdicts[i], met_in(i)))
+        .collect()
 }
 
 /// `yes` or `no` for a target's verdict, a dash where it was not measured.
