@@ -192,6 +192,7 @@ pub(crate) async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceRe
             error: ErrorCode::NOT_LEADER_OR_FOLLOWER,
             base_offset: -1,
             log_start_offset: -1,
+            error_message: None,
         },
     )
     .await;

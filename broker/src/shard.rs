@@ -262,10 +262,10 @@ impl Shard {
             // partition's writer groups what arrives in the same turn.
             let task = glommio::spawn_local(async move {
                 match log {
-                    None => Err(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION),
+                    None => Err((ErrorCode::UNKNOWN_TOPIC_OR_PARTITION, None)),
                     Some(log) => log.append(part.records, durability).await.map_err(|e| {
                         tracing::debug!(error = %e, "append refused");
-                        e.error_code()
+                        (e.error_code(), e.client_message())
                     }),
                 }
             });
@@ -273,9 +273,9 @@ impl Shard {
         }
         let mut out = Vec::with_capacity(pending.len());
         for (topic, partition, task) in pending {
-            let (error, base_offset, log_start_offset) = match task.await {
-                Ok(a) => (ErrorCode::NONE, a.base_offset, a.log_start_offset),
-                Err(code) => (code, -1, -1),
+            let (error, base_offset, log_start_offset, error_message) = match task.await {
+                Ok(a) => (ErrorCode::NONE, a.base_offset, a.log_start_offset, None),
+                Err((code, message)) => (code, -1, -1, message),
             };
             out.push(ProducePartitionResponse {
                 topic,
@@ -283,6 +283,7 @@ impl Shard {
                 error,
                 base_offset,
                 log_start_offset,
+                error_message,
             });
         }
         out

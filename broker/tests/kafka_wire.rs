@@ -153,6 +153,15 @@ fn partition_result(r: &ProduceResponse) -> (i16, i64) {
     (p.error_code, p.base_offset)
 }
 
+/// The first partition's `error_message` (Produce v8+).
+fn partition_message(r: &ProduceResponse) -> String {
+    let p = &r.responses[0].partition_responses[0];
+    p.error_message
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default()
+}
+
 #[test]
 fn api_versions_negotiation_and_old_produce_versions() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -237,21 +246,75 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
         &produce_request("nope", 0, batch(&["a"], None), 1),
     );
     assert_eq!(partition_result(&r).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
-    let mut corrupt = batch(&["x"], None).to_vec();
-    let last = corrupt.len() - 1;
-    corrupt[last] ^= 1;
+    assert_eq!(partition_message(&r), "no topic \"nope\"");
     let r: ProduceResponse = c.call(
         ApiKey::Produce,
         9,
-        &produce_request("w", 0, Bytes::from(corrupt), 1),
+        &produce_request("w", 2, batch(&["a"], None), 1),
+    );
+    assert_eq!(partition_result(&r).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    assert_eq!(
+        partition_message(&r),
+        "topic \"w\" has partitions 0 to 1, not 2"
+    );
+    let mut corrupt = batch(&["x"], None).to_vec();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let corrupt = Bytes::from(corrupt);
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("w", 0, corrupt.clone(), 1),
     );
     assert_eq!(partition_result(&r).0, 2, "CORRUPT_MESSAGE");
+    let why = partition_message(&r);
+    assert!(
+        why.starts_with("invalid batch: CRC mismatch: stored 0x"),
+        "the producer is told which check failed: {why:?}"
+    );
+    // Before v8 the field does not exist: the same refusal, without it.
+    let r: ProduceResponse = c.call(ApiKey::Produce, 7, &produce_request("w", 0, corrupt, 1));
+    assert_eq!(partition_result(&r).0, 2, "CORRUPT_MESSAGE at v7");
+    assert_eq!(partition_message(&r), "");
     let r: ProduceResponse = c.call(
         ApiKey::Produce,
         9,
         &produce_request("w", 0, batch(&["d"], None), 7),
     );
     assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
+    assert_eq!(
+        partition_message(&r),
+        "acks must be -1 (all), 0 or 1, not 7"
+    );
+
+    // A refusal from the partition's own checks carries its reason too.
+    let config = create_topics_request::CreatableTopicConfig::default()
+        .with_name(StrBytes::from_static_str("max.message.bytes"))
+        .with_value(Some(StrBytes::from_static_str("100")));
+    let small = create_topics_request::CreatableTopic::default()
+        .with_name(name("small"))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![config]);
+    let created: CreateTopicsResponse = c.call(
+        ApiKey::CreateTopics,
+        7,
+        &CreateTopicsRequest::default()
+            .with_topics(vec![small])
+            .with_timeout_ms(5000),
+    );
+    assert_eq!(created.topics[0].error_code, 0);
+    let big = batch(&["0123456789"; 10], None);
+    let r: ProduceResponse = c.call(
+        ApiKey::Produce,
+        9,
+        &produce_request("small", 0, big.clone(), -1),
+    );
+    assert_eq!(partition_result(&r).0, 10, "MESSAGE_TOO_LARGE");
+    assert_eq!(
+        partition_message(&r),
+        format!("batch of {} bytes exceeds max.message.bytes 100", big.len())
+    );
 
     // Idempotent producer: duplicates get the original offset, gaps are refused.
     let init: InitProducerIdResponse = c.call(
@@ -280,6 +343,12 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     let gap = batch(&["i5"], Some((pid, epoch, 5)));
     let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("w", 1, gap, -1));
     assert_eq!(partition_result(&r).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(
+        partition_message(&r),
+        format!(
+            "producer {pid} epoch {epoch}: sequence 5 does not follow 1, the last this partition has"
+        )
+    );
     let next = batch(&["i2"], Some((pid, epoch, 2)));
     let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("w", 1, next, -1));
     assert_eq!(partition_result(&r), (0, 2));

@@ -469,6 +469,7 @@ mod tests {
                 error: ErrorCode::NONE,
                 base_offset,
                 log_start_offset: 0,
+                error_message: None,
             }
         });
         ProduceResponse {

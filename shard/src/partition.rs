@@ -97,6 +97,21 @@ impl AppendError {
             AppendError::Closed => ErrorCode::NOT_LEADER_OR_FOLLOWER,
         }
     }
+
+    /// What a producer is told beyond the error code: which check a batch
+    /// failed, or which limit or sequence it broke. `None` for storage
+    /// errors (the broker's log names the file and the cause; clients are
+    /// not told the broker's paths) and for a closed partition, whose code
+    /// says all a client acts on.
+    pub fn client_message(&self) -> Option<String> {
+        match self {
+            AppendError::Storage(_) | AppendError::Closed => None,
+            AppendError::Batch(_)
+            | AppendError::TooLarge { .. }
+            | AppendError::InvalidRecord(_)
+            | AppendError::Producer(_) => Some(self.to_string()),
+        }
+    }
 }
 
 impl std::fmt::Display for AppendError {

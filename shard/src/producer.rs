@@ -127,11 +127,21 @@ impl std::fmt::Display for ProducerError {
                 producer_id,
                 epoch,
                 first_seq,
-                last_seq,
+                last_seq: Some(last),
             } => write!(
                 f,
                 "producer {producer_id} epoch {epoch}: sequence {first_seq} does not follow \
-                 {last_seq:?}"
+                 {last}, the last this partition has"
+            ),
+            ProducerError::OutOfOrder {
+                producer_id,
+                epoch,
+                first_seq,
+                last_seq: None,
+            } => write!(
+                f,
+                "producer {producer_id}: the first batch of its new epoch {epoch} starts at \
+                 sequence {first_seq}, not 0"
             ),
             ProducerError::InvalidSequence { producer_id } => {
                 write!(f, "producer {producer_id}: negative sequence or epoch")
@@ -503,6 +513,12 @@ mod tests {
             new_not_zero,
             Err(ProducerError::OutOfOrder { .. })
         ));
+        assert_eq!(
+            new_not_zero.map_err(|e| e.to_string()),
+            Err(
+                "producer 7: the first batch of its new epoch 4 starts at sequence 5, not 0".into()
+            )
+        );
         assert_eq!(check(s.get(7), &header(7, 4, 0, 1)), Ok(Verdict::Append));
         assert_eq!(check(None, &header(9, 0, 42, 1)), Ok(Verdict::Append));
     }

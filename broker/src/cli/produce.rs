@@ -494,10 +494,16 @@ impl Sender {
 /// The first partition that failed, as an error naming it.
 fn check_produced(partitions: &[ProducePartitionResponse]) -> Result<(), CliError> {
     match partitions.iter().find(|p| !p.error.is_ok()) {
-        Some(p) => Err(CliError(format!(
-            "produce to {} partition {}: {}",
-            p.topic, p.partition, p.error
-        ))),
+        Some(p) => Err(CliError(match &p.error_message {
+            Some(why) => format!(
+                "produce to {} partition {}: {} ({why})",
+                p.topic, p.partition, p.error
+            ),
+            None => format!(
+                "produce to {} partition {}: {}",
+                p.topic, p.partition, p.error
+            ),
+        })),
         None => Ok(()),
     }
 }
@@ -771,6 +777,7 @@ mod tests {
             error: ErrorCode::NONE,
             base_offset: 0,
             log_start_offset: 0,
+            error_message: None,
         };
         let failed = ProducePartitionResponse {
             partition: 4,
@@ -778,7 +785,19 @@ mod tests {
             ..ok.clone()
         };
         assert!(check_produced(std::slice::from_ref(&ok)).is_ok());
-        let e = check_produced(&[ok, failed]).expect_err("fails");
+        let e = check_produced(&[ok.clone(), failed]).expect_err("fails");
         assert_eq!(e.0, "produce to t partition 4: NOT_LEADER_OR_FOLLOWER (6)");
+        let explained = ProducePartitionResponse {
+            partition: 1,
+            error: ErrorCode::MESSAGE_TOO_LARGE,
+            error_message: Some("batch of 9 bytes exceeds max.message.bytes 8".into()),
+            ..ok
+        };
+        let e = check_produced(&[explained]).expect_err("fails");
+        assert_eq!(
+            e.0,
+            "produce to t partition 1: MESSAGE_TOO_LARGE (10) (batch of 9 bytes exceeds \
+             max.message.bytes 8)"
+        );
     }
 }

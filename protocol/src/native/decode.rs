@@ -333,6 +333,7 @@ fn produce_response(r: &fb::ProduceResponse<'_>) -> ProduceResponse {
         error: ErrorCode(p.error()),
         base_offset: p.base_offset(),
         log_start_offset: p.log_start_offset(),
+        error_message: p.error_message().map(str::to_owned),
     });
     ProduceResponse { partitions }
 }

@@ -277,6 +277,7 @@ fn produce_response<'a>(
 ) -> WIPOffset<fb::ProduceResponse<'a>> {
     let partitions = table_vec(fbb, &r.partitions, |fbb, p| {
         let topic = Some(fbb.create_string(&p.topic));
+        let error_message = p.error_message.as_deref().map(|m| fbb.create_string(m));
         let args = fb::ProducePartitionResponseArgs {
             topic,
             partition: p.partition,
@@ -284,6 +285,7 @@ fn produce_response<'a>(
             base_offset: p.base_offset,
             log_start_offset: p.log_start_offset,
             log_append_time: -1,
+            error_message,
         };
         fb::ProducePartitionResponse::create(fbb, &args)
     });

@@ -48,6 +48,9 @@ pub struct ProducePartitionResponse {
     /// The offset given to the first record appended; -1 on error.
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// What the broker says about `error` beyond its code (for example
+    /// which check a batch failed), if anything.
+    pub error_message: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -282,6 +282,7 @@ fn sample_bodies() -> Vec<ResponseBody> {
         error: ErrorCode::NONE,
         base_offset: 100,
         log_start_offset: 0,
+        error_message: None,
     };
     let listed = ListOffsetsPartitionResponse {
         topic: "t".into(),
@@ -297,7 +298,16 @@ fn sample_bodies() -> Vec<ResponseBody> {
     };
     vec![
         ResponseBody::Produce(ProduceResponse {
-            partitions: vec![produced],
+            partitions: vec![
+                produced.clone(),
+                ProducePartitionResponse {
+                    partition: 3,
+                    error: ErrorCode::CORRUPT_MESSAGE,
+                    base_offset: -1,
+                    error_message: Some("invalid batch: CRC mismatch".into()),
+                    ..produced
+                },
+            ],
         }),
         fetch_response(),
         ResponseBody::ListOffsets(ListOffsetsResponse {

@@ -21,13 +21,32 @@ use crate::shard::Shard;
 /// NOT_ENOUGH_REPLICAS: `acks=all` with `min.insync.replicas` above 1.
 const NOT_ENOUGH_REPLICAS: i16 = 19;
 
+/// Produce v8 added `error_message` to each partition's answer.
+const ERROR_MESSAGE_SINCE: i16 = 8;
+
 /// One partition of the request, in request order, with what is known
 /// before it is appended.
 struct Slot {
     topic: usize,
     partition: i32,
-    early_error: Option<i16>,
+    early_error: Option<Refusal>,
     append_time: i64,
+}
+
+/// A partition refused before it reaches its shard: the code, and what the
+/// producer is told about it (`error_message`, v8+).
+struct Refusal {
+    code: i16,
+    message: Option<String>,
+}
+
+impl Refusal {
+    fn new(code: i16, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: Some(message.into()),
+        }
+    }
 }
 
 pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
@@ -65,7 +84,8 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
     for (t, topic) in r.topic_data.iter().enumerate() {
         let name = topic.name.0.as_str();
         for p in &topic.partition_data {
-            let (early_error, append_time, part) = prepare(shard, name, p.index, &p.records, acks);
+            let (early_error, append_time, part) =
+                prepare(shard, name, p.index, &p.records, r.acks, acks);
             slots.push(Slot {
                 topic: t,
                 partition: p.index,
@@ -97,8 +117,11 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
             .with_index(slot.partition)
             .with_base_offset(-1)
             .with_log_append_time_ms(-1);
-        match slot.early_error {
-            Some(code) => p.error_code = code,
+        let message = match slot.early_error {
+            Some(refusal) => {
+                p.error_code = refusal.code;
+                refusal.message
+            }
             None => match results.next() {
                 Some(res) => {
                     p.error_code = res.error.0;
@@ -109,9 +132,16 @@ pub async fn handle(shard: &Rc<Shard>, req: &KafkaRequest) -> Result<Option<Vec<
                             p.log_start_offset = res.log_start_offset;
                         }
                     }
+                    res.error_message
                 }
-                None => p.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.0,
+                None => {
+                    p.error_code = ErrorCode::UNKNOWN_SERVER_ERROR.0;
+                    None
+                }
             },
+        };
+        if req.version >= ERROR_MESSAGE_SINCE {
+            p.error_message = message.map(Into::into);
         }
         topics[slot.topic].partition_responses.push(p);
     }
@@ -193,34 +223,60 @@ fn refuse_old(req: &KafkaRequest) -> Result<Option<Vec<Bytes>>, String> {
     Ok(Some(vec![frame.freeze()]))
 }
 
-/// Checks one partition before it is appended: the error that refuses it at
-/// once, the append time it is stamped with (-1: CreateTime), and the part
-/// to append.
+/// Checks one partition before it is appended: the refusal that answers it
+/// at once, the append time it is stamped with (-1: CreateTime), and the
+/// part to append. `raw_acks` is the request's field, `acks` what it means.
 fn prepare(
     shard: &Shard,
     topic: &str,
     partition: i32,
     records: &Option<Bytes>,
+    raw_acks: i16,
     acks: Option<Acks>,
-) -> (Option<i16>, i64, Option<ProducePartition>) {
+) -> (Option<Refusal>, i64, Option<ProducePartition>) {
+    let refuse = |code: i16, message: String| (Some(Refusal::new(code, message)), -1, None);
     let Some(acks) = acks else {
-        return (Some(ErrorCode::INVALID_REQUIRED_ACKS.0), -1, None);
+        return refuse(
+            ErrorCode::INVALID_REQUIRED_ACKS.0,
+            format!("acks must be -1 (all), 0 or 1, not {raw_acks}"),
+        );
     };
     let meta = shard.topics.borrow().get(topic).cloned();
-    let Some(meta) = meta.filter(|m| partition >= 0 && (partition as u32) < m.partitions) else {
-        return (Some(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0), -1, None);
+    let Some(meta) = meta else {
+        return refuse(
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
+            format!("no topic {topic:?}"),
+        );
     };
+    if partition < 0 || partition as u32 >= meta.partitions {
+        return refuse(
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION.0,
+            format!(
+                "topic {topic:?} has partitions 0 to {}, not {partition}",
+                i64::from(meta.partitions) - 1
+            ),
+        );
+    }
     let Some(records) = records.clone() else {
-        return (Some(ErrorCode::CORRUPT_MESSAGE.0), -1, None);
+        return refuse(
+            ErrorCode::CORRUPT_MESSAGE.0,
+            "the records field is null".into(),
+        );
     };
     if acks == Acks::All && meta.min_insync_replicas() > 1 {
-        return (Some(NOT_ENOUGH_REPLICAS), -1, None);
+        return refuse(
+            NOT_ENOUGH_REPLICAS,
+            format!(
+                "acks=all needs min.insync.replicas = {} in-sync replicas; this partition has 1",
+                meta.min_insync_replicas()
+            ),
+        );
     }
     let (records, append_time) = match meta.log_append_time() {
         false => (records, -1),
         true => match stamp_append_time(&records) {
             Ok(stamped) => stamped,
-            Err(code) => return (Some(code), -1, None),
+            Err(e) => return refuse(e.error_code().0, format!("invalid batch: {e}")),
         },
     };
     let part = ProducePartition {
@@ -234,16 +290,15 @@ fn prepare(
 /// `message.timestamp.type=LogAppendTime`: every batch gets the broker's
 /// clock as its max timestamp and the log-append-time flag, with a fresh
 /// CRC. This copies the batches (only for such topics).
-fn stamp_append_time(records: &Bytes) -> Result<(Bytes, i64), i16> {
+fn stamp_append_time(records: &Bytes) -> Result<(Bytes, i64), batch::BatchError> {
     let now = sluice_shard::partition::now_ms();
     let mut out = BytesMut::from(&records[..]);
     let ranges: Vec<_> = batch::split(records)
         .map(|b| b.map(|(range, _)| range))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.error_code().0)?;
+        .collect::<Result<_, _>>()?;
     for range in ranges {
         let b = &mut out[range];
-        batch::validate(b).map_err(|e| e.error_code().0)?;
+        batch::validate(b)?;
         set_log_append_time(b, now);
     }
     Ok((out.freeze(), now))

@@ -888,6 +888,7 @@ pub mod sluice {
             pub const VT_BASE_OFFSET: ::flatbuffers::VOffsetT = 10;
             pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 12;
             pub const VT_LOG_APPEND_TIME: ::flatbuffers::VOffsetT = 14;
+            pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -907,6 +908,9 @@ pub mod sluice {
                 builder.add_log_append_time(args.log_append_time);
                 builder.add_log_start_offset(args.log_start_offset);
                 builder.add_base_offset(args.base_offset);
+                if let Some(x) = args.error_message {
+                    builder.add_error_message(x);
+                }
                 builder.add_partition(args.partition);
                 if let Some(x) = args.topic {
                     builder.add_topic(x);
@@ -985,6 +989,20 @@ pub mod sluice {
                         .unwrap()
                 }
             }
+            /// Why the partition was refused, when `error` is set and the broker can
+            /// say more than the code (absent otherwise).
+            #[inline]
+            pub fn error_message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        ProducePartitionResponse::VT_ERROR_MESSAGE,
+                        None,
+                    )
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for ProducePartitionResponse<'_> {
@@ -1004,6 +1022,11 @@ pub mod sluice {
                     .visit_field::<i64>("base_offset", Self::VT_BASE_OFFSET, false)?
                     .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
                     .visit_field::<i64>("log_append_time", Self::VT_LOG_APPEND_TIME, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "error_message",
+                        Self::VT_ERROR_MESSAGE,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -1015,6 +1038,7 @@ pub mod sluice {
             pub base_offset: i64,
             pub log_start_offset: i64,
             pub log_append_time: i64,
+            pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for ProducePartitionResponseArgs<'a> {
             #[inline]
@@ -1026,6 +1050,7 @@ pub mod sluice {
                     base_offset: -1,
                     log_start_offset: -1,
                     log_append_time: -1,
+                    error_message: None,
                 }
             }
         }
@@ -1077,6 +1102,13 @@ pub mod sluice {
                 );
             }
             #[inline]
+            pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ProducePartitionResponse::VT_ERROR_MESSAGE,
+                    error_message,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ProducePartitionResponseBuilder<'a, 'b, A> {
@@ -1104,6 +1136,7 @@ pub mod sluice {
                 ds.field("base_offset", &self.base_offset());
                 ds.field("log_start_offset", &self.log_start_offset());
                 ds.field("log_append_time", &self.log_append_time());
+                ds.field("error_message", &self.error_message());
                 ds.finish()
             }
         }
