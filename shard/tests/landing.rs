@@ -442,6 +442,15 @@ fn zeros_are_filled_ahead_of_slow_appends_and_never_over_data() {
             len > data_end + (1 << 20),
             "{len} bytes for {data_end} of data"
         );
+        // What the fills wrote (from one buffer the shard's fills share)
+        // is zeros, all of it.
+        let bytes = std::fs::read(&log).expect("read the segment");
+        let past = &bytes[data_end as usize..];
+        assert!(
+            past.iter().all(|&b| b == 0),
+            "a non-zero byte past the data at {:?}",
+            past.iter().position(|&b| b != 0).map(|i| data_end as usize + i)
+        );
         if let Some(extents) = extents(&log) {
             // Written (not unwritten) blocks reach at least 1 MiB past the data.
             let written_to = extents
