@@ -449,7 +449,9 @@ fn zeros_are_filled_ahead_of_slow_appends_and_never_over_data() {
         assert!(
             past.iter().all(|&b| b == 0),
             "a non-zero byte past the data at {:?}",
-            past.iter().position(|&b| b != 0).map(|i| data_end as usize + i)
+            past.iter()
+                .position(|&b| b != 0)
+                .map(|i| data_end as usize + i)
         );
         if let Some(extents) = extents(&log) {
             // Written (not unwritten) blocks reach at least 1 MiB past the data.
