@@ -10,6 +10,10 @@
 # a PATTERN picks checks inside a suite (java: a surefire -Dtest pattern such
 # as 'C_*'; go: a -run regexp; others: a substring of the check name).
 #
+# CLIENT_TESTS_BROKER=sluice (scripts/test sets it) adds checks of Sluice's own
+# texts, such as the reasons in refused produces; without it the suites pass
+# against Apache Kafka too.
+#
 # The bootstrap defaults to $KAFKA_BOOTSTRAP, else 127.0.0.1:9092. Install the
 # clients first with scripts/install-clients.sh. Prints one line per check and
 # ends with "N passed, M failed"; exits non-zero when anything failed. Full
