@@ -1922,10 +1922,9 @@ thread_local! {
 
 /// `len` bytes of zeros to write from. A full step's buffer is made once
 /// per shard and shared by every fill, in flight together or not: before,
-/// each fill allocated and zeroed a fresh MiB, which the allocator took
-/// from the kernel each time (a fault and a zeroed huge page, then the
-/// `memset` again), about 3.5% of the broker's CPU at 50 MB/s (`perf
-/// record`, 2026-12-07). Shorter fills (a segment's last) get their own.
+/// each fill allocated a fresh MiB and zeroed it, 1.7% of the broker's CPU
+/// at 50 MB/s (`perf record --call-graph dwarf`, 2026-12-07). Shorter fills
+/// (a segment's last) get their own.
 fn zeros(file: &DmaFile, len: usize) -> Rc<DmaBuffer> {
     let make = || {
         let mut buf = file.alloc_dma_buffer(len);

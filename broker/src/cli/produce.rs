@@ -494,16 +494,16 @@ impl Sender {
 /// The first partition that failed, as an error naming it.
 fn check_produced(partitions: &[ProducePartitionResponse]) -> Result<(), CliError> {
     match partitions.iter().find(|p| !p.error.is_ok()) {
-        Some(p) => Err(CliError(match &p.error_message {
-            Some(why) => format!(
-                "produce to {} partition {}: {} ({why})",
-                p.topic, p.partition, p.error
-            ),
-            None => format!(
+        Some(p) => {
+            let mut e = format!(
                 "produce to {} partition {}: {}",
                 p.topic, p.partition, p.error
-            ),
-        })),
+            );
+            if let Some(why) = &p.error_message {
+                e.push_str(&format!(" ({why})"));
+            }
+            Err(CliError(e))
+        }
         None => Ok(()),
     }
 }

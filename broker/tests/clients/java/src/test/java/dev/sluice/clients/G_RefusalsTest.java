@@ -28,52 +28,49 @@ import org.junit.jupiter.api.extension.ExtendWith;
 @ExtendWith(Check.class)
 class G_RefusalsTest {
 
-  /** Checks the broker's reason reached the client, where the broker is Sluice. */
-  private static void saysWhy(Throwable cause, String reason) {
-    if (K.brokerIsSluice()) {
-      assertTrue(cause.getMessage().contains(reason),
-          "the broker's reason reaches the client: " + cause.getMessage());
-    } else {
-      System.out.println("refused with: " + cause.getMessage());
+  /**
+   * On a fresh one-partition topic with {@code config}: sending a record of
+   * {@code key} (null: none) and {@code value} fails with {@code expected} (and, against Sluice, a message containing
+   * {@code reason}); the same producer's next record is then acknowledged at
+   * offset 0, so the refused one took none.
+   */
+  private static void refusedThenNextAtZero(String prefix, Map<String, String> config,
+      String key, String value, Class<? extends Throwable> expected, String reason)
+      throws Exception {
+    String topic = K.unique(prefix);
+    try (Admin admin = K.admin()) {
+      K.createTopic(admin, topic, 1, config);
+      try (KafkaProducer<String, String> producer = new KafkaProducer<>(K.producerProps())) {
+        ProducerRecord<String, String> r = new ProducerRecord<>(topic, 0, key, value);
+        ExecutionException e =
+            assertThrows(ExecutionException.class, () -> producer.send(r).get(60, TimeUnit.SECONDS));
+        Throwable cause = e.getCause();
+        assertInstanceOf(expected, cause, "the exception of the broker's error code");
+        if (K.brokerIsSluice()) {
+          assertTrue(cause.getMessage().contains(reason),
+              "the broker's reason reaches the client: " + cause.getMessage());
+        } else {
+          System.out.println("refused with: " + cause.getMessage());
+        }
+        RecordMetadata md =
+            producer.send(new ProducerRecord<>(topic, 0, "k", "next")).get(60, TimeUnit.SECONDS);
+        assertEquals(0L, md.offset(), "the refused record took no offset");
+      }
+      K.deleteTopicsQuietly(admin, List.of(topic));
     }
-  }
-
-  /** Sends one record and returns the failure's cause. */
-  private static Throwable refused(KafkaProducer<String, String> producer, ProducerRecord<String, String> r) {
-    ExecutionException e =
-        assertThrows(ExecutionException.class, () -> producer.send(r).get(60, TimeUnit.SECONDS));
-    return e.getCause();
   }
 
   @Test
   void aRecordOverTheTopicsLimitIsRefusedWithTheLimit() throws Exception {
-    String topic = K.unique("java-g-large");
-    try (Admin admin = K.admin()) {
-      K.createTopic(admin, topic, 1, Map.of("max.message.bytes", "200"));
-      try (KafkaProducer<String, String> producer = new KafkaProducer<>(K.producerProps())) {
-        Throwable cause = refused(producer, new ProducerRecord<>(topic, 0, "k", "v".repeat(1024)));
-        assertInstanceOf(RecordTooLargeException.class, cause, "the exception of MESSAGE_TOO_LARGE");
-        saysWhy(cause, "exceeds max.message.bytes 200");
-        RecordMetadata md = producer.send(new ProducerRecord<>(topic, 0, "k", "small")).get(60, TimeUnit.SECONDS);
-        assertEquals(0L, md.offset(), "the refused record took no offset");
-      }
-      K.deleteTopicsQuietly(admin, List.of(topic));
-    }
+    refusedThenNextAtZero("java-g-large", Map.of("max.message.bytes", "200"),
+        "k", "v".repeat(1024), RecordTooLargeException.class,
+        "exceeds max.message.bytes 200");
   }
 
   @Test
   void aKeylessRecordOnACompactedTopicIsRefusedWithTheReason() throws Exception {
-    String topic = K.unique("java-g-compact");
-    try (Admin admin = K.admin()) {
-      K.createTopic(admin, topic, 1, Map.of("cleanup.policy", "compact"));
-      try (KafkaProducer<String, String> producer = new KafkaProducer<>(K.producerProps())) {
-        Throwable cause = refused(producer, new ProducerRecord<>(topic, 0, null, "no key"));
-        assertInstanceOf(InvalidRecordException.class, cause, "the exception of INVALID_RECORD");
-        saysWhy(cause, "a compacted topic needs keys");
-        RecordMetadata md = producer.send(new ProducerRecord<>(topic, 0, "k", "keyed")).get(60, TimeUnit.SECONDS);
-        assertEquals(0L, md.offset(), "the refused record took no offset");
-      }
-      K.deleteTopicsQuietly(admin, List.of(topic));
-    }
+    refusedThenNextAtZero("java-g-compact", Map.of("cleanup.policy", "compact"),
+        null, "no key", InvalidRecordException.class,
+        "a compacted topic needs keys");
   }
 }
