@@ -148,6 +148,21 @@ fn create(conn: &mut Conn, topic: &str, partitions: i32) {
     assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
 }
 
+/// One Produce v9 of `records` to one partition, on `conn`.
+fn produce_v9(
+    conn: &mut Conn,
+    topic: &str,
+    partition: i32,
+    records: Bytes,
+    acks: i16,
+) -> ProduceResponse {
+    conn.call(
+        ApiKey::Produce,
+        9,
+        &produce_request(topic, partition, records, acks),
+    )
+}
+
 fn partition_result(r: &ProduceResponse) -> (i16, i64) {
     let p = &r.responses[0].partition_responses[0];
     (p.error_code, p.base_offset)
@@ -234,24 +249,12 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     let (_b, port) = kafka_broker(dir.path());
     let mut c = Conn::open(port);
     create(&mut c, "w", 2);
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("w", 0, batch(&["a", "b", "c"], None), -1),
-    );
+    let r = produce_v9(&mut c, "w", 0, batch(&["a", "b", "c"], None), -1);
     assert_eq!(partition_result(&r), (0, 0));
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("nope", 0, batch(&["a"], None), 1),
-    );
+    let r = produce_v9(&mut c, "nope", 0, batch(&["a"], None), 1);
     assert_eq!(partition_result(&r).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
     assert_eq!(partition_message(&r), "no topic \"nope\"");
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("w", 2, batch(&["a"], None), 1),
-    );
+    let r = produce_v9(&mut c, "w", 2, batch(&["a"], None), 1);
     assert_eq!(partition_result(&r).0, 3, "UNKNOWN_TOPIC_OR_PARTITION");
     assert_eq!(
         partition_message(&r),
@@ -261,11 +264,7 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
     let corrupt = Bytes::from(corrupt);
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("w", 0, corrupt.clone(), 1),
-    );
+    let r = produce_v9(&mut c, "w", 0, corrupt.clone(), 1);
     assert_eq!(partition_result(&r).0, 2, "CORRUPT_MESSAGE");
     let why = partition_message(&r);
     assert!(
@@ -276,11 +275,7 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     let r: ProduceResponse = c.call(ApiKey::Produce, 7, &produce_request("w", 0, corrupt, 1));
     assert_eq!(partition_result(&r).0, 2, "CORRUPT_MESSAGE at v7");
     assert_eq!(partition_message(&r), "");
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("w", 0, batch(&["d"], None), 7),
-    );
+    let r = produce_v9(&mut c, "w", 0, batch(&["d"], None), 7);
     assert_eq!(partition_result(&r).0, 21, "INVALID_REQUIRED_ACKS");
     assert_eq!(
         partition_message(&r),
@@ -305,11 +300,7 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     );
     assert_eq!(created.topics[0].error_code, 0);
     let big = batch(&["0123456789"; 10], None);
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("small", 0, big.clone(), -1),
-    );
+    let r = produce_v9(&mut c, "small", 0, big.clone(), -1);
     assert_eq!(partition_result(&r).0, 10, "MESSAGE_TOO_LARGE");
     assert_eq!(
         partition_message(&r),
@@ -328,20 +319,16 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
     let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
     assert!(pid >= 0);
     let first = batch(&["i0", "i1"], Some((pid, epoch, 0)));
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("w", 1, first.clone(), -1),
-    );
+    let r = produce_v9(&mut c, "w", 1, first.clone(), -1);
     assert_eq!(partition_result(&r), (0, 0));
-    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("w", 1, first, -1));
+    let r = produce_v9(&mut c, "w", 1, first, -1);
     assert_eq!(
         partition_result(&r),
         (0, 0),
         "a duplicate is answered with its original offset"
     );
     let gap = batch(&["i5"], Some((pid, epoch, 5)));
-    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("w", 1, gap, -1));
+    let r = produce_v9(&mut c, "w", 1, gap, -1);
     assert_eq!(partition_result(&r).0, 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
     assert_eq!(
         partition_message(&r),
@@ -350,7 +337,7 @@ fn produce_fetch_errors_and_idempotence_at_the_wire() {
         )
     );
     let next = batch(&["i2"], Some((pid, epoch, 2)));
-    let r: ProduceResponse = c.call(ApiKey::Produce, 9, &produce_request("w", 1, next, -1));
+    let r = produce_v9(&mut c, "w", 1, next, -1);
     assert_eq!(partition_result(&r), (0, 2));
 
     // Fetch from the middle of a batch, and out of range.
@@ -432,11 +419,7 @@ fn fetches_with_nothing_to_wait_for_are_answered_at_once() {
         .collect();
     assert_eq!(codes, [75, 0], "UNKNOWN_LEADER_EPOCH, then nothing yet");
     // The connection still serves: a produce and a fetch that finds it.
-    let r: ProduceResponse = c.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("idle", 0, batch(&["x"], None), -1),
-    );
+    let r = produce_v9(&mut c, "idle", 0, batch(&["x"], None), -1);
     assert_eq!(partition_result(&r), (0, 0));
     let topics = vec![fetch_request::FetchTopic::default()
         .with_topic(name("idle"))
@@ -466,11 +449,7 @@ fn malformed_kafka_requests_close_only_their_connection() {
     let mut gone = Conn::open(port);
     gone.stream.write_all(&[0, 0, 1, 0, 0, 3]).expect("write");
     drop(gone);
-    let r: ProduceResponse = good.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("m", 0, batch(&["still here"], None), -1),
-    );
+    let r = produce_v9(&mut good, "m", 0, batch(&["still here"], None), -1);
     assert_eq!(partition_result(&r), (0, 0));
     let all = MetadataRequest::default().with_topics(None);
     let r: MetadataResponse = good.call(ApiKey::Metadata, 12, &all);
@@ -536,11 +515,7 @@ fn an_array_claiming_two_billion_elements_does_not_stop_the_broker() {
             "{key:?} with a two-billion-element array stopped the broker"
         );
     }
-    let r: ProduceResponse = good.call(
-        ApiKey::Produce,
-        9,
-        &produce_request("big", 0, batch(&["ok"], None), -1),
-    );
+    let r = produce_v9(&mut good, "big", 0, batch(&["ok"], None), -1);
     assert_eq!(partition_result(&r), (0, 0));
 }
 
