@@ -37,17 +37,19 @@ TOML
 }
 
 # The broker's fdatasync and shared-flush counters (and zeros filled),
-# summed over shards, then its write and flush latency histograms (count,
+# summed over shards, then its latency histograms (writes, flushes, and
+# Produce and Fetch requests in the broker; count,
 # mean, and the bucket bounds that hold the median and the 99th
 # percentile), from the metrics text on stdin.
 flush_counters() {
   awk '/^sluice_(fdatasyncs|shared_flushes|anchored_flushes|linked_flushes|registered_writes|zeros_filled_bytes)_total/ { n = $1; sub(/\{.*/, "", n); t[n] += $2 }
-    /^sluice_(write|flush)_latency_seconds_bucket/ {
-      h = ($1 ~ /write/) ? "write" : "flush"; le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+    function kind(s) { sub(/^sluice_/, "", s); sub(/_latency.*/, "", s); return s }
+    /^sluice_(write|flush|produce|fetch)_latency_seconds_bucket/ {
+      h = kind($1); le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
       if (!((h, le) in c)) { k[h]++; order[h, k[h]] = le }
       c[h, le] += $2 }
-    /^sluice_(write|flush)_latency_seconds_sum/ { h = ($1 ~ /write/) ? "write" : "flush"; sum[h] += $2 }
-    /^sluice_(write|flush)_latency_seconds_count/ { h = ($1 ~ /write/) ? "write" : "flush"; cnt[h] += $2 }
+    /^sluice_(write|flush|produce|fetch)_latency_seconds_sum/ { sum[kind($1)] += $2 }
+    /^sluice_(write|flush|produce|fetch)_latency_seconds_count/ { cnt[kind($1)] += $2 }
     function at(h, q,   i, le) { for (i = 1; i <= k[h]; i++) { le = order[h, i]; if (c[h, le] >= q * cnt[h]) return le == "+Inf" ? ">1s" : "<=" le * 1e3 " ms" } return "?" }
     END {
       for (n in t) printf "%s %.0f\n", n, t[n]

@@ -19,6 +19,10 @@
 //! sluice_segment_read_bytes_total{..}      bytes read from segment files (fetches, reads ahead)
 //! sluice_write_latency_seconds{shard="0"} histogram: segment writes of appends
 //! sluice_flush_latency_seconds{shard="0"} histogram: flushes of appends
+//! sluice_produce_latency_seconds{shard="0"} histogram: answered Produce requests,
+//!                                          last byte in to last byte out
+//! sluice_fetch_latency_seconds{shard="0"} histogram: answered Fetch requests, the
+//!                                          wait for data included
 //! sluice_bytes_read_total{shard="0"}       batch bytes returned to consumers
 //! sluice_connections{shard="0"}            open client connections
 //! sluice_partitions{shard="0"}             partitions the shard owns
@@ -209,12 +213,18 @@ fn render(shards: &[(u32, ShardMetrics)]) -> String {
         }
     }
     type Histogram = (&'static str, fn(&ShardMetrics) -> &LatencyHistogram);
-    let histograms: [Histogram; 2] = [
+    let histograms: [Histogram; 4] = [
         ("sluice_write_latency_seconds", |m| {
             &m.counters.write_latency
         }),
         ("sluice_flush_latency_seconds", |m| {
             &m.counters.flush_latency
+        }),
+        ("sluice_produce_latency_seconds", |m| {
+            &m.counters.produce_latency
+        }),
+        ("sluice_fetch_latency_seconds", |m| {
+            &m.counters.fetch_latency
         }),
     ];
     for (name, histogram) in histograms {
@@ -256,6 +266,9 @@ mod tests {
         for us in [40, 700, 700, 3_000_000] {
             m.counters.flush_latency.record(Duration::from_micros(us));
         }
+        m.counters
+            .produce_latency
+            .record(Duration::from_micros(420));
         let text = render(&[(1, m)]);
         let line = |prefix: &str| {
             text.lines()
@@ -267,6 +280,8 @@ mod tests {
         };
         let flush = "sluice_flush_latency_seconds";
         let write = "sluice_write_latency_seconds";
+        let produce = "sluice_produce_latency_seconds";
+        let fetch = "sluice_fetch_latency_seconds";
         assert!(text.contains(&format!("# TYPE {flush} histogram\n")));
         let bucket = |name: &str, le: &str| format!("{name}_bucket{{shard=\"1\",le=\"{le}\"}}");
         let expected = [
@@ -280,6 +295,10 @@ mod tests {
             // Nothing written: every bucket of the write histogram is zero.
             (bucket(write, "+Inf"), "0"),
             (format!("{write}_count{{shard=\"1\"}}"), "0"),
+            (bucket(produce, "0.00025"), "0"),
+            (bucket(produce, "0.0005"), "1"),
+            (format!("{produce}_count{{shard=\"1\"}}"), "1"),
+            (format!("{fetch}_count{{shard=\"1\"}}"), "0"),
         ];
         for (series, value) in expected {
             assert_eq!(line(&series).as_deref(), Some(value), "{series}");

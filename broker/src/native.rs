@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -24,6 +25,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use sluice_protocol::native::{self, codec::FRAME_PREFIX_BYTES};
 use sluice_protocol::ErrorCode;
+use sluice_shard::stats::{self, TimedRequest};
 
 use crate::handlers;
 use crate::memory::{RequestMemory, Reservation};
@@ -34,6 +36,9 @@ use crate::shard::Shard;
 pub(crate) struct Answer {
     pub task: JoinHandle<Option<Vec<Bytes>>>,
     pub memory: Rc<RefCell<Reservation>>,
+    /// A Produce or Fetch, and when its last byte was received: its time
+    /// in the broker is recorded once its response is written.
+    pub timed: Option<(TimedRequest, Instant)>,
 }
 
 impl Answer {
@@ -51,7 +56,17 @@ impl Answer {
             chunks
         })
         .detach();
-        Answer { task, memory }
+        Answer {
+            task,
+            memory,
+            timed: None,
+        }
+    }
+
+    /// Times the request, received just now, if it is a Produce or Fetch.
+    pub fn timed(mut self, kind: Option<TimedRequest>) -> Answer {
+        self.timed = kind.map(|k| (k, Instant::now()));
+        self
     }
 }
 
@@ -170,6 +185,11 @@ async fn read_requests(
             Ok((correlation_id, request)) => {
                 let shard = shard.clone();
                 let held = memory.clone();
+                let kind = match request {
+                    native::Request::Produce(_) => Some(TimedRequest::Produce),
+                    native::Request::Fetch(_) => Some(TimedRequest::Fetch),
+                    _ => None,
+                };
                 Answer::spawn(memory, async move {
                     shard.in_flight.set(shard.in_flight.get() + 1);
                     let response =
@@ -177,6 +197,7 @@ async fn read_requests(
                     shard.in_flight.set(shard.in_flight.get() - 1);
                     response.map(|r| native::encode_response(&r))
                 })
+                .timed(kind)
             }
             Err(e) => {
                 tracing::info!(shard = shard.id, error = %e, "malformed request");
@@ -282,13 +303,20 @@ async fn write_answers(
     answers: LocalReceiver<Answer>,
 ) {
     while let Some(answer) = answers.recv().await {
-        let Answer { task, memory } = answer;
+        let Answer {
+            task,
+            memory,
+            timed,
+        } = answer;
         let Some(Some(chunks)) = task.await else {
             continue;
         };
         if let Err(e) = send_chunks(fd, &mut writer, &chunks).await {
             tracing::debug!(error = %e, "write failed; dropping the connection");
             return;
+        }
+        if let Some((kind, received)) = timed {
+            stats::record_request(kind, received.elapsed());
         }
         // The answer's request memory is free once its bytes are sent.
         drop(memory);

@@ -846,6 +846,13 @@ fn metrics_count_bytes_and_prove_one_payload_copy_per_produced_batch() {
     // Each acknowledged acks=all produce here was written on its own and
     // flushed: every write and every fdatasync is in the latency histograms.
     assert!(scrape(metrics_port, "sluice_write_latency_seconds_count") >= 40);
+    // Every answered Produce and Fetch was timed, from its last byte in to
+    // its response's last byte out.
+    assert_eq!(
+        scrape(metrics_port, "sluice_produce_latency_seconds_count"),
+        40
+    );
+    assert!(scrape(metrics_port, "sluice_fetch_latency_seconds_count") >= 4);
     let fdatasyncs = scrape(metrics_port, "sluice_fdatasyncs_total");
     assert!(fdatasyncs >= 1);
     assert_eq!(

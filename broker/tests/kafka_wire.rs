@@ -618,6 +618,8 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
         std::collections::BTreeMap::new();
     let copies_before = common::scrape(metrics_port, "sluice_payload_copies_total");
     let registered_before = common::scrape(metrics_port, "sluice_registered_writes_total");
+    let produces_before = common::scrape(metrics_port, "sluice_produce_latency_seconds_count");
+    let fetches_before = common::scrape(metrics_port, "sluice_fetch_latency_seconds_count");
     for version in 3i16..=11 {
         let fill = b'a' + version as u8;
         let large = big_batch(12, 700, fill);
@@ -715,7 +717,16 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
         ),
         false => assert_eq!(registered, 0, "no WRITEV_FIXED in this kernel"),
     }
+    // Each answered Produce, and nothing else, was timed in the broker.
+    let timed = |name: &str, before: u64| common::scrape(metrics_port, name) - before;
+    let produces = "sluice_produce_latency_seconds_count";
+    assert_eq!(timed(produces, produces_before), 9, "one per version");
+    assert_eq!(
+        timed("sluice_fetch_latency_seconds_count", fetches_before),
+        0
+    );
     // Read everything back.
+    let mut fetches = 0;
     for ((topic, p), want) in &expected {
         let mut got = Vec::new();
         let mut offset = 0i64;
@@ -734,6 +745,7 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
                 .with_topics(vec![t])
                 .with_session_epoch(-1);
             let r: FetchResponse = c.call(ApiKey::Fetch, 12, &req);
+            fetches += 1;
             let part = &r.responses[0].partitions[0];
             assert_eq!(part.error_code, 0);
             let records = part.records.clone().expect("records");
@@ -744,4 +756,9 @@ fn large_produce_requests_of_every_version_read_back_exactly() {
         }
         assert_eq!(&got, want, "{topic}/{p}");
     }
+    assert_eq!(
+        timed("sluice_fetch_latency_seconds_count", fetches_before),
+        fetches
+    );
+    assert_eq!(timed(produces, produces_before), 9);
 }

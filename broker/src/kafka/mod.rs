@@ -31,6 +31,7 @@ use glommio::channels::local_channel::LocalSender;
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use sluice_shard::stats::TimedRequest;
 
 use crate::memory::Reservation;
 use crate::native::{read_frame_body, Answer, Incoming};
@@ -117,12 +118,18 @@ async fn read_requests(
             (parse_request(frame, memory.clone())?, memory)
         };
         let shard = shard.clone();
+        let kind = match request.api_key {
+            ApiKey::Produce => Some(TimedRequest::Produce),
+            ApiKey::Fetch => Some(TimedRequest::Fetch),
+            _ => None,
+        };
         let answer = Answer::spawn(memory, async move {
             shard.in_flight.set(shard.in_flight.get() + 1);
             let chunks = handlers::dispatch(&shard, request).await;
             shard.in_flight.set(shard.in_flight.get() - 1);
             chunks
-        });
+        })
+        .timed(kind);
         if queue.send(answer).await.is_err() {
             return Err("writer stopped".into());
         }
