@@ -16,6 +16,7 @@
 //! the rest.
 
 use std::cell::Cell;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 /// Upper bounds of the latency histograms' buckets, in microseconds; a last
@@ -105,6 +106,10 @@ pub fn record_request(kind: TimedRequest, took: Duration) {
         TimedRequest::Produce => &PRODUCE_LATENCY,
         TimedRequest::Fetch => &FETCH_LATENCY,
     };
+    record_into(cell, took);
+}
+
+fn record_into(cell: &'static LocalKey<Cell<LatencyHistogram>>, took: Duration) {
     cell.with(|c| {
         let mut h = c.get();
         h.record(took);
@@ -114,20 +119,12 @@ pub fn record_request(kind: TimedRequest, took: Duration) {
 
 /// Records how long one segment write took, submission to completion.
 pub fn record_write(took: Duration) {
-    WRITE_LATENCY.with(|c| {
-        let mut h = c.get();
-        h.record(took);
-        c.set(h);
-    });
+    record_into(&WRITE_LATENCY, took);
 }
 
 /// Records how long one flush of appends took until it was done.
 pub fn record_flush(took: Duration) {
-    FLUSH_LATENCY.with(|c| {
-        let mut h = c.get();
-        h.record(took);
-        c.set(h);
-    });
+    record_into(&FLUSH_LATENCY, took);
 }
 
 pub fn add_linked_flushes(n: u64) {
