@@ -12,7 +12,7 @@
 # A/A test of 8 pairs with A always first, the first run of each pair cost
 # 3.7% more, standard error 1.4%: drift that a fixed order would book to
 # one side; docs/benchmarks.md, "A/B runs alternate their order"). Prints
-# a row per run (MB/s produced, broker CPU-s per GB moved, produce-ack p50,
+# a row per run (MB/s produced, broker CPU-s per GB moved, produce-ack p50/p99,
 # end-to-end p99/p99.9, broker peak RSS in MiB), then the means and the paired MB/s and CPU ratios
 # A/B with their standard errors. Rows also go to a TSV in /tmp. Needs a
 # release build of sluice-bench (the generator, the same for both).
@@ -34,7 +34,7 @@ for i in $(seq 1 "$pairs"); do
     r=$(SLUICE_BIN=$bin SLUICE_EXTRA=$extra scripts/bench-broker-cpu.sh -- "$@" 2>&1) || { echo "run $i of $side ($bin) failed:" >&2; echo "$r" | tail -5 >&2; continue; }
     mbs=$(echo "$r" | awk '/^produced/ {print $4; exit}')
     cpu=$(echo "$r" | awk '/cpu-s\/GB/ {print $(NF-1); exit}')
-    ack=$(echo "$r" | awk '/^produce_ack/ {print $3; exit}')
+    ack=$(echo "$r" | awk '/^produce_ack/ {print $3 "/" $5; exit}')
     e2e=$(echo "$r" | awk '/^end_to_end/ {print $5 "/" $6; exit}')
     rss=$(echo "$r" | awk '/^broker peak RSS/ {print $4; exit}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$side" "$mbs" "$cpu" "$ack" "${e2e:--}" "${rss:--}" | tee -a "$out"

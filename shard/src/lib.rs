@@ -67,7 +67,7 @@
 //! it, and the `fdatasync` after it must then write the extent metadata
 //! synchronously, one more device round trip per acks=all append. So each
 //! shard also writes zeros, in the background, from 256 KiB to 2 MiB past
-//! the data of its active segments (1 MiB writes, at most
+//! the data of its active segments (512 KiB writes, at most
 //! `zero_fill_bytes_per_s`, 32 MiB/s by default, a shard: a partition
 //! appending slowly is covered whole, one appending flat out mostly is not,
 //! and there its flushes are shared by large groups anyway; partitions
