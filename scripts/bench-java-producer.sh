@@ -8,7 +8,9 @@
 #
 #   scripts/bench-java-producer.sh [PARTITIONS] [RECORDS]     # 16, 1500000
 #
-# 1 KiB records, acks=all, linger.ms=1, the client's other defaults. The
+# 1 KiB records, acks=all, linger.ms=1, the client's other defaults, plus
+# any producer properties in $SLUICE_PRODUCER_PROPS (space-separated;
+# 'batch.size=262144' is what sluice-bench compare adds). The
 # broker runs under `taskset -c 0-1` (SLUICE_CPUS) with the embedded
 # defaults plus any [broker] lines in $SLUICE_EXTRA (for example
 # 'shared_flush = false'; see scripts/sluice-broker.sh). Needs a release
@@ -30,7 +32,7 @@ cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 t0=$(cpu)
 java -Xmx512m -cp "$cp" org.apache.kafka.tools.ProducerPerformance --topic java-producer \
   --num-records "$records" --record-size 1024 --throughput -1 \
-  --producer-props "bootstrap.servers=$boot" acks=all linger.ms=1 >"$dir/producer.out" 2>&1
+  --producer-props "bootstrap.servers=$boot" acks=all linger.ms=1 ${SLUICE_PRODUCER_PROPS:-} >"$dir/producer.out" 2>&1
 t1=$(cpu)
 tail -1 "$dir/producer.out"
 awk -v t0="$t0" -v t1="$t1" -v n="$records" -v hz="$(getconf CLK_TCK)" 'BEGIN {

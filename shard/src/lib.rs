@@ -68,10 +68,11 @@
 //! synchronously, one more device round trip per acks=all append. So each
 //! shard also writes zeros, in the background, from 256 KiB to 2 MiB past
 //! the data of its active segments (512 KiB writes, at most
-//! `zero_fill_bytes_per_s`, 32 MiB/s by default, a shard: a partition
-//! appending slowly is covered whole, one appending flat out mostly is not,
-//! and there its flushes are shared by large groups anyway; partitions
-//! whose appends are not flushed are not filled at all). An append that
+//! `zero_fill_bytes_per_s`, 128 MiB/s by default, a shard, and a quarter of
+//! that while the shard's flushed appends come faster: partitions appending
+//! at up to that rate are covered whole, ones appending flat out mostly are
+//! not, and there the zeros would only double the bytes the disk writes;
+//! partitions whose appends are not flushed are not filled at all). An append that
 //! would reach a fill in flight waits for it. At 50 MB/s of acks=all
 //! appends in 1 ms batches this took broker CPU per GB from 3.64–3.76 to
 //! 3.09–3.29 (three alternated pairs, 2026-12-06, docs/benchmarks.md; on

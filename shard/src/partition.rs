@@ -1829,7 +1829,8 @@ async fn preallocate(p: &Partition, file: &Rc<DmaFile>, path: &Path, need: u64) 
 
 /// How far past the log's end zeros are kept written, in steps of
 /// [`FILL_STEP`]; a shard writes at most [`FILL_RATE_DEFAULT`] of zeros a
-/// second unless told otherwise, with a burst of [`FILL_BURST`].
+/// second unless told otherwise ([`fill_rate`]), with a burst of
+/// [`FILL_BURST`].
 ///
 /// A device flush that lands while a fill is in flight waits for it, so the
 /// step sets the tail of acks=all acknowledgements at a steady rate: at
@@ -1841,8 +1842,11 @@ const FILL_AHEAD: u64 = 2 << 20;
 const FILL_GAP: u64 = 256 << 10;
 const FILL_STEP: u64 = 512 << 10;
 const FILL_MIN: u64 = 64 << 10;
-pub const FILL_RATE_DEFAULT: u64 = 32 << 20;
+pub const FILL_RATE_DEFAULT: u64 = 128 << 20;
 const FILL_BURST: u64 = 4 << 20;
+/// Over how long a shard's rate of flushed appends is measured
+/// ([`note_flushed_append`]).
+const APPEND_RATE_WINDOW: Duration = Duration::from_millis(100);
 
 thread_local! {
     /// The shard's zero-fill budget: bytes it may write now, and when it
@@ -1850,6 +1854,9 @@ thread_local! {
     static FILL_BUDGET: Cell<(u64, Option<Instant>)> = const { Cell::new((FILL_BURST, None)) };
     /// Bytes of zeros a second the shard may write ([`set_zero_fill_rate`]).
     static FILL_RATE: Cell<u64> = const { Cell::new(FILL_RATE_DEFAULT) };
+    /// The shard's flushed appends: bytes in the window under way, when it
+    /// began, and the bytes a second of the last whole window.
+    static FLUSHED_APPENDS: Cell<(u64, Option<Instant>, u64)> = const { Cell::new((0, None, 0)) };
 }
 
 /// Sets how many bytes of zeros a second the calling shard may write ahead
@@ -1858,14 +1865,46 @@ pub fn set_zero_fill_rate(bytes_per_s: u64) {
     FILL_RATE.set(bytes_per_s);
 }
 
+/// Counts `bytes` of flushed appends toward the shard's append rate.
+fn note_flushed_append(bytes: u64) {
+    FLUSHED_APPENDS.with(|c| {
+        let (sum, began, rate) = c.get();
+        let now = Instant::now();
+        let sum = sum + bytes;
+        match began {
+            Some(t) if now.duration_since(t) >= APPEND_RATE_WINDOW => {
+                let ns = now.duration_since(t).as_nanos().max(1);
+                let rate = (u128::from(sum) * 1_000_000_000 / ns).min(u128::from(u64::MAX)) as u64;
+                c.set((0, Some(now), rate));
+            }
+            Some(_) => c.set((sum, began, rate)),
+            None => c.set((sum, Some(now), rate)),
+        }
+    });
+}
+
+/// The rate of zeros a shard writes: its whole `cap` while its flushed
+/// appends come no faster than that (the fills keep ahead of every such
+/// partition, so each append is an overwrite and its flush can be shared),
+/// a quarter of it once they outrun it. Flat out the fills cannot keep
+/// ahead, zeros the appends soon overwrite only double the bytes written,
+/// and the disk is what such a shard waits on.
+fn fill_rate(cap: u64, appending: u64) -> u64 {
+    match appending > cap {
+        true => cap / 4,
+        false => cap,
+    }
+}
+
 /// Takes `n` bytes from the shard's zero-fill budget, if it holds them.
 fn take_fill_budget(n: u64) -> bool {
+    let rate = fill_rate(FILL_RATE.get(), FLUSHED_APPENDS.get().2);
     FILL_BUDGET.with(|b| {
         let (tokens, last) = b.get();
         let now = Instant::now();
         let earned = last.map_or(0, |t| {
             let ns = now.duration_since(t).as_nanos();
-            (ns * u128::from(FILL_RATE.get()) / 1_000_000_000).min(u128::from(FILL_BURST)) as u64
+            (ns * u128::from(rate) / 1_000_000_000).min(u128::from(FILL_BURST)) as u64
         });
         let tokens = (tokens + earned).min(FILL_BURST);
         let granted = tokens >= n;
@@ -1884,9 +1923,9 @@ fn take_fill_budget(n: u64) -> bool {
 /// past it, so the next write does not wait for one (an append that would
 /// reach a fill in flight does wait). The zeros cost disk bandwidth equal
 /// to what they cover, so a shard writes a bounded rate of them
-/// ([`set_zero_fill_rate`]): a partition appending slowly is covered whole,
-/// one appending flat out mostly is not (there the flush is shared by large
-/// groups anyway), and none is filled while appends are queued. Only
+/// ([`set_zero_fill_rate`], [`fill_rate`]): a partition appending at a
+/// moderate rate is covered whole, one appending flat out mostly is not,
+/// and none is filled while appends are queued. Only
 /// partitions whose writes are flushed are filled: without the `fdatasync`
 /// there is nothing to save (at 100 B records with acks=1 the fills cost
 /// about 5% of broker CPU per GB and of throughput).
@@ -2157,6 +2196,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             (sync, prefix, written_at)
         });
         // Only flushed writes gain from it (see `fill_ahead`).
+        note_flushed_append(payload as u64);
         fill_ahead(p);
         p.flushes.borrow_mut().push_back(PendingFlush {
             file,
@@ -2352,5 +2392,36 @@ fn cache_placed(p: &Partition, placed: Vec<(u64, BatchHeader, Bytes)>) {
         );
         p.appended_batches.set(p.appended_batches.get() + 1);
         stats::add_bytes_appended(bytes.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod fill_rate_tests {
+    use super::*;
+
+    #[test]
+    fn fills_run_at_the_cap_until_flushed_appends_outrun_it() {
+        let cap = 128 << 20;
+        assert_eq!(fill_rate(cap, 0), cap);
+        assert_eq!(fill_rate(cap, 100 << 20), cap);
+        assert_eq!(fill_rate(cap, cap), cap);
+        assert_eq!(fill_rate(cap, cap + 1), cap / 4);
+        assert_eq!(fill_rate(cap, 500 << 20), cap / 4);
+        assert_eq!(fill_rate(0, 1 << 20), 0, "0 keeps filling off");
+    }
+
+    #[test]
+    fn the_append_rate_is_measured_over_whole_windows() {
+        // Each test runs on its own thread, so the shard's counters start empty.
+        note_flushed_append(1 << 20);
+        note_flushed_append(1 << 20);
+        assert_eq!(FLUSHED_APPENDS.get().2, 0, "no window has closed yet");
+        std::thread::sleep(APPEND_RATE_WINDOW + Duration::from_millis(10));
+        note_flushed_append(1 << 20);
+        // 3 MiB over at least one window, and (on any machine) under 10 s.
+        let rate = FLUSHED_APPENDS.get().2;
+        let most = (3u64 << 20) * 1000 / APPEND_RATE_WINDOW.as_millis() as u64;
+        assert!(rate <= most && rate >= (3 << 20) / 10, "rate {rate}");
+        assert_eq!(FLUSHED_APPENDS.get().0, 0, "a new window began");
     }
 }
