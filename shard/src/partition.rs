@@ -1865,11 +1865,11 @@ pub fn set_zero_fill_rate(bytes_per_s: u64) {
     FILL_RATE.set(bytes_per_s);
 }
 
-/// Counts `bytes` of flushed appends toward the shard's append rate.
-fn note_flushed_append(bytes: u64) {
+/// Counts `bytes` of flushed appends, written at `now`, toward the shard's
+/// append rate (the write's own completion time: no clock read of its own).
+fn note_flushed_append(bytes: u64, now: Instant) {
     FLUSHED_APPENDS.with(|c| {
         let (sum, began, rate) = c.get();
-        let now = Instant::now();
         let sum = sum + bytes;
         match began {
             Some(t) if now.duration_since(t) >= APPEND_RATE_WINDOW => {
@@ -2196,7 +2196,7 @@ async fn write_to_active(p: &Partition, group: Vec<PendingAppend>) {
             (sync, prefix, written_at)
         });
         // Only flushed writes gain from it (see `fill_ahead`).
-        note_flushed_append(payload as u64);
+        note_flushed_append(payload as u64, written_at);
         fill_ahead(p);
         p.flushes.borrow_mut().push_back(PendingFlush {
             file,
@@ -2413,11 +2413,11 @@ mod fill_rate_tests {
     #[test]
     fn the_append_rate_is_measured_over_whole_windows() {
         // Each test runs on its own thread, so the shard's counters start empty.
-        note_flushed_append(1 << 20);
-        note_flushed_append(1 << 20);
+        note_flushed_append(1 << 20, Instant::now());
+        note_flushed_append(1 << 20, Instant::now());
         assert_eq!(FLUSHED_APPENDS.get().2, 0, "no window has closed yet");
         std::thread::sleep(APPEND_RATE_WINDOW + Duration::from_millis(10));
-        note_flushed_append(1 << 20);
+        note_flushed_append(1 << 20, Instant::now());
         // 3 MiB over at least one window, and (on any machine) under 10 s.
         let rate = FLUSHED_APPENDS.get().2;
         let most = (3u64 << 20) * 1000 / APPEND_RATE_WINDOW.as_millis() as u64;
